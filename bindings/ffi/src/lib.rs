@@ -1,0 +1,2 @@
+//! UniFFI bindings of Tandem's client engine.
+uniffi::setup_scaffolding!();

@@ -1,0 +1,378 @@
+//! Messages on the wire.
+//!
+//! Every WebSocket text frame holds one JSON object with a `"type"` field.
+//! Unknown types and unknown fields are refused (the server answers with an
+//! `error` whose code is `bad_frame` and closes), so a typo never silently
+//! drops data. `docs/PROTOCOL.md` describes the whole exchange.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::change::Change;
+use crate::checksum::SpaceChecksum;
+use crate::document::Document;
+use crate::ids::{Collection, DeviceId, MutationId, SpaceId, UserId};
+use crate::mutation::Mutation;
+use crate::policy::CollectionPolicy;
+
+/// The protocol version this crate speaks. A `hello` with another version is
+/// refused with `unsupported_protocol`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A message from a device to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// The first message on every connection.
+    Hello(Hello),
+    /// A batch of mutations to apply.
+    Push(Push),
+    /// Start receiving a space the device did not name in `hello` (for
+    /// example one the user was just added to).
+    Subscribe(Subscribe),
+    /// Heartbeat; the server answers `pong` with the same nonce.
+    Ping(Heartbeat),
+    /// Answer to the server's `ping`.
+    Pong(Heartbeat),
+}
+
+/// A message from the server to a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to `hello`.
+    Welcome(Welcome),
+    /// Changes of one space: a catch-up page or live changes.
+    Changes(Changes),
+    /// The results of a `push`.
+    Ack(Ack),
+    /// The user's spaces changed (added to or removed from a space).
+    Spaces(Spaces),
+    /// Something went wrong; if `fatal`, the server closes the connection.
+    Error(ErrorMessage),
+    /// Heartbeat; the device answers `pong`.
+    Ping(Heartbeat),
+    /// Answer to the device's `ping`.
+    Pong(Heartbeat),
+}
+
+/// `hello`: who the device is and where it left off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Must be [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The device's id; must match the device of the access token.
+    pub device_id: DeviceId,
+    /// The last revision the device applied, per space. Spaces the user
+    /// belongs to that are missing here are sent from revision 0.
+    #[serde(default)]
+    pub cursors: BTreeMap<SpaceId, u64>,
+}
+
+/// `welcome`: what the server knows about this device's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Welcome {
+    /// The protocol version the server speaks.
+    pub protocol: u32,
+    /// The user the access token belongs to.
+    pub user: UserId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The spaces the user belongs to; their changes follow.
+    pub spaces: Vec<SpaceId>,
+    /// Declared collection policies; other collections are `lww`.
+    pub policies: BTreeMap<Collection, CollectionPolicy>,
+    /// Spaces whose cursor is older than the compaction horizon: the device
+    /// must drop its copy of them; the server sends them again from 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reset_required: Vec<SpaceId>,
+    /// The server's limits.
+    pub limits: Limits,
+}
+
+/// Limits a device must respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame the server accepts, in bytes.
+    pub max_frame_bytes: u64,
+    /// Most mutations in one `push`.
+    pub max_batch_mutations: u32,
+    /// Largest document state, in bytes of JSON.
+    pub max_document_bytes: u64,
+}
+
+/// `push`: mutations to apply, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// Chosen by the device; echoed in the `ack`.
+    pub batch_id: u64,
+    /// The mutations.
+    pub mutations: Vec<Mutation>,
+}
+
+/// `subscribe`: send this space from `cursor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    /// The space.
+    pub space: SpaceId,
+    /// The last revision the device applied in it (0 for none).
+    pub cursor: u64,
+}
+
+/// `ping` / `pong`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Echoed back.
+    pub nonce: u64,
+}
+
+/// `changes`: changes of one space in revision order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Changes {
+    /// The space.
+    pub space: SpaceId,
+    /// The changes, in increasing `rev`.
+    pub changes: Vec<Change>,
+    /// During catch-up: more pages follow. `false` on the last page (the
+    /// device is caught up with the space) and on live changes.
+    pub more: bool,
+    /// The space's checksum at the revision of the last change here (or at
+    /// the device's cursor if `changes` is empty). Present on the last
+    /// catch-up page and on live changes; absent from pages in the middle of a
+    /// catch-up, where the device's copy is between two states of the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<SpaceChecksum>,
+    /// The space's latest revision when the page was read (catch-up progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
+}
+
+/// `ack`: one result per mutation of a `push`, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    /// The `push`'s batch id.
+    pub batch_id: u64,
+    /// The results.
+    pub results: Vec<MutationResult>,
+}
+
+/// What happened to one mutation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutationResult {
+    /// The mutation.
+    pub mutation_id: MutationId,
+    /// Its outcome.
+    pub outcome: Outcome,
+}
+
+/// The outcome of a mutation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    /// Applied; the document is now at `rev`.
+    Applied {
+        /// The revision of the change (the document's version). If the
+        /// mutation changed nothing (an older `lww` write), the document's
+        /// current version.
+        rev: u64,
+    },
+    /// Already applied: this mutation id was seen before, or an
+    /// `append_only` document with this id exists. `rev` is the revision it
+    /// was applied at (or the existing document's version).
+    Duplicate {
+        /// See above.
+        rev: u64,
+    },
+    /// The `base_version` was not the current version; the server's document
+    /// (`None` if it does not exist) wins.
+    Conflict {
+        /// The server's document.
+        document: Option<Box<Document>>,
+    },
+    /// Refused; nothing was written.
+    Rejected {
+        /// Stable code.
+        code: RejectCode,
+        /// For people.
+        reason: String,
+        /// The field at fault, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
+}
+
+/// `spaces`: the user's spaces now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spaces {
+    /// Every space the user belongs to.
+    pub spaces: Vec<SpaceId>,
+}
+
+/// `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorMessage {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// For people.
+    pub message: String,
+    /// The server closes the connection after a fatal error.
+    #[serde(default)]
+    pub fatal: bool,
+    /// The `push` this error answers, if it answers one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<u64>,
+    /// The space it concerns, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<SpaceId>,
+}
+
+/// Why a single mutation was refused (in an `ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The mutation is malformed (for example an empty field name).
+    InvalidMutation,
+    /// The document would exceed the server's size limit.
+    DocumentTooLarge,
+    /// A field rule of the schema failed; `field` names the field.
+    ValidationFailed,
+    /// The collection is `append_only`.
+    UpdateNotAllowed,
+    /// `put`/`patch` wrote a field declared as a set.
+    SetFieldWrite,
+    /// `set_add`/`set_remove` named a field not declared as a set.
+    NotASetField,
+    /// The mutation's role epoch is not the role's current epoch.
+    StaleEpoch,
+    /// The user is not a member of the space.
+    Forbidden,
+}
+
+/// Why a request or connection failed (in an `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a valid message: bad JSON, unknown type, unknown or
+    /// missing fields, or a binary frame.
+    BadFrame,
+    /// The first message was not `hello`, or `hello` came twice.
+    HelloRequired,
+    /// The `hello` names a protocol version the server does not speak.
+    UnsupportedProtocol,
+    /// Missing, malformed, unknown or expired credentials.
+    Unauthorized,
+    /// The credentials were revoked (device revoked, or a refresh token
+    /// reused).
+    Revoked,
+    /// The user may not do this (not a member of the space, not the owner).
+    Forbidden,
+    /// No such thing (space, device, member).
+    NotFound,
+    /// It exists already (a space name).
+    AlreadyExists,
+    /// The request is well-formed but invalid (a bad name, a bad argument).
+    InvalidRequest,
+    /// A frame larger than the limit.
+    FrameTooLarge,
+    /// A `push` with more mutations than the limit.
+    BatchTooLarge,
+    /// Too many requests from this device; slow down.
+    RateLimited,
+    /// `hello` did not arrive in time.
+    HandshakeTimeout,
+    /// The device did not read its changes fast enough; reconnect and resume
+    /// from the cursor.
+    SlowConsumer,
+    /// The server is shutting down; reconnect later.
+    ShuttingDown,
+    /// The server failed; the request was not applied.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as the protocol spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Revoked => "revoked",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::BatchTooLarge => "batch_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::HandshakeTimeout => "handshake_timeout",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl RejectCode {
+    /// The code as the protocol spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::InvalidMutation => "invalid_mutation",
+            RejectCode::DocumentTooLarge => "document_too_large",
+            RejectCode::ValidationFailed => "validation_failed",
+            RejectCode::UpdateNotAllowed => "update_not_allowed",
+            RejectCode::SetFieldWrite => "set_field_write",
+            RejectCode::NotASetField => "not_a_set_field",
+            RejectCode::StaleEpoch => "stale_epoch",
+            RejectCode::Forbidden => "forbidden",
+        }
+    }
+}
+
+impl ClientMessage {
+    /// Decodes one frame's text.
+    pub fn decode(text: &str) -> Result<ClientMessage, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Encodes as frame text.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl ServerMessage {
+    /// Decodes one frame's text.
+    pub fn decode(text: &str) -> Result<ServerMessage, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Encodes as frame text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// An `error` message.
+    pub fn error(code: ErrorCode, message: impl Into<String>, fatal: bool) -> ServerMessage {
+        ServerMessage::Error(ErrorMessage {
+            code,
+            message: message.into(),
+            fatal,
+            batch_id: None,
+            space: None,
+        })
+    }
+}

@@ -1,0 +1,251 @@
+//! Snapshot tests of every wire message: a change to the JSON a device or the
+//! server sees shows up here (and must be reflected in docs/PROTOCOL.md).
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+
+use insta::assert_json_snapshot;
+use serde_json::json;
+use tandem_protocol::wire::{
+    Ack, Changes, ErrorMessage, Heartbeat, Hello, Limits, MutationResult, Outcome, Push, Spaces,
+    Subscribe, Welcome,
+};
+use tandem_protocol::{
+    Change, ClientMessage, Collection, CollectionPolicy, DeviceId, DocId, Document, ErrorCode, Hlc,
+    Mutation, MutationId, Op, PROTOCOL_VERSION, Policy, RejectCode, RoleFence, ServerMessage,
+    SpaceChecksum, SpaceId, UserId,
+};
+
+fn device() -> DeviceId {
+    DeviceId::new("0193a1b2-phone").unwrap()
+}
+
+fn space() -> SpaceId {
+    SpaceId::new("personal:alice").unwrap()
+}
+
+fn mid(n: u8) -> MutationId {
+    format!("0193a1b2-0000-7000-8000-0000000000{n:02x}")
+        .parse()
+        .unwrap()
+}
+
+fn mutation(op: Op) -> Mutation {
+    Mutation {
+        mutation_id: mid(1),
+        space: space(),
+        collection: Collection::new("tasks").unwrap(),
+        doc_id: DocId::new("t1").unwrap(),
+        op,
+        base_version: None,
+        hlc: Hlc::new(1764089696123, 0, device()),
+        device_id: device(),
+        fence: None,
+    }
+}
+
+fn fields(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn document() -> Document {
+    let state = tandem_protocol::merge::apply_local(
+        None,
+        &mutation(Op::Put {
+            fields: fields(json!({"title": "Buy milk", "done": false})),
+        }),
+        &CollectionPolicy::lww(),
+    )
+    .unwrap()
+    .unwrap();
+    Document {
+        space: space(),
+        collection: Collection::new("tasks").unwrap(),
+        id: DocId::new("t1").unwrap(),
+        version: Some(42),
+        state,
+    }
+}
+
+fn round_trip_client(m: &ClientMessage) {
+    assert_eq!(&ClientMessage::decode(&m.encode()).unwrap(), m);
+}
+
+fn round_trip_server(m: &ServerMessage) {
+    assert_eq!(&ServerMessage::decode(&m.encode()).unwrap(), m);
+}
+
+#[test]
+fn hello() {
+    let m = ClientMessage::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        device_id: device(),
+        cursors: BTreeMap::from([(space(), 41), (SpaceId::new("team").unwrap(), 7)]),
+    });
+    round_trip_client(&m);
+    assert_json_snapshot!(m);
+}
+
+#[test]
+fn push_with_every_op() {
+    let mut fenced = mutation(Op::Patch {
+        fields: fields(json!({"done": true, "note": null})),
+    });
+    fenced.base_version = Some(42);
+    fenced.fence = Some(RoleFence {
+        role: "auto-responder".into(),
+        epoch: 3,
+    });
+    let m = ClientMessage::Push(Push {
+        batch_id: 9,
+        mutations: vec![
+            mutation(Op::Put {
+                fields: fields(json!({"title": "Buy milk"})),
+            }),
+            fenced,
+            mutation(Op::Delete {}),
+            mutation(Op::SetAdd {
+                field: "tags".into(),
+                values: vec![json!("home")],
+            }),
+            mutation(Op::SetRemove {
+                field: "tags".into(),
+                values: vec![json!("home")],
+                observed: vec![Hlc::new(1764089696000, 1, device())],
+            }),
+        ],
+    });
+    round_trip_client(&m);
+    assert_json_snapshot!(m);
+}
+
+#[test]
+fn subscribe_and_heartbeats() {
+    let sub = ClientMessage::Subscribe(Subscribe {
+        space: SpaceId::new("team").unwrap(),
+        cursor: 0,
+    });
+    let ping = ClientMessage::Ping(Heartbeat { nonce: 5 });
+    let pong = ServerMessage::Pong(Heartbeat { nonce: 5 });
+    round_trip_client(&sub);
+    round_trip_client(&ping);
+    round_trip_server(&pong);
+    assert_json_snapshot!("subscribe", sub);
+    assert_json_snapshot!("ping", ping);
+    assert_json_snapshot!("pong", pong);
+}
+
+#[test]
+fn welcome() {
+    let mut messages = CollectionPolicy::of(Policy::AppendOnly);
+    messages.set_fields.insert("read_by".into());
+    let m = ServerMessage::Welcome(Welcome {
+        protocol: PROTOCOL_VERSION,
+        user: UserId::new("alice").unwrap(),
+        device_id: device(),
+        spaces: vec![space(), SpaceId::new("team").unwrap()],
+        policies: BTreeMap::from([
+            (Collection::new("messages").unwrap(), messages),
+            (
+                Collection::new("contacts").unwrap(),
+                CollectionPolicy::of(Policy::ServerWins),
+            ),
+        ]),
+        reset_required: vec![SpaceId::new("team").unwrap()],
+        limits: Limits {
+            max_frame_bytes: 1 << 20,
+            max_batch_mutations: 500,
+            max_document_bytes: 1 << 20,
+        },
+    });
+    round_trip_server(&m);
+    assert_json_snapshot!(m);
+}
+
+#[test]
+fn changes_page() {
+    let doc = document();
+    let m = ServerMessage::Changes(Changes {
+        space: space(),
+        changes: vec![Change::from_document(&doc, Some(device()), Some(mid(1)))],
+        more: false,
+        checksum: Some(SpaceChecksum(0x58fd_9677_122b_9d01)),
+        head: Some(42),
+    });
+    round_trip_server(&m);
+    assert_json_snapshot!(m);
+}
+
+#[test]
+fn ack_with_every_outcome() {
+    let m = ServerMessage::Ack(Ack {
+        batch_id: 9,
+        results: vec![
+            MutationResult {
+                mutation_id: mid(1),
+                outcome: Outcome::Applied { rev: 43 },
+            },
+            MutationResult {
+                mutation_id: mid(2),
+                outcome: Outcome::Duplicate { rev: 40 },
+            },
+            MutationResult {
+                mutation_id: mid(3),
+                outcome: Outcome::Conflict {
+                    document: Some(Box::new(document())),
+                },
+            },
+            MutationResult {
+                mutation_id: mid(4),
+                outcome: Outcome::Rejected {
+                    code: RejectCode::ValidationFailed,
+                    reason: "title: at most 200 characters".into(),
+                    field: Some("title".into()),
+                },
+            },
+        ],
+    });
+    round_trip_server(&m);
+    assert_json_snapshot!(m);
+}
+
+#[test]
+fn spaces_and_error() {
+    let spaces = ServerMessage::Spaces(Spaces {
+        spaces: vec![space()],
+    });
+    let error = ServerMessage::Error(ErrorMessage {
+        code: ErrorCode::BadFrame,
+        message: "unknown field `colour`".into(),
+        fatal: true,
+        batch_id: None,
+        space: None,
+    });
+    round_trip_server(&spaces);
+    round_trip_server(&error);
+    assert_json_snapshot!("spaces", spaces);
+    assert_json_snapshot!("error", error);
+}
+
+#[test]
+fn unknown_types_and_fields_are_refused() {
+    for bad in [
+        r#"{"type":"hello","protocol":1,"device_id":"d","cursors":{},"extra":1}"#,
+        r#"{"type":"shout"}"#,
+        r#"{"protocol":1}"#,
+        r#"{"type":"push","batch_id":1,"mutations":[{"mutation_id":"nope"}]}"#,
+        r#"{"type":"ping","nonce":-1}"#,
+        r#"not json"#,
+    ] {
+        assert!(ClientMessage::decode(bad).is_err(), "accepted {bad}");
+    }
+    let op_with_extra = json!({
+        "type": "push", "batch_id": 1, "mutations": [{
+            "mutation_id": mid(1), "space": "personal:alice", "collection": "tasks",
+            "doc_id": "t1", "op": {"type": "delete", "fields": {}},
+            "hlc": "1-0-a", "device_id": "a"
+        }]
+    });
+    assert!(ClientMessage::decode(&op_with_extra.to_string()).is_err());
+}

@@ -1,0 +1,1 @@
+//! Helpers for Tandem's end-to-end tests.
