@@ -14,11 +14,14 @@
 //!   functions that apply mutations and changes under them;
 //! - [`wire`]: the messages exchanged over the WebSocket, with a protocol
 //!   version;
-//! - [`checksum`]: the per-space checksum a client recomputes to detect drift.
+//! - [`checksum`]: the per-space checksum a client recomputes to detect drift;
+//! - [`api`]: the bodies of the HTTP endpoints (device registration, token
+//!   refresh, spaces).
 //!
 //! `docs/PROTOCOL.md` describes the same things for implementers in other
 //! languages; the snapshot tests in this crate keep the two in step.
 
+pub mod api;
 pub mod canonical;
 pub mod change;
 pub mod checksum;

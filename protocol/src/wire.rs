@@ -153,6 +153,12 @@ pub struct Changes {
     /// The space's latest revision when the page was read (catch-up progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<u64>,
+    /// The device's cursor for this space was older than the compaction
+    /// horizon (or newer than the space's head): the device must drop its
+    /// copy of the space before applying this page, which starts a catch-up
+    /// from revision 0. Only ever set on the first page of a catch-up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 /// `ack`: one result per mutation of a `push`, in the same order.

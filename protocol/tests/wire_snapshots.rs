@@ -172,6 +172,21 @@ fn changes_page() {
         more: false,
         checksum: Some(SpaceChecksum(0x58fd_9677_122b_9d01)),
         head: Some(42),
+        reset: false,
+    });
+    round_trip_server(&m);
+    assert_json_snapshot!(m);
+}
+
+#[test]
+fn changes_page_after_a_reset() {
+    let m = ServerMessage::Changes(Changes {
+        space: SpaceId::new("team").unwrap(),
+        changes: vec![],
+        more: true,
+        checksum: None,
+        head: Some(9000),
+        reset: true,
     });
     round_trip_server(&m);
     assert_json_snapshot!(m);
@@ -248,4 +263,84 @@ fn unknown_types_and_fields_are_refused() {
         }]
     });
     assert!(ClientMessage::decode(&op_with_extra.to_string()).is_err());
+}
+
+#[test]
+fn http_bodies() {
+    use tandem_protocol::api::{
+        AddMember, ApiError, CreateSpace, DeviceCredentials, RefreshCredentials, RegisterDevice,
+        SpaceList, SpaceMembers, SpaceSummary,
+    };
+    let alice = UserId::new("alice").unwrap();
+    let bob = UserId::new("bob").unwrap();
+    let team = SpaceId::new("team").unwrap();
+    assert_json_snapshot!(
+        "http_register_device",
+        RegisterDevice {
+            device_id: device(),
+            name: "Alice's iPhone".into(),
+            platform: "ios".into(),
+            app_version: "1.4.0".into(),
+        }
+    );
+    assert_json_snapshot!(
+        "http_device_credentials",
+        DeviceCredentials {
+            user: alice.clone(),
+            device_id: device(),
+            access_token: "tat_3f9a".into(),
+            access_expires_at: 1764090596123,
+            refresh_token: "trt_81c2".into(),
+            refresh_expires_at: 1766681696123,
+        }
+    );
+    assert_json_snapshot!(
+        "http_refresh",
+        RefreshCredentials {
+            refresh_token: "trt_81c2".into()
+        }
+    );
+    assert_json_snapshot!(
+        "http_create_space",
+        CreateSpace {
+            name: "team".into()
+        }
+    );
+    assert_json_snapshot!("http_add_member", AddMember { user: bob.clone() });
+    assert_json_snapshot!(
+        "http_space_list",
+        SpaceList {
+            spaces: vec![
+                SpaceSummary {
+                    space: space(),
+                    owner: alice.clone()
+                },
+                SpaceSummary {
+                    space: team.clone(),
+                    owner: alice.clone()
+                },
+            ]
+        }
+    );
+    assert_json_snapshot!(
+        "http_space_members",
+        SpaceMembers {
+            space: team,
+            owner: alice.clone(),
+            members: vec![alice, bob],
+        }
+    );
+    assert_json_snapshot!(
+        "http_error",
+        ApiError {
+            code: ErrorCode::Unauthorized,
+            message: "the access token has expired".into(),
+        }
+    );
+    assert!(
+        serde_json::from_str::<RegisterDevice>(
+            r#"{"device_id":"d","name":"n","platform":"p","app_version":"1","x":1}"#
+        )
+        .is_err()
+    );
 }
