@@ -1,0 +1,339 @@
+//! Fan-out: live changes from the store's commit path to connected devices.
+//!
+//! The [`FanOut`] hub is a [`CommitListener`]: the store hands it the events
+//! of every commit, in commit order. It keeps, per space, the connections
+//! subscribed to it and, per user, the user's connections, and puts each
+//! event on the bounded queue of every connection concerned. It never blocks
+//! and never waits for a device: a connection whose queue is full is
+//! disconnected as a slow consumer (it resumes from its cursor when it
+//! reconnects), so one slow device costs the others nothing.
+//!
+//! A connection registers with the hub before it reads its catch-up from the
+//! store, and drops live changes at or below what it has already sent (its
+//! per-space watermark); see `session`. A later multi-instance store can feed
+//! the same hub from its notifications: it only needs to turn them into
+//! [`StoreEvent`]s.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tandem_protocol::wire::Changes;
+use tandem_protocol::{ErrorCode, ServerMessage, SpaceId, UserId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{CommitListener, CommittedChanges, DeviceIdentity, StoreEvent};
+
+/// Identifies one connection in the hub.
+pub type ConnectionId = u64;
+
+/// Live changes of one space, shared by every connection that receives them.
+#[derive(Debug)]
+pub struct LiveChanges {
+    /// The committed changes.
+    pub batch: Arc<CommittedChanges>,
+    encoded: OnceLock<Utf8Bytes>,
+}
+
+impl LiveChanges {
+    /// The whole batch as a `changes` message, encoded once for every
+    /// connection that sends it unfiltered.
+    pub fn encoded(&self) -> Utf8Bytes {
+        self.encoded
+            .get_or_init(|| Utf8Bytes::from(live_message(&self.batch, 0).encode()))
+            .clone()
+    }
+}
+
+/// The `changes` message for the part of `batch` above `watermark`.
+pub fn live_message(batch: &CommittedChanges, watermark: u64) -> ServerMessage {
+    let changes: Vec<_> = batch
+        .changes
+        .iter()
+        .filter(|c| c.rev > watermark)
+        .cloned()
+        .collect();
+    let head = batch.changes.last().map(|c| c.rev);
+    ServerMessage::Changes(Changes {
+        space: batch.space.clone(),
+        changes,
+        more: false,
+        checksum: Some(batch.checksum),
+        head,
+        reset: false,
+    })
+}
+
+/// What a connection receives from the hub.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    /// Changes committed to a subscribed space.
+    Changes(Arc<LiveChanges>),
+    /// The user's spaces changed; `removed` names a space the connection no
+    /// longer receives.
+    Spaces {
+        /// All of the user's spaces now.
+        spaces: Vec<SpaceId>,
+        /// The space the user was removed from, if any.
+        removed: Option<SpaceId>,
+    },
+}
+
+struct Subscriber {
+    identity: DeviceIdentity,
+    queue: mpsc::Sender<LiveEvent>,
+    kill: CancellationToken,
+    kill_reason: OnceLock<ErrorCode>,
+}
+
+impl Subscriber {
+    fn kill(&self, reason: ErrorCode) {
+        let _ = self.kill_reason.set(reason);
+        self.kill.cancel();
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    connections: HashMap<ConnectionId, Arc<Subscriber>>,
+    by_space: HashMap<SpaceId, HashSet<ConnectionId>>,
+    by_user: HashMap<UserId, HashSet<ConnectionId>>,
+}
+
+impl Registry {
+    fn remove(&mut self, id: ConnectionId) {
+        if let Some(sub) = self.connections.remove(&id)
+            && let Some(set) = self.by_user.get_mut(&sub.identity.user)
+        {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_user.remove(&sub.identity.user);
+            }
+        }
+        self.by_space.retain(|_, set| {
+            set.remove(&id);
+            !set.is_empty()
+        });
+    }
+
+    fn unsubscribe(&mut self, id: ConnectionId, space: &SpaceId) {
+        if let Some(set) = self.by_space.get_mut(space) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_space.remove(space);
+            }
+        }
+    }
+}
+
+/// The fan-out hub.
+pub struct FanOut {
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// A connection's registration with the hub; unregisters when dropped.
+pub struct Registration {
+    hub: Arc<FanOut>,
+    id: ConnectionId,
+    subscriber: Arc<Subscriber>,
+    events: mpsc::Receiver<LiveEvent>,
+}
+
+impl FanOut {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Arc<FanOut> {
+        Arc::new(FanOut {
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            metrics,
+        })
+    }
+
+    /// Registers a connection of `identity` with a queue of `capacity` events.
+    pub fn register(self: &Arc<Self>, identity: DeviceIdentity, capacity: usize) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (queue, events) = mpsc::channel(capacity.max(1));
+        let subscriber = Arc::new(Subscriber {
+            identity: identity.clone(),
+            queue,
+            kill: CancellationToken::new(),
+            kill_reason: OnceLock::new(),
+        });
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.connections.insert(id, subscriber.clone());
+            registry
+                .by_user
+                .entry(identity.user)
+                .or_default()
+                .insert(id);
+        }
+        Registration {
+            hub: self.clone(),
+            id,
+            subscriber,
+            events,
+        }
+    }
+
+    /// Connections registered now.
+    pub fn connection_count(&self) -> usize {
+        self.registry
+            .lock()
+            .map(|r| r.connections.len())
+            .unwrap_or(0)
+    }
+
+    fn deliver(&self, registry: &mut Registry, ids: Vec<ConnectionId>, event: &LiveEvent) {
+        for id in ids {
+            let Some(sub) = registry.connections.get(&id) else {
+                continue;
+            };
+            match sub.queue.try_send(event.clone()) {
+                Ok(()) => self.metrics.fanout_queued(1),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.kill(ErrorCode::SlowConsumer);
+                    registry.remove(id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => registry.remove(id),
+            }
+        }
+    }
+}
+
+impl CommitListener for FanOut {
+    fn committed(&self, events: Vec<StoreEvent>) {
+        let Ok(mut registry) = self.registry.lock() else {
+            return;
+        };
+        for event in events {
+            match event {
+                StoreEvent::Changes(batch) => {
+                    let Some(ids) = registry.by_space.get(&batch.space) else {
+                        continue;
+                    };
+                    let ids: Vec<_> = ids.iter().copied().collect();
+                    let live = LiveEvent::Changes(Arc::new(LiveChanges {
+                        batch,
+                        encoded: OnceLock::new(),
+                    }));
+                    self.deliver(&mut registry, ids, &live);
+                }
+                StoreEvent::MembershipChanged {
+                    user,
+                    space,
+                    member,
+                    spaces,
+                } => {
+                    let ids: Vec<_> = registry
+                        .by_user
+                        .get(&user)
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default();
+                    if !member {
+                        // Stop at once: nothing committed after the removal
+                        // reaches the removed user's connections.
+                        for id in &ids {
+                            registry.unsubscribe(*id, &space);
+                        }
+                    }
+                    let event = LiveEvent::Spaces {
+                        spaces,
+                        removed: (!member).then_some(space),
+                    };
+                    self.deliver(&mut registry, ids, &event);
+                }
+                StoreEvent::DeviceRevoked(identity) => {
+                    let ids: Vec<_> = registry
+                        .by_user
+                        .get(&identity.user)
+                        .map(|s| s.iter().copied().collect())
+                        .unwrap_or_default();
+                    for id in ids {
+                        let revoked = registry
+                            .connections
+                            .get(&id)
+                            .filter(|s| s.identity == identity)
+                            .cloned();
+                        if let Some(sub) = revoked {
+                            sub.kill(ErrorCode::Revoked);
+                            registry.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Registration {
+    /// Starts delivering `space`'s live changes to this connection.
+    pub fn subscribe(&self, space: &SpaceId) {
+        if let Ok(mut registry) = self.hub.registry.lock()
+            && registry.connections.contains_key(&self.id)
+        {
+            registry
+                .by_space
+                .entry(space.clone())
+                .or_default()
+                .insert(self.id);
+        }
+    }
+
+    /// Stops delivering `space`'s live changes to this connection.
+    pub fn unsubscribe(&self, space: &SpaceId) {
+        if let Ok(mut registry) = self.hub.registry.lock() {
+            registry.unsubscribe(self.id, space);
+        }
+    }
+
+    /// The next event, once one is queued.
+    pub async fn next(&mut self) -> Option<LiveEvent> {
+        let event = self.events.recv().await;
+        if event.is_some() {
+            self.hub.metrics.fanout_queued(-1);
+        }
+        event
+    }
+
+    /// The next event if one is queued now.
+    pub fn try_next(&mut self) -> Option<LiveEvent> {
+        let event = self.events.try_recv().ok();
+        if event.is_some() {
+            self.hub.metrics.fanout_queued(-1);
+        }
+        event
+    }
+
+    /// Why the hub disconnected this connection (once it has).
+    pub fn kill_reason(&self) -> ErrorCode {
+        self.subscriber
+            .kill_reason
+            .get()
+            .copied()
+            .unwrap_or(ErrorCode::Internal)
+    }
+
+    /// The token the hub cancels to disconnect this connection.
+    pub fn kill_token(&self) -> CancellationToken {
+        self.subscriber.kill.clone()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.events.close();
+        let mut left = 0i64;
+        while self.events.try_recv().is_ok() {
+            left += 1;
+        }
+        self.hub.metrics.fanout_queued(-left);
+        if let Ok(mut registry) = self.hub.registry.lock() {
+            registry.remove(self.id);
+        }
+    }
+}
