@@ -1,1 +1,38 @@
 //! Tandem's client engine.
+//!
+//! Every device keeps a local SQLite database that is the single source of
+//! truth for its UI, and a durable outbox of the mutations it has made. An
+//! app opens a [`Client`] on a data directory and writes, reads, queries
+//! and observes documents through it; everything is local and immediate,
+//! and every write is one transaction holding both the document's new local
+//! view and its outbox entry.
+//!
+//! - [`client`]: the [`Client`] facade, shaped for the FFI layer;
+//! - [`store`]: the database (connections, pragmas, schema and migrations,
+//!   local writes, queries, the outbox, confirmed state and view rebuilds);
+//! - [`observe`]: query and document observers, coalesced, notified after
+//!   commit;
+//! - [`query`]: the [`Query`] type;
+//! - [`document`]: [`LocalDocument`], what the app reads, and [`DocKey`];
+//! - [`config`] and [`error`].
+//!
+//! The sync engine (WebSocket link, pushing the outbox, applying remote
+//! changes) will be added to this crate on top of the store; the store
+//! already keeps confirmed server state apart from pending mutations so it
+//! can rebuild views when remote changes arrive.
+
+pub mod client;
+pub mod config;
+pub mod document;
+pub mod error;
+pub mod observe;
+pub mod query;
+pub mod store;
+
+pub use client::{Client, ConnectionState, Operation, Status};
+pub use config::{ClientConfig, DATABASE_FILE, DEFAULT_MAX_DOCUMENT_BYTES, Durability};
+pub use document::{DocKey, DocRef, LocalDocument};
+pub use error::Error;
+pub use observe::{DocumentObserver, QueryObserver, Subscription};
+pub use query::{Filter, FilterOp, FilterValue, Query};
+pub use store::{OutboxState, PendingMutation};

@@ -1,0 +1,77 @@
+//! How a [`Client`](crate::Client) is opened.
+
+/// The name of the database file inside the data directory.
+pub const DATABASE_FILE: &str = "tandem.db";
+
+/// The default limit on a document's size: 1 MiB.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+/// What a committed local write survives.
+///
+/// Both modes keep the database consistent whatever happens (SQLite's WAL
+/// guarantees atomic commits); they differ only in how recent the surviving
+/// state is after the machine, not just the app, goes down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// `PRAGMA synchronous = NORMAL`: a commit is a write to the WAL without
+    /// an fsync. It survives the app crashing or being killed; after a power
+    /// loss or an OS crash the last commits before it may be gone (the
+    /// outbox entries with them, so nothing half-synced remains). The WAL is
+    /// fsynced at every checkpoint. This is the default: a mobile OS kills
+    /// apps all the time but rarely loses power with dirty pages, and an
+    /// fsync per write costs milliseconds on phone flash.
+    #[default]
+    Normal,
+    /// `PRAGMA synchronous = FULL`: every commit fsyncs the WAL, so a write
+    /// that returned survives power loss too. Each write then costs an
+    /// fsync.
+    Full,
+}
+
+impl Durability {
+    /// The value of `PRAGMA synchronous` for this mode.
+    pub fn synchronous_pragma(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
+
+/// Everything [`Client::open`](crate::Client::open) needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The directory holding the device's database ([`DATABASE_FILE`]); it is
+    /// created if missing. The same directory is the same device across
+    /// runs.
+    pub data_dir: String,
+    /// The user this device belongs to. Fixed when the directory is first
+    /// used; opening it for another user fails.
+    pub user_id: String,
+    /// A name for this device, for people ("Alice's iPad"). It may change
+    /// between runs; the device id does not.
+    pub device_name: String,
+    /// The sync server's URL. Kept for the sync engine; the local store does
+    /// not use it.
+    pub server_url: Option<String>,
+    /// What a committed write survives.
+    pub durability: Durability,
+    /// The largest document, in bytes of its merge state as JSON (what the
+    /// server limits too). Default: 1 MiB.
+    pub max_document_bytes: usize,
+}
+
+impl ClientConfig {
+    /// A configuration with the defaults: [`Durability::Normal`], 1 MiB
+    /// documents, no server.
+    pub fn new(data_dir: &str, user_id: &str, device_name: &str) -> ClientConfig {
+        ClientConfig {
+            data_dir: data_dir.to_owned(),
+            user_id: user_id.to_owned(),
+            device_name: device_name.to_owned(),
+            server_url: None,
+            durability: Durability::Normal,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+        }
+    }
+}

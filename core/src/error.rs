@@ -1,0 +1,198 @@
+//! The errors of the client engine.
+//!
+//! Every variant names one thing that went wrong and what it concerns, so the
+//! FFI layer can map it to the few cases an app acts on (invalid input,
+//! storage, closed) and the CLI can print a stable code ([`Error::code`]).
+//! Bad input is always detected before anything is written.
+
+use tandem_protocol::ids::IdError;
+use tandem_protocol::{RejectCode, Rejection};
+
+/// What went wrong in a [`Client`](crate::Client) call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The text given as a document (or as set values) is not valid JSON.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+
+    /// The JSON is valid but is not an object, and a document's fields (or a
+    /// patch) must be one.
+    #[error("expected a JSON object, got {found}")]
+    NotAnObject {
+        /// What it got: `null`, `boolean`, `number`, `string` or `array`.
+        found: &'static str,
+    },
+
+    /// The JSON is valid but is not an array, and the values of a set
+    /// operation must be one.
+    #[error("expected a JSON array of values, got {found}")]
+    NotAnArray {
+        /// What it got: `null`, `boolean`, `number`, `string` or `object`.
+        found: &'static str,
+    },
+
+    /// The document's merge state would be larger than the configured limit
+    /// ([`ClientConfig::max_document_bytes`](crate::ClientConfig)). The size
+    /// is that of the document's state as JSON
+    /// ([`DocState::encoded_len`](tandem_protocol::DocState::encoded_len)),
+    /// which is also what the server limits.
+    #[error("the document would be {size} bytes, over the limit of {limit} bytes")]
+    DocumentTooLarge {
+        /// The size the document would have.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// An identifier is empty, too long or has a character it may not
+    /// (document ids: 1 to 128 bytes, no control characters; collections:
+    /// 1 to 64 bytes of ASCII letters, digits, `_`, `-`, `.`).
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+
+    /// A query filters or orders on a field that no declared index of the
+    /// collection covers ([`Client::declare_index`](crate::Client::declare_index)).
+    #[error("{field} is not an indexed field of {collection}: declare an index on it first")]
+    NotIndexed {
+        /// The collection queried.
+        collection: String,
+        /// The field that is not indexed.
+        field: String,
+    },
+
+    /// An index declaration is not acceptable (no fields, too many, a field
+    /// name that is not a plain name, a repeated field).
+    #[error("invalid index: {0}")]
+    InvalidIndex(String),
+
+    /// A query's `after` names a document that is not in the collection, so
+    /// there is no position to continue from.
+    #[error("no document {id} in {collection} to continue the query after")]
+    CursorNotFound {
+        /// The collection queried.
+        collection: String,
+        /// The document id given as the cursor.
+        id: String,
+    },
+
+    /// An operation name that is not one of `put`, `patch`, `delete`,
+    /// `set_add`, `set_remove`.
+    #[error("unknown operation {0:?}: expected put, patch, delete, set_add or set_remove")]
+    UnknownOperation(String),
+
+    /// The payload of an operation named as text
+    /// ([`Client::mutate`](crate::Client::mutate)) lacks a part the
+    /// operation needs, or has it in the wrong type.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+
+    /// The collection's merge policy does not allow the write (for example a
+    /// set operation on a field that is not declared as a set, or an update
+    /// of an `append_only` document).
+    #[error("{reason}")]
+    Rejected {
+        /// The protocol's code for the rejection.
+        code: RejectCode,
+        /// A sentence for people.
+        reason: String,
+        /// The field at fault, if one is.
+        field: Option<String>,
+    },
+
+    /// The data directory was created for another user; a device's database
+    /// belongs to one user for its whole life.
+    #[error("this data directory belongs to user {stored}, not {requested}")]
+    UserMismatch {
+        /// The user the directory belongs to.
+        stored: String,
+        /// The user that was asked for.
+        requested: String,
+    },
+
+    /// The database was written by a newer version of Tandem.
+    #[error("the database has schema version {found}; this build knows up to {supported}")]
+    IncompatibleDatabase {
+        /// The database's schema version.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+
+    /// Something the store wrote earlier cannot be read back (a damaged or
+    /// hand-edited database).
+    #[error("stored data is damaged: {0}")]
+    CorruptStore(String),
+
+    /// SQLite failed.
+    #[error("storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+
+    /// The data directory could not be created or read.
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl Error {
+    /// A stable, machine-readable code for the error, as the CLI prints it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidJson(_) => "invalid_json",
+            Error::NotAnObject { .. } => "not_an_object",
+            Error::NotAnArray { .. } => "not_an_array",
+            Error::DocumentTooLarge { .. } => "document_too_large",
+            Error::InvalidId(_) => "invalid_id",
+            Error::NotIndexed { .. } => "not_indexed",
+            Error::InvalidIndex(_) => "invalid_index",
+            Error::CursorNotFound { .. } => "cursor_not_found",
+            Error::UnknownOperation(_) => "unknown_operation",
+            Error::InvalidPayload(_) => "invalid_payload",
+            Error::Rejected { code, .. } => code.as_str(),
+            Error::UserMismatch { .. } => "user_mismatch",
+            Error::IncompatibleDatabase { .. } => "incompatible_database",
+            Error::CorruptStore(_) => "corrupt_store",
+            Error::Storage(_) => "storage",
+            Error::Io(_) => "io",
+            Error::Closed => "closed",
+        }
+    }
+
+    /// Whether the error is the caller's input, as opposed to the state of
+    /// the device (storage, closed).
+    pub fn is_invalid_input(&self) -> bool {
+        !matches!(
+            self,
+            Error::Storage(_)
+                | Error::Io(_)
+                | Error::Closed
+                | Error::CorruptStore(_)
+                | Error::IncompatibleDatabase { .. }
+                | Error::UserMismatch { .. }
+        )
+    }
+}
+
+impl From<Rejection> for Error {
+    fn from(r: Rejection) -> Error {
+        Error::Rejected {
+            code: r.code,
+            reason: r.reason,
+            field: r.field,
+        }
+    }
+}
+
+/// The name of a JSON value's type, for error messages.
+pub(crate) fn json_type_name(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "boolean",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}

@@ -1,0 +1,330 @@
+//! Observers of queries and documents.
+//!
+//! An app subscribes with [`Client::observe_query`](crate::Client::observe_query)
+//! or [`Client::observe_document`](crate::Client::observe_document) and gets
+//! a [`Subscription`]. The contract:
+//!
+//! - The observer first receives the current result, then a new result
+//!   each time a commit changes it. It is only called after the commit that
+//!   changed the data (results are read from committed state), never before.
+//! - Results are coalesced: every commit queues a notice; one observer
+//!   thread takes all queued notices at once, re-runs each affected query
+//!   once, and calls the observer only if the result differs from the last
+//!   one it received. A burst of writes therefore yields the latest result,
+//!   not every intermediate one, and a write that does not change a result
+//!   yields nothing.
+//! - Calls to one observer never overlap (there is one observer thread).
+//!   Observers should return quickly; work that takes time belongs on the
+//!   app's own queue.
+//! - [`Subscription::cancel`], or dropping the subscription, stops it. When
+//!   `cancel` returns, the observer is not being called and will not be
+//!   called again (unless `cancel` was called from inside the observer
+//!   itself, in which case only that call is still running).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::{JoinHandle, ThreadId};
+
+use crate::document::{DocRef, LocalDocument};
+use crate::error::Error;
+use crate::query::ResolvedQuery;
+use crate::store::Store;
+
+/// Receives the results of a query.
+pub trait QueryObserver: Send + Sync {
+    /// The query's result: first the current one, then each new one.
+    fn on_result(&self, documents: Vec<LocalDocument>);
+
+    /// Re-running the query failed (storage trouble); the subscription
+    /// stays active and the next commit tries again.
+    fn on_error(&self, error: Error) {
+        let _ = error;
+    }
+}
+
+/// Receives the local view of one document.
+pub trait DocumentObserver: Send + Sync {
+    /// The document (`None` if there is none): first its current view,
+    /// then each new one.
+    fn on_document(&self, document: Option<LocalDocument>);
+
+    /// Reading the document failed (storage trouble); the subscription
+    /// stays active and the next commit tries again.
+    fn on_error(&self, error: Error) {
+        let _ = error;
+    }
+}
+
+/// An active observation. Cancels when dropped.
+pub struct Subscription {
+    slot: Arc<Slot>,
+    registry: Weak<Registry>,
+}
+
+impl Subscription {
+    /// Stops the observation (see the module documentation for what is
+    /// guaranteed when this returns). Calling it again does nothing.
+    pub fn cancel(&self) {
+        self.slot.cancelled.store(true, Ordering::SeqCst);
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry.slots).remove(&self.slot.id);
+            let on_observer_thread = registry
+                .thread
+                .get()
+                .is_some_and(|id| *id == std::thread::current().id());
+            if on_observer_thread {
+                return;
+            }
+        }
+        // Wait for a call in progress to end; later calls see `cancelled`.
+        drop(lock(&self.slot.delivering));
+    }
+
+    /// Whether the subscription has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.slot.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.slot.id)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// What the observer thread is told.
+pub(crate) enum Notice {
+    /// These documents changed in a commit.
+    Committed(Vec<DocRef>),
+    /// A new subscription wants its first result.
+    Subscribed(u64),
+    /// Stop.
+    Stop,
+}
+
+/// Where the store announces commits. Sending never blocks, and fails
+/// silently once the observer thread is gone (nobody is listening).
+pub(crate) struct CommitSink(Option<Sender<Notice>>);
+
+impl CommitSink {
+    /// A sink nobody listens to.
+    #[cfg(test)]
+    pub fn none() -> CommitSink {
+        CommitSink(None)
+    }
+
+    pub fn committed(&self, docs: Vec<DocRef>) {
+        if let Some(sender) = &self.0 {
+            let _ = sender.send(Notice::Committed(docs));
+        }
+    }
+}
+
+enum Target {
+    Query {
+        query: ResolvedQuery,
+        observer: Arc<dyn QueryObserver>,
+    },
+    Document {
+        doc: DocRef,
+        observer: Arc<dyn DocumentObserver>,
+    },
+}
+
+impl Target {
+    fn affected_by(&self, doc: &DocRef) -> bool {
+        match self {
+            Target::Query { query, .. } => query.watches(&doc.space, &doc.collection),
+            Target::Document { doc: watched, .. } => watched == doc,
+        }
+    }
+}
+
+struct Slot {
+    id: u64,
+    target: Target,
+    cancelled: AtomicBool,
+    /// Held by the observer thread while it calls the observer, so that
+    /// `cancel` can wait for the call to end.
+    delivering: Mutex<()>,
+}
+
+/// The last result an observer received.
+#[derive(PartialEq)]
+enum Delivered {
+    Documents(Vec<LocalDocument>),
+    Document(Option<LocalDocument>),
+}
+
+struct Registry {
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    next_id: AtomicU64,
+    thread: OnceLock<ThreadId>,
+}
+
+/// The observers of one client and the thread that notifies them.
+pub(crate) struct Observers {
+    registry: Arc<Registry>,
+    sender: Sender<Notice>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Observers {
+    /// The channel the store announces commits on, and its receiving end
+    /// for [`Observers::start`].
+    pub fn channel() -> (CommitSink, Sender<Notice>, Receiver<Notice>) {
+        let (sender, receiver) = mpsc::channel();
+        (CommitSink(Some(sender.clone())), sender, receiver)
+    }
+
+    /// Starts the observer thread, which reads through `store`.
+    pub fn start(
+        store: Arc<Store>,
+        sender: Sender<Notice>,
+        receiver: Receiver<Notice>,
+    ) -> Result<Observers, Error> {
+        let registry = Arc::new(Registry {
+            slots: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            thread: OnceLock::new(),
+        });
+        let thread_registry = Arc::clone(&registry);
+        let thread = std::thread::Builder::new()
+            .name("tandem-observers".into())
+            .spawn(move || {
+                let _ = thread_registry.thread.set(std::thread::current().id());
+                run(&store, &thread_registry, &receiver);
+            })?;
+        Ok(Observers {
+            registry,
+            sender,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn observe_query(
+        &self,
+        query: ResolvedQuery,
+        observer: Arc<dyn QueryObserver>,
+    ) -> Subscription {
+        self.subscribe(Target::Query { query, observer })
+    }
+
+    pub fn observe_document(
+        &self,
+        doc: DocRef,
+        observer: Arc<dyn DocumentObserver>,
+    ) -> Subscription {
+        self.subscribe(Target::Document { doc, observer })
+    }
+
+    fn subscribe(&self, target: Target) -> Subscription {
+        let id = self.registry.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            id,
+            target,
+            cancelled: AtomicBool::new(false),
+            delivering: Mutex::new(()),
+        });
+        lock(&self.registry.slots).insert(id, Arc::clone(&slot));
+        let _ = self.sender.send(Notice::Subscribed(id));
+        Subscription {
+            slot,
+            registry: Arc::downgrade(&self.registry),
+        }
+    }
+
+    /// Stops the observer thread and waits for it (unless called from an
+    /// observer, which runs on that thread). Idempotent.
+    pub fn stop(&self) {
+        let _ = self.sender.send(Notice::Stop);
+        let handle = lock(&self.thread).take();
+        if let Some(handle) = handle
+            && handle.thread().id() != std::thread::current().id()
+        {
+            let _ = handle.join();
+        }
+        lock(&self.registry.slots).clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn run(store: &Store, registry: &Registry, receiver: &Receiver<Notice>) {
+    let mut delivered: HashMap<u64, Delivered> = HashMap::new();
+    // Blocks until something happens; ends when every sender is gone.
+    while let Ok(first) = receiver.recv() {
+        let mut changed: HashSet<DocRef> = HashSet::new();
+        let mut fresh: HashSet<u64> = HashSet::new();
+        let mut stop = false;
+        // Coalescing: take everything queued so far in one round.
+        for notice in std::iter::once(first).chain(receiver.try_iter()) {
+            match notice {
+                Notice::Committed(docs) => changed.extend(docs),
+                Notice::Subscribed(id) => {
+                    fresh.insert(id);
+                }
+                Notice::Stop => stop = true,
+            }
+        }
+        if stop {
+            return;
+        }
+        let slots: Vec<Arc<Slot>> = lock(&registry.slots).values().cloned().collect();
+        delivered.retain(|id, _| slots.iter().any(|s| s.id == *id));
+        for slot in slots {
+            let affected =
+                fresh.contains(&slot.id) || changed.iter().any(|doc| slot.target.affected_by(doc));
+            if affected && !slot.cancelled.load(Ordering::SeqCst) {
+                deliver(store, &slot, &mut delivered);
+            }
+        }
+    }
+}
+
+/// Reads the slot's result and hands it to its observer if it changed.
+fn deliver(store: &Store, slot: &Slot, delivered: &mut HashMap<u64, Delivered>) {
+    let result = match &slot.target {
+        Target::Query { query, .. } => store.query(query).map(Delivered::Documents),
+        Target::Document { doc, .. } => store.get(doc).map(Delivered::Document),
+    };
+    let _calling = lock(&slot.delivering);
+    if slot.cancelled.load(Ordering::SeqCst) {
+        return;
+    }
+    match result {
+        Err(Error::Closed) => {}
+        Err(error) => match &slot.target {
+            Target::Query { observer, .. } => observer.on_error(error),
+            Target::Document { observer, .. } => observer.on_error(error),
+        },
+        Ok(result) => {
+            if delivered.get(&slot.id) == Some(&result) {
+                return;
+            }
+            match (&slot.target, &result) {
+                (Target::Query { observer, .. }, Delivered::Documents(docs)) => {
+                    observer.on_result(docs.clone());
+                }
+                (Target::Document { observer, .. }, Delivered::Document(doc)) => {
+                    observer.on_document(doc.clone());
+                }
+                _ => {}
+            }
+            delivered.insert(slot.id, result);
+        }
+    }
+}

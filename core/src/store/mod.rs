@@ -1,0 +1,333 @@
+//! The device's local database.
+//!
+//! One SQLite database per device, in WAL mode, reached through:
+//!
+//! - one writer connection behind a mutex: every write of the store goes
+//!   through it, so writes are serialized in the process and never meet
+//!   `SQLITE_BUSY` from each other;
+//! - a few reader connections ([`readers`]): in WAL mode readers see the
+//!   last committed state and neither block nor are blocked by the writer;
+//! - a checkpointer thread with its own connection ([`checkpoint`]), so WAL
+//!   checkpoints happen off the write path.
+//!
+//! The submodules are the rooms: [`schema`] (tables and migrations),
+//! [`writes`] (local writes), [`reads`] (get and query), [`indexes`]
+//! (declared field indexes), [`outbox`] (the queue of mutations), [`views`]
+//! (confirmed state and rebuilding the local view), [`device`] (identity and
+//! clock).
+//!
+//! Only [`open_writer`] and [`Checkpointer`] are public: the benchmarks use
+//! them to measure a bare SQLite write with exactly the store's settings.
+
+mod checkpoint;
+mod device;
+mod indexes;
+mod outbox;
+mod readers;
+mod reads;
+mod schema;
+mod views;
+mod writes;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tandem_protocol::{Collection, CollectionPolicy, HybridClock};
+
+pub use checkpoint::{CheckpointSettings, Checkpointer};
+pub(crate) use device::DeviceIdentity;
+pub(crate) use indexes::IndexCatalog;
+pub use outbox::{OutboxState, PendingMutation};
+pub(crate) use writes::Write;
+
+use crate::config::{ClientConfig, DATABASE_FILE, Durability};
+use crate::document::DocRef;
+use crate::error::Error;
+use crate::observe::CommitSink;
+use readers::ReaderPool;
+
+/// How many reader connections the store keeps: one for the observer
+/// thread and two for the app's own reads, on phones with a handful of
+/// cores.
+const READER_CONNECTIONS: usize = 3;
+
+/// How long a connection waits for a lock another connection holds (the
+/// checkpointer's RESTART, another process on the same directory) before
+/// failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Statements kept prepared per connection: the fixed statements of the
+/// write and read paths plus the query shapes an app uses.
+const STATEMENT_CACHE: usize = 64;
+
+/// Opens a connection for writing to the database at `path` with the
+/// store's settings, and starts its background checkpointer.
+pub fn open_writer(
+    path: &Path,
+    durability: Durability,
+    checkpoints: CheckpointSettings,
+) -> Result<(Connection, Checkpointer), Error> {
+    let mut conn = Connection::open(path)?;
+    // WAL: a commit appends to the log instead of rewriting pages in place
+    // (one sequential write), and readers keep reading the last committed
+    // state while a write is in progress. The mode is stored in the file,
+    // so every later connection gets it too.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL (default) or FULL: see `Durability` for what each survives.
+    conn.pragma_update(None, "synchronous", durability.synchronous_pragma())?;
+    // No checkpoints inside commits: the checkpointer thread runs them
+    // (store/checkpoint.rs). Must come before the WAL hook is installed,
+    // because setting it replaces the hook.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // After a burst the WAL file may have grown large; when the WAL
+    // restarts, give back what is beyond 64 MiB (the checkpointer's restart
+    // threshold, so a steady workload never truncates).
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let checkpointer = Checkpointer::start(path, &mut conn, checkpoints)?;
+    Ok((conn, checkpointer))
+}
+
+/// Opens a read-only connection with the store's settings.
+fn open_reader(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path)?;
+    // A reader that tried to write would race the writer's transactions;
+    // make that an error instead.
+    conn.pragma_update(None, "query_only", true)?;
+    // ORDER BY on a field no index orders is sorted in memory rather than
+    // in a temporary file.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// The writer connection and what only writes read and change.
+pub(crate) struct Writer {
+    pub conn: Connection,
+    /// The device's clock; its last reading is persisted with each write.
+    pub clock: HybridClock,
+    /// The policies of the `policies` table. Only the writer changes that
+    /// table, so this copy is always current.
+    pub policies: HashMap<Collection, CollectionPolicy>,
+}
+
+/// The policy of `collection` (`lww` unless one was stored). A function of
+/// the map rather than of the `Writer`, so it can be called while a
+/// transaction borrows the connection.
+pub(crate) fn policy_of(
+    policies: &HashMap<Collection, CollectionPolicy>,
+    collection: &Collection,
+) -> CollectionPolicy {
+    policies.get(collection).cloned().unwrap_or_default()
+}
+
+/// The local database of one device.
+pub(crate) struct Store {
+    path: PathBuf,
+    writer: Mutex<Option<Writer>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
+    readers: ReaderPool,
+    indexes: RwLock<IndexCatalog>,
+    identity: DeviceIdentity,
+    max_document_bytes: usize,
+    commits: CommitSink,
+}
+
+impl Store {
+    /// Opens (creating or upgrading) the database in `config.data_dir`.
+    /// Committed changes are announced on `commits`.
+    pub fn open(
+        config: &ClientConfig,
+        checkpoints: CheckpointSettings,
+        commits: CommitSink,
+    ) -> Result<Store, Error> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let path = Path::new(&config.data_dir).join(DATABASE_FILE);
+        let (mut conn, checkpointer) = open_writer(&path, config.durability, checkpoints)?;
+        schema::prepare(&mut conn)?;
+        let identity = device::load_or_create(&conn, &config.user_id, &config.device_name)?;
+        outbox::requeue_in_flight(&conn)?;
+        let clock = HybridClock::resume(identity.device_id.clone(), identity.last_hlc.as_ref());
+        let policies = views::load_policies(&conn)?;
+        let indexes = IndexCatalog::load(&conn)?;
+        let mut readers = Vec::with_capacity(READER_CONNECTIONS);
+        for _ in 0..READER_CONNECTIONS {
+            readers.push(open_reader(&path)?);
+        }
+        Ok(Store {
+            path,
+            writer: Mutex::new(Some(Writer {
+                conn,
+                clock,
+                policies,
+            })),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            readers: ReaderPool::new(readers),
+            indexes: RwLock::new(indexes),
+            identity,
+            max_document_bytes: config.max_document_bytes,
+            commits,
+        })
+    }
+
+    /// The device's identity.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    /// The database file.
+    #[cfg_attr(not(test), expect(dead_code, reason = "for diagnostics and tests"))]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the writer, or fails with [`Error::Closed`].
+    fn with_writer<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T, Error>) -> Result<T, Error> {
+        let mut guard = lock(&self.writer);
+        let writer = guard.as_mut().ok_or(Error::Closed)?;
+        f(writer)
+    }
+
+    /// Announces committed changes to observers.
+    fn announce(&self, docs: Vec<DocRef>) {
+        if !docs.is_empty() {
+            self.commits.committed(docs);
+        }
+    }
+
+    /// Closes every connection. Idempotent. The checkpointer stops first and
+    /// the writer closes last: when the last connection to a WAL database
+    /// closes, SQLite checkpoints and removes the WAL.
+    pub fn close(&self) {
+        if let Some(mut checkpointer) = lock(&self.checkpointer).take() {
+            checkpointer.stop();
+        }
+        self.readers.close();
+        lock(&self.writer).take();
+    }
+
+    /// Passive and restart checkpoints run so far.
+    #[cfg_attr(not(test), expect(dead_code, reason = "for diagnostics and tests"))]
+    pub fn checkpoint_runs(&self) -> (u64, u64) {
+        lock(&self.checkpointer)
+            .as_ref()
+            .map(Checkpointer::runs)
+            .unwrap_or_default()
+    }
+}
+
+/// Locks `m`. The store's mutexes guard connections and caches that a
+/// panic cannot leave half-changed (an open transaction rolls back when it
+/// is dropped during unwinding), so a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub(crate) fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// SQLite integers are signed; counts and versions are not. Values beyond
+/// `i64::MAX` cannot come from this store, so they saturate.
+pub(crate) fn to_sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The inverse of [`to_sql_int`]: a negative value is damage.
+pub(crate) fn from_sql_int(v: i64, what: &str) -> Result<u64, Error> {
+    u64::try_from(v).map_err(|_| Error::CorruptStore(format!("{what} is negative: {v}")))
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::observe::CommitSink;
+
+    /// A store in a fresh temporary directory, for user `alice`.
+    pub fn open_store(dir: &Path) -> Store {
+        open_store_with(dir, CheckpointSettings::default())
+    }
+
+    pub fn open_store_with(dir: &Path, checkpoints: CheckpointSettings) -> Store {
+        let config = ClientConfig::new(dir.to_str().unwrap(), "alice", "phone");
+        Store::open(&config, checkpoints, CommitSink::none()).unwrap()
+    }
+
+    /// Runs `sql` (a count) on a connection of its own.
+    pub fn count(store: &Store, sql: &str) -> i64 {
+        let conn = Connection::open(store.path()).unwrap();
+        conn.query_row(sql, [], |row| row.get(0)).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::open_store_with;
+    use super::*;
+    use serde_json::json;
+    use tandem_protocol::{DocId, SpaceId};
+
+    fn pragma(conn: &Connection, name: &str) -> i64 {
+        conn.pragma_query_value(None, name, |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_writer_has_the_documented_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        for (durability, synchronous) in [(Durability::Normal, 1), (Durability::Full, 2)] {
+            let path = dir.path().join(format!("{durability:?}.db"));
+            let (conn, _checkpointer) =
+                open_writer(&path, durability, CheckpointSettings::default()).unwrap();
+            assert_eq!(pragma(&conn, "synchronous"), synchronous);
+            assert_eq!(pragma(&conn, "wal_autocheckpoint"), 0);
+            let mode: String = conn
+                .pragma_query_value(None, "journal_mode", |row| row.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
+    }
+
+    #[test]
+    fn the_checkpointer_copies_the_wal_off_the_write_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store_with(
+            dir.path(),
+            CheckpointSettings {
+                passive_pages: 8,
+                restart_pages: 1 << 20,
+            },
+        );
+        let wal = dir.path().join(format!("{DATABASE_FILE}-wal"));
+        let mut n = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // With autocheckpoint off, only the checkpointer thread can
+        // checkpoint; the WAL hook wakes it once the WAL passes 8 pages.
+        while store.checkpoint_runs().0 == 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
+            n += 1;
+            let doc = DocRef {
+                space: SpaceId::new("personal:alice").unwrap(),
+                collection: Collection::new("tasks").unwrap(),
+                id: DocId::new(format!("t{n}")).unwrap(),
+            };
+            let fields = json!({ "n": n }).as_object().unwrap().clone();
+            store.write(&doc, Write::Put(fields)).unwrap();
+        }
+        assert!(wal.exists());
+        store.close();
+        assert!(
+            !wal.exists(),
+            "closing the last connection checkpoints and removes the WAL"
+        );
+    }
+}

@@ -1,0 +1,560 @@
+//! The outbox: the durable queue of this device's mutations.
+//!
+//! Every local write appends one entry (a protocol [`Mutation`], whose
+//! `mutation_id` is the idempotency key) in the same transaction that
+//! changes the document's local view, so there is never a view change
+//! without its entry or an entry without its view change.
+//!
+//! # Ordering
+//!
+//! Entries are numbered by `seq` in commit order (there is one writer). The
+//! sync engine sends them in `seq` order. Within one document order is
+//! kept strictly: no entry is sent while an earlier entry of the same
+//! document waits for a retry, so the server applies a document's writes
+//! in the order they were made. Entries of different documents never wait
+//! for each other.
+//!
+//! # States
+//!
+//! ```text
+//! queued ──send──▶ in_flight ──ack──▶ (removed)
+//!    ▲                 │
+//!    │                 ├─transient error──▶ retrying (attempt n, next_attempt_at) ──due──▶ sent again
+//!    │                 └─permanent error or attempts exhausted──▶ failed (reason)
+//!    └──────────── app retries a failed entry ◀─────────────────────────┘
+//! ```
+//!
+//! - `queued`: written, not sent on the current connection.
+//! - `in_flight`: sent on the current connection, no answer yet.
+//! - `retrying`: a send failed in a way that may pass (connection lost,
+//!   server busy, rate limited); `attempt` counts the failures and
+//!   `next_attempt_at` (ms since the epoch) is when to send again. The
+//!   engine chooses the time: exponential backoff with jitter, capped.
+//! - `failed`: the server refused the mutation for good (policy,
+//!   validation, permission) or the attempts ran out; `failure` says why.
+//! - acknowledged: the entry is deleted in the transaction that stores the
+//!   confirmed state the server returned, so the local view never falls
+//!   back to the old value in between.
+//!
+//! # Wedged states
+//!
+//! Nothing stops the queue as a whole. A `failed` entry stays, with its
+//! effect still in the local view (the document shows `pending`), until
+//! the app retries it (back to `queued`) or discards it (deleted, and the
+//! view rebuilt without it); it holds back nothing, not even later entries
+//! of its own document, which the server judges on their own. A `retrying`
+//! entry holds back only later entries of its own document, and only until
+//! it is due. `in_flight` cannot outlive its connection: the engine puts
+//! in-flight entries back to `queued` when the connection drops.
+//!
+//! # Restart
+//!
+//! The outbox is in the database, so it survives the app being killed and
+//! the device rebooting (within the limits of the configured
+//! [`Durability`](crate::Durability)). A crash during a write leaves either
+//! both the view change and the entry or neither. On open, `in_flight`
+//! entries go back to `queued`: whether the server received them is
+//! unknown, and sending them again is safe because the server applies a
+//! `mutation_id` at most once and answers a repeat with the first result.
+//! `retrying` entries keep their attempt count and time; `failed` entries
+//! stay failed.
+
+use rusqlite::{Connection, Row, Transaction, TransactionBehavior, params};
+use tandem_protocol::{Mutation, MutationId};
+
+use crate::document::DocRef;
+use crate::error::Error;
+use crate::store::views::rebuild_view;
+use crate::store::{Store, from_sql_int, now_millis, policy_of, to_sql_int};
+
+/// The state of an outbox entry (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum OutboxState {
+    /// Waiting to be sent.
+    Queued,
+    /// Sent on the current connection, not answered yet.
+    InFlight,
+    /// A send failed and will be retried.
+    Retrying {
+        /// How many sends have failed.
+        attempt: u32,
+        /// When to send again, in ms since the Unix epoch.
+        next_attempt_at_ms: u64,
+    },
+    /// Refused for good; waits for the app to retry or discard it.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An outbox entry as the app sees it ([`Client::pending_mutations`](crate::Client::pending_mutations)).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingMutation {
+    /// Position in the outbox; entries are sent in this order.
+    pub seq: u64,
+    /// The idempotency key.
+    pub mutation_id: String,
+    /// The document's space.
+    pub space: String,
+    /// The document's collection.
+    pub collection: String,
+    /// The document's id.
+    pub doc_id: String,
+    /// `put`, `patch`, `delete`, `set_add` or `set_remove`.
+    pub operation: String,
+    /// Where it is in its life.
+    #[serde(flatten)]
+    pub state: OutboxState,
+    /// When the write was made, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The whole mutation as the protocol encodes it.
+    pub mutation_json: String,
+}
+
+/// An outbox entry as the sync engine handles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutboxEntry {
+    pub seq: u64,
+    pub mutation: Mutation,
+    pub state: OutboxState,
+}
+
+/// Appends `mutation` as a queued entry; part of the write's transaction.
+pub(crate) fn append(tx: &Transaction<'_>, mutation: &Mutation) -> Result<(), Error> {
+    let json = serde_json::to_string(mutation)
+        .map_err(|e| Error::CorruptStore(format!("mutation {}: {e}", mutation.mutation_id)))?;
+    tx.prepare_cached(
+        "INSERT INTO outbox (mutation_id, space, collection, doc_id, mutation, state, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+    )?
+    .execute(params![
+        mutation.mutation_id.to_string(),
+        mutation.space.as_str(),
+        mutation.collection.as_str(),
+        mutation.doc_id.as_str(),
+        json,
+        to_sql_int(now_millis()),
+    ])?;
+    Ok(())
+}
+
+/// Puts every in-flight entry back in the queue (at open, and when the
+/// connection that carried them is gone).
+pub(crate) fn requeue_in_flight(conn: &Connection) -> Result<usize, Error> {
+    Ok(conn.execute(
+        "UPDATE outbox SET state = 'queued' WHERE state = 'in_flight'",
+        [],
+    )?)
+}
+
+const ENTRY_COLUMNS: &str = "seq, mutation, state, attempt, next_attempt_at, failure, created_at";
+
+fn state_of(row: &Row<'_>) -> rusqlite::Result<Result<OutboxState, Error>> {
+    let state: String = row.get(2)?;
+    let attempt: i64 = row.get(3)?;
+    let next: Option<i64> = row.get(4)?;
+    let failure: Option<String> = row.get(5)?;
+    Ok(match state.as_str() {
+        "queued" => Ok(OutboxState::Queued),
+        "in_flight" => Ok(OutboxState::InFlight),
+        "retrying" => u32::try_from(attempt)
+            .map_err(|_| Error::CorruptStore(format!("outbox attempt {attempt}")))
+            .and_then(|attempt| {
+                Ok(OutboxState::Retrying {
+                    attempt,
+                    next_attempt_at_ms: from_sql_int(next.unwrap_or(0), "next attempt")?,
+                })
+            }),
+        "failed" => Ok(OutboxState::Failed {
+            reason: failure.unwrap_or_default(),
+        }),
+        other => Err(Error::CorruptStore(format!("outbox state {other:?}"))),
+    })
+}
+
+fn entry_of(row: &Row<'_>) -> rusqlite::Result<Result<(OutboxEntry, String, u64), Error>> {
+    let seq: i64 = row.get(0)?;
+    let json: String = row.get(1)?;
+    let created: i64 = row.get(6)?;
+    let state = state_of(row)?;
+    Ok((|| {
+        let mutation: Mutation = serde_json::from_str(&json)
+            .map_err(|e| Error::CorruptStore(format!("outbox entry {seq}: {e}")))?;
+        Ok((
+            OutboxEntry {
+                seq: from_sql_int(seq, "outbox seq")?,
+                mutation,
+                state: state?,
+            },
+            json,
+            from_sql_int(created, "created_at")?,
+        ))
+    })())
+}
+
+/// Every entry, in seq order.
+pub(crate) fn list(conn: &Connection) -> Result<Vec<PendingMutation>, Error> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM outbox ORDER BY seq"))?;
+    let rows = stmt.query_map([], entry_of)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (entry, json, created_at_ms) = row??;
+        let m = entry.mutation;
+        out.push(PendingMutation {
+            seq: entry.seq,
+            mutation_id: m.mutation_id.to_string(),
+            space: m.space.to_string(),
+            collection: m.collection.to_string(),
+            doc_id: m.doc_id.to_string(),
+            operation: m.op.name().to_owned(),
+            state: entry.state,
+            created_at_ms,
+            mutation_json: json,
+        });
+    }
+    Ok(out)
+}
+
+/// (entries not failed, failed entries).
+pub(crate) fn counts(conn: &Connection) -> Result<(u64, u64), Error> {
+    let (all, failed): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM outbox),
+                    (SELECT count(*) FROM outbox WHERE state = 'failed')",
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let all = from_sql_int(all, "outbox count")?;
+    let failed = from_sql_int(failed, "failed count")?;
+    Ok((all.saturating_sub(failed), failed))
+}
+
+/// The pending mutations of one document, in seq order: what the view
+/// rests on besides the confirmed state.
+pub(crate) fn pending_of(tx: &Transaction<'_>, doc: &DocRef) -> Result<Vec<Mutation>, Error> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, mutation FROM outbox
+         WHERE space = ?1 AND collection = ?2 AND doc_id = ?3 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(
+        params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
+        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, json) = row?;
+        out.push(
+            serde_json::from_str(&json)
+                .map_err(|e| Error::CorruptStore(format!("outbox entry {seq}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Every outbox entry, in seq order.
+    pub fn pending_mutations(&self) -> Result<Vec<PendingMutation>, Error> {
+        self.readers.with(list)
+    }
+
+    /// (entries not failed, failed entries).
+    pub fn outbox_counts(&self) -> Result<(u64, u64), Error> {
+        self.readers.with(counts)
+    }
+}
+
+/// The transitions the sync engine drives.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "called by the sync engine, which builds on this store"
+    )
+)]
+impl Store {
+    /// Up to `limit` entries that may be sent now, in seq order, marked
+    /// `in_flight`: queued entries and retrying entries that are due, except
+    /// those behind a not-yet-due retry of the same document.
+    pub(crate) fn take_sendable(
+        &self,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<OutboxEntry>, Error> {
+        self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let entries = {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM outbox AS o
+                     WHERE (state = 'queued' OR (state = 'retrying' AND next_attempt_at <= ?1))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM outbox AS e
+                           WHERE e.space = o.space AND e.collection = o.collection
+                             AND e.doc_id = o.doc_id AND e.seq < o.seq
+                             AND e.state = 'retrying' AND e.next_attempt_at > ?1)
+                     ORDER BY seq LIMIT ?2"
+                ))?;
+                let rows = stmt.query_map(
+                    params![to_sql_int(now_ms), i64::try_from(limit).unwrap_or(i64::MAX)],
+                    entry_of,
+                )?;
+                let mut entries = Vec::new();
+                for row in rows {
+                    entries.push(row??.0);
+                }
+                entries
+            };
+            {
+                let mut mark =
+                    tx.prepare_cached("UPDATE outbox SET state = 'in_flight' WHERE seq = ?1")?;
+                for entry in &entries {
+                    mark.execute([to_sql_int(entry.seq)])?;
+                }
+            }
+            tx.commit()?;
+            Ok(entries
+                .into_iter()
+                .map(|e| OutboxEntry {
+                    state: OutboxState::InFlight,
+                    ..e
+                })
+                .collect())
+        })
+    }
+
+    /// The connection that carried the in-flight entries is gone.
+    pub(crate) fn requeue_in_flight(&self) -> Result<usize, Error> {
+        self.with_writer(|writer| requeue_in_flight(&writer.conn))
+    }
+
+    /// A send of `id` failed in a way that may pass: count the attempt and
+    /// send again at `next_attempt_at_ms`.
+    pub(crate) fn mark_retrying(
+        &self,
+        id: &MutationId,
+        next_attempt_at_ms: u64,
+    ) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            writer.conn.execute(
+                "UPDATE outbox SET state = 'retrying', attempt = attempt + 1, next_attempt_at = ?2
+                 WHERE mutation_id = ?1",
+                params![id.to_string(), to_sql_int(next_attempt_at_ms)],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The server refused `id` for good (or the attempts ran out).
+    pub(crate) fn mark_failed(&self, id: &MutationId, reason: &str) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            writer.conn.execute(
+                "UPDATE outbox SET state = 'failed', failure = ?2, next_attempt_at = NULL
+                 WHERE mutation_id = ?1",
+                params![id.to_string(), reason],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The app asks to send a failed entry again.
+    pub(crate) fn retry_failed(&self, id: &MutationId) -> Result<bool, Error> {
+        self.with_writer(|writer| {
+            Ok(writer.conn.execute(
+                "UPDATE outbox SET state = 'queued', attempt = 0, next_attempt_at = NULL,
+                 failure = NULL WHERE mutation_id = ?1 AND state = 'failed'",
+                [id.to_string()],
+            )? == 1)
+        })
+    }
+
+    /// The app discards entry `id`: it is deleted and its document's view
+    /// rebuilt without it. (An acknowledged entry is deleted by
+    /// `apply_remote_change`, together with the confirmed state.)
+    pub(crate) fn discard(&self, id: &MutationId) -> Result<bool, Error> {
+        let doc = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(doc) = remove_in(&tx, id)? else {
+                return Ok(None);
+            };
+            rebuild_view(&tx, &doc, &policy_of(&writer.policies, &doc.collection))?;
+            tx.commit()?;
+            Ok(Some(doc))
+        })?;
+        let removed = doc.is_some();
+        self.announce(doc.into_iter().collect());
+        Ok(removed)
+    }
+}
+
+/// Deletes entry `id`, returning its document.
+pub(crate) fn remove_in(tx: &Transaction<'_>, id: &MutationId) -> Result<Option<DocRef>, Error> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM outbox WHERE mutation_id = ?1 RETURNING space, collection, doc_id",
+    )?;
+    let mut rows = stmt.query([id.to_string()])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let (space, collection, doc_id): (String, String, String) =
+        (row.get(0)?, row.get(1)?, row.get(2)?);
+    let corrupt = |e: tandem_protocol::IdError| Error::CorruptStore(format!("outbox entry: {e}"));
+    Ok(Some(DocRef {
+        space: space.parse().map_err(corrupt)?,
+        collection: collection.parse().map_err(corrupt)?,
+        id: doc_id.parse().map_err(corrupt)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Write;
+    use crate::store::test_support::{count, open_store};
+    use serde_json::json;
+    use tandem_protocol::{Collection, DocId, SpaceId};
+
+    fn doc(id: &str) -> DocRef {
+        DocRef {
+            space: SpaceId::new("personal:alice").unwrap(),
+            collection: Collection::new("tasks").unwrap(),
+            id: DocId::new(id).unwrap(),
+        }
+    }
+
+    fn put(store: &Store, id: &str, n: i64) {
+        store
+            .write(
+                &doc(id),
+                Write::Put(json!({ "n": n }).as_object().unwrap().clone()),
+            )
+            .unwrap();
+    }
+
+    fn ids(entries: &[OutboxEntry]) -> Vec<(String, u64)> {
+        entries
+            .iter()
+            .map(|e| (e.mutation.doc_id.to_string(), e.seq))
+            .collect()
+    }
+
+    #[test]
+    fn entries_are_sent_in_order_and_a_retry_holds_back_only_its_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        put(&store, "a", 1);
+        put(&store, "b", 1);
+        put(&store, "a", 2);
+
+        let sent = store.take_sendable(10, 1_000).unwrap();
+        assert_eq!(
+            ids(&sent),
+            vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 3)]
+        );
+        assert!(sent.iter().all(|e| e.state == OutboxState::InFlight));
+        assert!(
+            store.take_sendable(10, 1_000).unwrap().is_empty(),
+            "all in flight"
+        );
+
+        // The first write of `a` fails transiently; the connection drops.
+        let first_a = sent[0].mutation.mutation_id;
+        store.mark_retrying(&first_a, 5_000).unwrap();
+        store.requeue_in_flight().unwrap();
+        // Before it is due: `b` goes, the later write of `a` waits.
+        assert_eq!(
+            ids(&store.take_sendable(10, 2_000).unwrap()),
+            vec![("b".into(), 2)]
+        );
+        store.requeue_in_flight().unwrap();
+        // When due: both writes of `a`, in order, and `b`.
+        assert_eq!(
+            ids(&store.take_sendable(10, 5_000).unwrap()),
+            vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 3)]
+        );
+        let listed = store.pending_mutations().unwrap();
+        assert_eq!(listed[0].state, OutboxState::InFlight);
+        store.requeue_in_flight().unwrap();
+        store.mark_retrying(&first_a, 9_000).unwrap();
+        let listed = store.pending_mutations().unwrap();
+        assert_eq!(
+            listed[0].state,
+            OutboxState::Retrying {
+                attempt: 2,
+                next_attempt_at_ms: 9_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_entry_blocks_nothing_and_can_be_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        put(&store, "a", 1);
+        put(&store, "a", 2);
+        let sent = store.take_sendable(1, 0).unwrap();
+        let first = sent[0].mutation.mutation_id;
+        store
+            .mark_failed(&first, "rejected: validation_failed")
+            .unwrap();
+        assert_eq!(store.outbox_counts().unwrap(), (1, 1));
+        // The later write of the same document still goes.
+        assert_eq!(
+            ids(&store.take_sendable(10, 0).unwrap()),
+            vec![("a".into(), 2)]
+        );
+        assert_eq!(
+            store.pending_mutations().unwrap()[0].state,
+            OutboxState::Failed {
+                reason: "rejected: validation_failed".into()
+            }
+        );
+        assert!(store.retry_failed(&first).unwrap());
+        assert_eq!(store.outbox_counts().unwrap(), (2, 0));
+        assert_eq!(
+            ids(&store.take_sendable(10, 0).unwrap()),
+            vec![("a".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn in_flight_entries_are_queued_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open_store(dir.path());
+            put(&store, "a", 1);
+            assert_eq!(store.take_sendable(10, 0).unwrap().len(), 1);
+            store.close();
+        }
+        let store = open_store(dir.path());
+        assert_eq!(
+            store.pending_mutations().unwrap()[0].state,
+            OutboxState::Queued
+        );
+        assert_eq!(store.take_sendable(10, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn discarding_an_entry_rebuilds_the_view_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        put(&store, "a", 1);
+        put(&store, "a", 2);
+        let entries = store.pending_mutations().unwrap();
+        let second: MutationId = entries[1].mutation_id.parse().unwrap();
+        assert!(store.discard(&second).unwrap());
+        let view = store.get(&doc("a")).unwrap().unwrap();
+        assert_eq!(view.fields().unwrap()["n"], json!(1));
+        assert!(view.pending);
+        let first: MutationId = entries[0].mutation_id.parse().unwrap();
+        assert!(store.discard(&first).unwrap());
+        // Nothing confirmed and nothing pending: the document is gone.
+        assert!(store.get(&doc("a")).unwrap().is_none());
+        assert_eq!(count(&store, "SELECT count(*) FROM outbox"), 0);
+        assert!(!store.discard(&first).unwrap());
+    }
+}

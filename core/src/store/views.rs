@@ -1,0 +1,525 @@
+//! Confirmed state, policies, cursors, and rebuilding the local view.
+//!
+//! The local view of a document is always
+//!
+//! ```text
+//! view = confirmed state (the server's, if any)
+//!        + every outbox entry of the document, applied in seq order
+//!          with merge::apply_local under the collection's policy
+//! ```
+//!
+//! Local writes extend the view incrementally (`store/writes.rs`); when the
+//! confirmed state changes (a remote change arrives, an entry is
+//! acknowledged or discarded, a policy changes) the view is rebuilt from
+//! scratch by [`rebuild_view`], in the same transaction. Pending writes
+//! thus stay visible on top of the newest server state, and the UI never
+//! flickers back to an older value.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tandem_protocol::{
+    Change, Collection, CollectionPolicy, DocState, Document, Hlc, SpaceChecksum, SpaceId, merge,
+};
+
+use crate::document::{DocRef, LocalDocument};
+use crate::error::Error;
+use crate::store::writes::write_view;
+use crate::store::{Store, device, from_sql_int, now_millis, outbox, policy_of, to_sql_int};
+
+/// A space's sync position: the last revision applied and the checksum of
+/// the confirmed documents at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub rev: u64,
+    pub checksum: SpaceChecksum,
+}
+
+pub(crate) fn load_policies(
+    conn: &Connection,
+) -> Result<HashMap<Collection, CollectionPolicy>, Error> {
+    let mut stmt = conn.prepare("SELECT collection, policy FROM policies")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (collection, policy) = row?;
+        let collection =
+            Collection::new(collection).map_err(|e| Error::CorruptStore(format!("policy: {e}")))?;
+        let policy = serde_json::from_str(&policy)
+            .map_err(|e| Error::CorruptStore(format!("policy of {collection}: {e}")))?;
+        out.insert(collection, policy);
+    }
+    Ok(out)
+}
+
+pub(crate) fn load_cursors(conn: &Connection) -> Result<BTreeMap<String, Cursor>, Error> {
+    let mut stmt = conn.prepare_cached("SELECT space, rev, checksum FROM cursors")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (space, rev, checksum) = row?;
+        let checksum = SpaceChecksum::try_from(checksum)
+            .map_err(|e| Error::CorruptStore(format!("checksum of {space}: {e}")))?;
+        out.insert(
+            space,
+            Cursor {
+                rev: from_sql_int(rev, "cursor")?,
+                checksum,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The confirmed document, if the server has confirmed one.
+fn read_confirmed(tx: &Transaction<'_>, doc: &DocRef) -> Result<Option<Document>, Error> {
+    let row: Option<(i64, String)> = tx
+        .prepare_cached(
+            "SELECT version, state FROM confirmed WHERE space = ?1 AND collection = ?2 AND id = ?3",
+        )?
+        .query_row(
+            params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((version, state)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Document {
+        space: doc.space.clone(),
+        collection: doc.collection.clone(),
+        id: doc.id.clone(),
+        version: Some(from_sql_int(version, "confirmed version")?),
+        state: serde_json::from_str(&state)
+            .map_err(|e| Error::CorruptStore(format!("confirmed state of {}: {e}", doc.id)))?,
+    }))
+}
+
+/// Recomputes the local view of `doc` from its confirmed state and its
+/// outbox entries in seq order, and stores it. A document with neither is
+/// removed from the view. Returns the new view.
+///
+/// An entry the policy now rejects (the server announced a stricter policy
+/// after the write) is left out of the view but stays in the outbox, where
+/// the server's answer will fail it.
+pub(crate) fn rebuild_view(
+    tx: &Transaction<'_>,
+    doc: &DocRef,
+    policy: &CollectionPolicy,
+) -> Result<Option<LocalDocument>, Error> {
+    let confirmed = read_confirmed(tx, doc)?;
+    let pending = outbox::pending_of(tx, doc)?;
+    if confirmed.is_none() && pending.is_empty() {
+        tx.prepare_cached(
+            "DELETE FROM documents WHERE space = ?1 AND collection = ?2 AND id = ?3",
+        )?
+        .execute(params![
+            doc.space.as_str(),
+            doc.collection.as_str(),
+            doc.id.as_str()
+        ])?;
+        return Ok(None);
+    }
+    let version = confirmed.as_ref().and_then(|d| d.version);
+    let mut state: Option<DocState> = confirmed.map(|d| d.state);
+    for mutation in &pending {
+        if let Ok(Some(next)) = merge::apply_local(state.as_ref(), mutation, policy) {
+            state = Some(next);
+        }
+    }
+    let state = state.unwrap_or_default();
+    let state_json = serde_json::to_string(&state)
+        .map_err(|e| Error::CorruptStore(format!("state of {}: {e}", doc.id)))?;
+    let pending = u64::try_from(pending.len()).unwrap_or(u64::MAX);
+    write_view(tx, doc, &state_json, &state, version, pending).map(Some)
+}
+
+/// The latest stamp in a state: what the device clock must move past once
+/// the device has seen the state.
+fn latest_stamp(state: &DocState) -> Option<&Hlc> {
+    state
+        .clocks
+        .values()
+        .chain(&state.alive_at)
+        .chain(&state.deleted_at)
+        .chain(&state.cleared_at)
+        .max()
+}
+
+impl Store {
+    /// Stores the merge policy of `collection` (normally the one the server
+    /// announced) and rebuilds the views of its documents that have pending
+    /// writes, the only views a policy affects.
+    pub fn set_policy(
+        &self,
+        collection: &Collection,
+        policy: &CollectionPolicy,
+    ) -> Result<(), Error> {
+        let json = serde_json::to_string(policy)
+            .map_err(|e| Error::CorruptStore(format!("policy of {collection}: {e}")))?;
+        let changed = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO policies (collection, policy) VALUES (?1, ?2)
+                 ON CONFLICT (collection) DO UPDATE SET policy = excluded.policy",
+                params![collection.as_str(), json],
+            )?;
+            let docs = {
+                let mut stmt = tx.prepare(
+                    "SELECT space, id FROM documents WHERE collection = ?1 AND pending > 0",
+                )?;
+                let rows = stmt.query_map([collection.as_str()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })?;
+                let mut docs = Vec::new();
+                for row in rows {
+                    let (space, id) = row?;
+                    let corrupt = |e| Error::CorruptStore(format!("document key: {e}"));
+                    docs.push(DocRef {
+                        space: SpaceId::new(space).map_err(corrupt)?,
+                        collection: collection.clone(),
+                        id: id.parse().map_err(corrupt)?,
+                    });
+                }
+                docs
+            };
+            for doc in &docs {
+                rebuild_view(&tx, doc, policy)?;
+            }
+            tx.commit()?;
+            writer.policies.insert(collection.clone(), policy.clone());
+            Ok(docs)
+        })?;
+        self.announce(changed);
+        Ok(())
+    }
+
+    /// Every space's cursor.
+    pub(crate) fn cursors(&self) -> Result<BTreeMap<String, Cursor>, Error> {
+        self.readers.with(load_cursors)
+    }
+}
+
+/// What the sync engine calls when the server's changes arrive.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "called by the sync engine, which builds on this store"
+    )
+)]
+impl Store {
+    /// Applies committed changes from the server, in one transaction: each
+    /// document's confirmed state is merged with its change
+    /// ([`merge::apply_change`]), an outbox entry whose mutation made the
+    /// change is removed (it is acknowledged), the view is rebuilt on the
+    /// new confirmed state, and each space's cursor (revision and
+    /// checksum) moves forward. The device clock moves past every stamp
+    /// seen, so later local writes win over what the user has seen.
+    /// Returns how many views changed.
+    pub(crate) fn apply_remote_changes(&self, changes: &[Change]) -> Result<usize, Error> {
+        let changed = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut cursors = load_cursors(&tx)?;
+            let mut changed = Vec::new();
+            for change in changes {
+                let doc = DocRef {
+                    space: change.space.clone(),
+                    collection: change.collection.clone(),
+                    id: change.doc_id.clone(),
+                };
+                let policy = policy_of(&writer.policies, &doc.collection);
+                let cursor = cursors.entry(doc.space.to_string()).or_insert(Cursor {
+                    rev: 0,
+                    checksum: SpaceChecksum::default(),
+                });
+                cursor.rev = cursor.rev.max(change.rev);
+                if let Some(stamp) = latest_stamp(&change.state) {
+                    writer.clock.observe(stamp, now_millis());
+                }
+                let current = read_confirmed(&tx, &doc)?;
+                let acked = match change.mutation_id {
+                    Some(id) => outbox::remove_in(&tx, &id)?.is_some(),
+                    None => false,
+                };
+                let next = merge::apply_change(current.as_ref(), change, &policy);
+                if let Some(next) = &next {
+                    if let Some(old) = &current
+                        && !old.is_deleted()
+                    {
+                        cursor.checksum.remove(
+                            doc.collection.as_str(),
+                            doc.id.as_str(),
+                            old.version.unwrap_or(0),
+                        );
+                    }
+                    if !next.is_deleted() {
+                        cursor.checksum.add(
+                            doc.collection.as_str(),
+                            doc.id.as_str(),
+                            next.version.unwrap_or(0),
+                        );
+                    }
+                    let state = serde_json::to_string(&next.state).map_err(|e| {
+                        Error::CorruptStore(format!("confirmed state of {}: {e}", doc.id))
+                    })?;
+                    tx.prepare_cached(
+                        "INSERT INTO confirmed (space, collection, id, version, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (space, collection, id) DO UPDATE SET
+                             version = excluded.version, state = excluded.state",
+                    )?
+                    .execute(params![
+                        doc.space.as_str(),
+                        doc.collection.as_str(),
+                        doc.id.as_str(),
+                        to_sql_int(next.version.unwrap_or(0)),
+                        state
+                    ])?;
+                }
+                if next.is_some() || acked {
+                    rebuild_view(&tx, &doc, &policy)?;
+                    changed.push(doc);
+                }
+            }
+            let now = to_sql_int(now_millis());
+            for (space, cursor) in &cursors {
+                tx.prepare_cached(
+                    "INSERT INTO cursors (space, rev, checksum, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (space) DO UPDATE SET
+                         rev = excluded.rev, checksum = excluded.checksum,
+                         updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    space,
+                    to_sql_int(cursor.rev),
+                    cursor.checksum.to_string(),
+                    now
+                ])?;
+            }
+            device::save_clock(&tx, &writer.clock.last())?;
+            tx.commit()?;
+            Ok(changed)
+        })?;
+        let n = changed.len();
+        self.announce(changed);
+        Ok(n)
+    }
+
+    /// Rebuilds the view of one document (see [`rebuild_view`]).
+    pub(crate) fn rebuild(&self, doc: &DocRef) -> Result<Option<LocalDocument>, Error> {
+        let view = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let view = rebuild_view(&tx, doc, &policy_of(&writer.policies, &doc.collection))?;
+            tx.commit()?;
+            Ok(view)
+        })?;
+        self.announce(vec![doc.clone()]);
+        Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Write;
+    use crate::store::test_support::{count, open_store};
+    use serde_json::{Map, Value, json};
+    use tandem_protocol::{DeviceId, DocId, Mutation, MutationId, Op, Policy};
+
+    fn doc(id: &str) -> DocRef {
+        DocRef {
+            space: SpaceId::new("personal:alice").unwrap(),
+            collection: Collection::new("tasks").unwrap(),
+            id: DocId::new(id).unwrap(),
+        }
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    /// A change another device made, as the server would send it.
+    fn remote_change(id: &str, rev: u64, millis: u64, op: Op, base: Option<&DocState>) -> Change {
+        let other = DeviceId::new("other-device").unwrap();
+        let m = Mutation {
+            mutation_id: MutationId::generate(),
+            space: doc(id).space,
+            collection: doc(id).collection,
+            doc_id: doc(id).id,
+            op,
+            base_version: None,
+            hlc: Hlc::new(millis, 0, other.clone()),
+            device_id: other.clone(),
+            fence: None,
+        };
+        let state = merge::apply_local(base, &m, &CollectionPolicy::lww())
+            .unwrap()
+            .unwrap();
+        Change {
+            space: m.space,
+            rev,
+            collection: m.collection,
+            doc_id: m.doc_id,
+            deleted: state.is_deleted(),
+            state,
+            origin: Some(other),
+            mutation_id: Some(m.mutation_id),
+        }
+    }
+
+    #[test]
+    fn the_view_is_confirmed_state_plus_pending_writes_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        // Two pending local writes to different fields.
+        store
+            .write(&doc("t1"), Write::Patch(obj(json!({"title": "mine"}))))
+            .unwrap();
+        store
+            .write(&doc("t1"), Write::Patch(obj(json!({"done": true}))))
+            .unwrap();
+        // The server's state arrives: another device wrote `title` earlier
+        // (its stamp is older) and `note`.
+        let change = remote_change(
+            "t1",
+            7,
+            1,
+            Op::Patch {
+                fields: obj(json!({"title": "theirs", "note": "from the server"})),
+            },
+            None,
+        );
+        assert_eq!(store.apply_remote_changes(&[change]).unwrap(), 1);
+
+        let view = store.get(&doc("t1")).unwrap().unwrap();
+        assert_eq!(
+            view.fields().unwrap(),
+            obj(json!({"title": "mine", "done": true, "note": "from the server"})),
+            "pending writes stay on top of the newer confirmed state"
+        );
+        assert_eq!(view.version, Some(7));
+        assert!(view.pending);
+
+        // Rebuilding from scratch gives the same view as the incremental
+        // path.
+        let rebuilt = store.rebuild(&doc("t1")).unwrap().unwrap();
+        assert_eq!(rebuilt, view);
+
+        // The cursor moved and its checksum counts the document.
+        let cursors = store.cursors().unwrap();
+        let cursor = cursors["personal:alice"];
+        assert_eq!(cursor.rev, 7);
+        let mut expected = SpaceChecksum::default();
+        expected.add("tasks", "t1", 7);
+        assert_eq!(cursor.checksum, expected);
+    }
+
+    #[test]
+    fn a_change_carrying_a_pending_mutation_acknowledges_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        store
+            .write(&doc("t1"), Write::Put(obj(json!({"title": "milk"}))))
+            .unwrap();
+        let entry = store.pending_mutations().unwrap().remove(0);
+        let mutation: Mutation = serde_json::from_str(&entry.mutation_json).unwrap();
+        // The server applied it as revision 3 and sends it back.
+        let state = merge::apply_local(None, &mutation, &CollectionPolicy::lww())
+            .unwrap()
+            .unwrap();
+        let change = Change {
+            space: mutation.space.clone(),
+            rev: 3,
+            collection: mutation.collection.clone(),
+            doc_id: mutation.doc_id.clone(),
+            deleted: false,
+            state,
+            origin: Some(mutation.device_id.clone()),
+            mutation_id: Some(mutation.mutation_id),
+        };
+        store.apply_remote_changes(&[change]).unwrap();
+        let view = store.get(&doc("t1")).unwrap().unwrap();
+        assert_eq!(view.fields().unwrap(), obj(json!({"title": "milk"})));
+        assert_eq!(view.version, Some(3));
+        assert!(!view.pending);
+        assert_eq!(count(&store, "SELECT count(*) FROM outbox"), 0);
+        assert_eq!(store.outbox_counts().unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn local_writes_after_seeing_a_remote_stamp_win_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        // A remote write stamped far in the future (a device whose clock
+        // runs ahead).
+        let future = now_millis() + 3_600_000;
+        let change = remote_change(
+            "t1",
+            1,
+            future,
+            Op::Put {
+                fields: obj(json!({"title": "future"})),
+            },
+            None,
+        );
+        store.apply_remote_changes(&[change]).unwrap();
+        let view = store
+            .write(&doc("t1"), Write::Patch(obj(json!({"title": "now"}))))
+            .unwrap();
+        assert_eq!(view.fields().unwrap()["title"], json!("now"));
+    }
+
+    #[test]
+    fn a_new_policy_rebuilds_pending_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        // Written under the default lww policy...
+        store
+            .write(&doc("t1"), Write::Put(obj(json!({"title": "a"}))))
+            .unwrap();
+        // ...then the server says the collection is append_only with a set
+        // field: the put is still a create, so the view keeps it.
+        let mut policy = CollectionPolicy::of(Policy::AppendOnly);
+        policy.set_fields.insert("tags".into());
+        store.set_policy(&doc("t1").collection, &policy).unwrap();
+        let view = store.get(&doc("t1")).unwrap().unwrap();
+        assert_eq!(view.fields().unwrap(), obj(json!({"title": "a"})));
+        // Set operations now work on `tags`; patches are refused.
+        let view = store
+            .write(
+                &doc("t1"),
+                Write::SetAdd {
+                    field: "tags".into(),
+                    values: vec![json!("x")],
+                },
+            )
+            .unwrap();
+        assert_eq!(view.fields().unwrap()["tags"], json!(["x"]));
+        assert!(matches!(
+            store.write(&doc("t1"), Write::Patch(obj(json!({"title": "b"})))),
+            Err(Error::Rejected { .. })
+        ));
+        // The policy survives a restart.
+        store.close();
+        let store = open_store(dir.path());
+        assert!(matches!(
+            store.write(&doc("t1"), Write::Patch(obj(json!({"title": "b"})))),
+            Err(Error::Rejected { .. })
+        ));
+    }
+}
