@@ -1,1 +1,32 @@
-//! Helpers for Tandem's end-to-end tests.
+//! Support for Tandem's end-to-end tests: a real server on 127.0.0.1 with a
+//! real SQLite database in a temporary directory, and small clients that
+//! speak the protocol over real sockets.
+//!
+//! - [`TestServer`] starts (and restarts, on the same database) an in-process
+//!   server on a free port.
+//! - [`Http`] calls the HTTP endpoints and returns status and JSON.
+//! - [`WsClient`] is a raw WebSocket client: it sends and receives protocol
+//!   messages (or arbitrary text) with generous timeouts.
+//! - [`Replica`] applies `changes` messages the way a device must (resets,
+//!   cursors, checksums), so tests can compare what devices see.
+//! - [`Writer`] builds mutations with a hybrid logical clock.
+//! - [`tokens`] signs user tokens for servers that check JWTs.
+
+mod client;
+mod http;
+mod replica;
+mod server;
+pub mod tokens;
+mod writer;
+
+pub use client::{WsClient, WsError};
+pub use http::{Http, Response};
+pub use replica::Replica;
+pub use server::{TestServer, TestServerOptions};
+pub use writer::Writer;
+
+use std::time::Duration;
+
+/// How long a test waits for anything before it fails: generous, only to
+/// turn a hang into a failure.
+pub const PATIENCE: Duration = Duration::from_secs(20);
