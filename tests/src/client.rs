@@ -133,10 +133,10 @@ impl WsClient {
         what: &str,
         want: impl Fn(&ServerMessage) -> bool,
     ) -> ServerMessage {
-        if let Some(i) = self.stash.iter().position(&want) {
-            if let Some(message) = self.stash.remove(i) {
-                return message;
-            }
+        if let Some(i) = self.stash.iter().position(&want)
+            && let Some(message) = self.stash.remove(i)
+        {
+            return message;
         }
         loop {
             match self.read().await {
