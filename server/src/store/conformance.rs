@@ -1,1 +1,1019 @@
-//! placeholder
+//! The conformance suite every [`Store`] implementation must pass.
+//!
+//! An implementation provides a [`StoreHarness`] (how to open its store on a
+//! fresh database, and again on the same database) and expands
+//! [`store_conformance_tests!`](crate::store_conformance_tests) in a test
+//! file; each case becomes one `#[tokio::test]`:
+//!
+//! ```ignore
+//! struct SqliteHarness { dir: tempfile::TempDir }
+//! impl StoreHarness for SqliteHarness { /* open SqliteStore at dir/db */ }
+//! tandem_server::store_conformance_tests!(SqliteHarness::new());
+//! ```
+//!
+//! The cases check the contract in the [`store`](crate::store) module
+//! documentation: authorization, the change feed, checksums, idempotency,
+//! commit announcements, compaction and durability across a reopen.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use tandem_protocol::wire::{MutationResult, Outcome};
+use tandem_protocol::{
+    Collection, DeviceId, DocId, Hlc, Mutation, MutationId, Op, RejectCode, SpaceChecksum, SpaceId,
+    UserId,
+};
+
+use super::{
+    ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, NewCredentials,
+    PushRules, RefreshOutcome, Store, StoreError, StoreEvent,
+};
+use crate::auth::{TokenHash, hash_token};
+use crate::schema::Schema;
+
+/// Opens the store under test.
+pub trait StoreHarness: Send + Sync {
+    /// Opens the store on this harness's database (created empty by the
+    /// first call; later calls reopen the same data), applying `rules` and
+    /// announcing commits to `listener`.
+    fn open(
+        &self,
+        rules: PushRules,
+        listener: Arc<dyn CommitListener>,
+    ) -> BoxFuture<'_, Arc<dyn Store>>;
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each with a fresh
+/// harness from `$harness` (an expression evaluated once per test).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($harness:expr) => {
+        $crate::store_conformance_tests!(@cases $harness;
+            registration_issues_credentials_and_a_personal_space,
+            refresh_rotates_and_reuse_revokes,
+            spaces_and_membership_follow_the_rules,
+            pushes_get_consecutive_revisions_and_the_feed_follows,
+            retries_get_the_recorded_outcome,
+            writes_are_authorized_by_the_author,
+            policies_rules_and_limits_decide,
+            the_feed_pages_and_keeps_tombstones,
+            compaction_purges_tombstones_and_raises_the_horizon,
+            commits_are_announced_in_order,
+            concurrent_pushes_get_distinct_revisions,
+            data_survives_a_reopen,
+            a_closed_store_refuses_work
+        );
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $harness;
+                $crate::store::conformance::$case(&harness).await;
+            }
+        )*
+    };
+}
+
+/// A listener that keeps every event.
+#[derive(Default)]
+pub struct RecordingListener {
+    events: Mutex<Vec<StoreEvent>>,
+}
+
+impl RecordingListener {
+    /// Takes the events recorded so far.
+    pub fn take(&self) -> Vec<StoreEvent> {
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    /// Waits until the recorded events satisfy `done`, then takes them.
+    /// Announcements follow the answers to the callers (so that a device's
+    /// ack comes before its live changes), so a test waits for them.
+    pub async fn take_when(&self, done: impl Fn(&[StoreEvent]) -> bool) -> Vec<StoreEvent> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let ready = self.events.lock().map(|e| done(&e)).unwrap_or(false);
+            if ready {
+                return self.take();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the expected announcements never came"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for `n` events, then takes them.
+    pub async fn take_n(&self, n: usize) -> Vec<StoreEvent> {
+        self.take_when(|e| e.len() >= n).await
+    }
+}
+
+fn announced_revs(events: &[StoreEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StoreEvent::Changes(b) => Some(b.changes.iter().map(|c| c.rev)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+impl CommitListener for RecordingListener {
+    fn committed(&self, events: Vec<StoreEvent>) {
+        if let Ok(mut all) = self.events.lock() {
+            all.extend(events);
+        }
+    }
+}
+
+const NOW: u64 = 1_764_000_000_000;
+
+fn schema() -> Schema {
+    Schema::parse(
+        r#"{"collections": {
+            "messages": {"policy": "append_only", "set_fields": ["read_by"]},
+            "contacts": {"policy": "server_wins",
+                         "fields": {"name": {"type": "string", "required": true, "max_length": 20}}}
+        }}"#,
+    )
+    .expect("the suite's schema is valid")
+}
+
+fn rules() -> PushRules {
+    PushRules {
+        schema: Arc::new(schema()),
+        max_document_bytes: 4_096,
+    }
+}
+
+async fn open(harness: &dyn StoreHarness) -> (Arc<dyn Store>, Arc<RecordingListener>) {
+    let listener = Arc::new(RecordingListener::default());
+    let store = harness.open(rules(), listener.clone()).await;
+    (store, listener)
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid user")
+}
+
+fn device(user_name: &str, device: &str) -> DeviceIdentity {
+    DeviceIdentity {
+        user: user(user_name),
+        device: DeviceId::new(device).expect("valid device"),
+    }
+}
+
+fn personal(name: &str) -> SpaceId {
+    SpaceId::personal(&user(name))
+}
+
+fn shared(name: &str) -> SpaceId {
+    SpaceId::shared(name).expect("valid space name")
+}
+
+struct Tokens {
+    access: TokenHash,
+    refresh: TokenHash,
+}
+
+fn credentials(seed: &str, expires_at: u64) -> (NewCredentials, Tokens) {
+    let access = hash_token(&format!("access-{seed}"));
+    let refresh = hash_token(&format!("refresh-{seed}"));
+    (
+        NewCredentials {
+            access,
+            access_expires_at: expires_at,
+            refresh,
+            refresh_expires_at: expires_at,
+        },
+        Tokens { access, refresh },
+    )
+}
+
+async fn register(store: &dyn Store, id: &DeviceIdentity, seed: &str) -> Tokens {
+    let (creds, tokens) = credentials(seed, NOW + 60_000);
+    store
+        .register_device(
+            DeviceRegistration {
+                identity: id.clone(),
+                name: "test".into(),
+                platform: "test".into(),
+                app_version: "1".into(),
+            },
+            creds,
+            NOW,
+        )
+        .await
+        .expect("registration");
+    tokens
+}
+
+/// Builds mutations for one device with increasing clocks.
+struct Author {
+    id: DeviceIdentity,
+    tick: u64,
+}
+
+impl Author {
+    fn new(id: DeviceIdentity) -> Author {
+        Author { id, tick: 0 }
+    }
+
+    fn mutation(&mut self, space: &SpaceId, collection: &str, doc: &str, op: Op) -> Mutation {
+        self.tick += 1;
+        Mutation {
+            mutation_id: MutationId::generate(),
+            space: space.clone(),
+            collection: Collection::new(collection).expect("valid collection"),
+            doc_id: DocId::new(doc).expect("valid doc id"),
+            op,
+            base_version: None,
+            hlc: Hlc::new(NOW + self.tick, 0, self.id.device.clone()),
+            device_id: self.id.device.clone(),
+            fence: None,
+        }
+    }
+
+    fn put(&mut self, space: &SpaceId, collection: &str, doc: &str, fields: Value) -> Mutation {
+        let Value::Object(fields) = fields else {
+            panic!("fields must be an object")
+        };
+        self.mutation(space, collection, doc, Op::Put { fields })
+    }
+
+    fn delete(&mut self, space: &SpaceId, collection: &str, doc: &str) -> Mutation {
+        self.mutation(space, collection, doc, Op::Delete {})
+    }
+}
+
+async fn push(store: &dyn Store, author: &Author, mutations: Vec<Mutation>) -> Vec<Outcome> {
+    store
+        .push(author.id.clone(), mutations, NOW)
+        .await
+        .expect("push")
+        .into_iter()
+        .map(|r: MutationResult| r.outcome)
+        .collect()
+}
+
+fn recompute(pages: &[ChangePage]) -> SpaceChecksum {
+    let mut latest = BTreeMap::new();
+    for page in pages {
+        for change in &page.changes {
+            latest.insert(
+                (change.collection.to_string(), change.doc_id.to_string()),
+                change.clone(),
+            );
+        }
+    }
+    let mut sum = SpaceChecksum::default();
+    for change in latest.values().filter(|c| !c.deleted) {
+        sum.add(
+            change.collection.as_str(),
+            change.doc_id.as_str(),
+            change.rev,
+        );
+    }
+    sum
+}
+
+async fn read_all(
+    store: &dyn Store,
+    reader: &UserId,
+    space: &SpaceId,
+    after: u64,
+    limit: usize,
+) -> Vec<ChangePage> {
+    let mut pages = Vec::new();
+    let mut after = after;
+    loop {
+        let page = store
+            .read_changes(reader.clone(), space.clone(), after, limit)
+            .await
+            .expect("read_changes");
+        let more = page.more;
+        if let Some(last) = page.changes.last() {
+            after = last.rev;
+        }
+        pages.push(page);
+        if !more {
+            return pages;
+        }
+    }
+}
+
+/// Registration stores credentials, creates the personal space, and
+/// registering again replaces the credentials.
+pub async fn registration_issues_credentials_and_a_personal_space(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let phone = device("alice", "phone");
+    let tokens = register(store.as_ref(), &phone, "1").await;
+    assert_eq!(
+        store
+            .device_for_access_token(tokens.access, NOW)
+            .await
+            .expect("lookup"),
+        Some(phone.clone())
+    );
+    assert_eq!(
+        store
+            .device_for_access_token(tokens.access, NOW + 60_000)
+            .await
+            .expect("lookup"),
+        None,
+        "expired"
+    );
+    assert_eq!(
+        store
+            .device_for_access_token(hash_token("nope"), NOW)
+            .await
+            .expect("lookup"),
+        None
+    );
+    let spaces = store.spaces_of(user("alice")).await.expect("spaces");
+    assert_eq!(spaces.len(), 1);
+    assert_eq!(spaces[0].space, personal("alice"));
+    assert_eq!(spaces[0].owner, user("alice"));
+    let again = register(store.as_ref(), &phone, "2").await;
+    assert_eq!(
+        store
+            .device_for_access_token(tokens.access, NOW)
+            .await
+            .expect("lookup"),
+        None
+    );
+    assert_eq!(
+        store
+            .device_for_access_token(again.access, NOW)
+            .await
+            .expect("lookup"),
+        Some(phone)
+    );
+    assert_eq!(
+        store.spaces_of(user("alice")).await.expect("spaces").len(),
+        1
+    );
+}
+
+/// A refresh token is spent once; presenting it again revokes the device.
+pub async fn refresh_rotates_and_reuse_revokes(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    let phone = device("alice", "phone");
+    let laptop = device("alice", "laptop");
+    let first = register(store.as_ref(), &phone, "1").await;
+    let other = register(store.as_ref(), &laptop, "l").await;
+    let (next, second) = credentials("2", NOW + 60_000);
+    assert_eq!(
+        store
+            .refresh_credentials(first.refresh, next, NOW)
+            .await
+            .expect("refresh"),
+        RefreshOutcome::Rotated(phone.clone())
+    );
+    assert!(
+        store
+            .device_for_access_token(second.access, NOW)
+            .await
+            .expect("lookup")
+            .is_some()
+    );
+    listener.take();
+    let (unused, _) = credentials("3", NOW + 60_000);
+    assert_eq!(
+        store
+            .refresh_credentials(first.refresh, unused, NOW)
+            .await
+            .expect("refresh"),
+        RefreshOutcome::Reused(phone.clone())
+    );
+    assert_eq!(
+        listener.take_n(1).await,
+        vec![StoreEvent::DeviceRevoked(phone.clone())]
+    );
+    assert_eq!(
+        store
+            .device_for_access_token(second.access, NOW)
+            .await
+            .expect("lookup"),
+        None
+    );
+    let (unused, _) = credentials("4", NOW + 60_000);
+    assert_eq!(
+        store
+            .refresh_credentials(second.refresh, unused, NOW)
+            .await
+            .expect("refresh"),
+        RefreshOutcome::Unknown
+    );
+    assert!(
+        store
+            .device_for_access_token(other.access, NOW)
+            .await
+            .expect("lookup")
+            .is_some(),
+        "other devices are untouched"
+    );
+    let (unused, _) = credentials("5", NOW + 60_000);
+    assert_eq!(
+        store
+            .refresh_credentials(other.refresh, unused, NOW + 120_000)
+            .await
+            .expect("refresh"),
+        RefreshOutcome::Expired
+    );
+}
+
+/// Owners add and remove, members leave, outsiders learn nothing.
+pub async fn spaces_and_membership_follow_the_rules(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    for (u, d) in [("alice", "a"), ("bob", "b"), ("carol", "c"), ("dave", "d")] {
+        register(store.as_ref(), &device(u, d), u).await;
+    }
+    let team = shared("team");
+    let created = store
+        .create_space(user("alice"), team.clone())
+        .await
+        .expect("create");
+    assert_eq!(created.members, vec![user("alice")]);
+    assert!(matches!(
+        store.create_space(user("bob"), team.clone()).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store.create_space(user("bob"), personal("carol")).await,
+        Err(StoreError::InvalidRequest(_))
+    ));
+    listener.take_n(1).await;
+    let added = store
+        .add_member(user("alice"), team.clone(), user("bob"))
+        .await
+        .expect("add");
+    assert_eq!(added.members, vec![user("alice"), user("bob")]);
+    match listener.take_n(1).await.as_slice() {
+        [
+            StoreEvent::MembershipChanged {
+                user: u,
+                space,
+                member: true,
+                spaces,
+            },
+        ] => {
+            assert_eq!(u, &user("bob"));
+            assert_eq!(space, &team);
+            assert_eq!(spaces, &vec![personal("bob"), team.clone()]);
+        }
+        other => panic!("expected one membership event, got {other:?}"),
+    }
+    // Adding again changes nothing and announces nothing: the next
+    // announcement is that of the next real change.
+    store
+        .add_member(user("alice"), team.clone(), user("bob"))
+        .await
+        .expect("add");
+    store
+        .add_member(user("alice"), team.clone(), user("dave"))
+        .await
+        .expect("add");
+    match listener.take_n(1).await.as_slice() {
+        [StoreEvent::MembershipChanged { user: u, .. }] => assert_eq!(u, &user("dave")),
+        other => panic!("expected only dave's membership, got {other:?}"),
+    }
+    for (actor, space, member) in [
+        ("bob", team.clone(), "carol"),
+        ("carol", team.clone(), "carol"),
+        ("carol", shared("missing"), "carol"),
+        ("alice", personal("alice"), "bob"),
+        ("carol", personal("alice"), "carol"),
+    ] {
+        assert!(
+            matches!(
+                store
+                    .add_member(user(actor), space.clone(), user(member))
+                    .await,
+                Err(StoreError::Forbidden(_))
+            ),
+            "{actor} adds {member} to {space}"
+        );
+    }
+    for (actor, member) in [("carol", "bob"), ("bob", "alice")] {
+        assert!(matches!(
+            store
+                .remove_member(user(actor), team.clone(), user(member))
+                .await,
+            Err(StoreError::Forbidden(_))
+        ));
+    }
+    assert!(matches!(
+        store
+            .remove_member(user("alice"), team.clone(), user("alice"))
+            .await,
+        Err(StoreError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        store
+            .remove_member(user("alice"), team.clone(), user("carol"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.space_members(user("carol"), team.clone()).await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert_eq!(
+        store
+            .space_members(user("bob"), team.clone())
+            .await
+            .expect("members")
+            .owner,
+        user("alice")
+    );
+    let left = store
+        .remove_member(user("bob"), team.clone(), user("bob"))
+        .await
+        .expect("leave");
+    assert_eq!(left.members, vec![user("alice"), user("dave")]);
+    assert!(matches!(
+        listener.take_n(1).await.as_slice(),
+        [StoreEvent::MembershipChanged { member: false, .. }]
+    ));
+    assert_eq!(store.spaces_of(user("bob")).await.expect("spaces").len(), 1);
+}
+
+/// Applied changes get the next revisions; the feed, head and checksum
+/// follow.
+pub async fn pushes_get_consecutive_revisions_and_the_feed_follows(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let id = device("alice", "phone");
+    register(store.as_ref(), &id, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(id);
+    let batch = vec![
+        a.put(&space, "tasks", "t1", json!({"title": "one"})),
+        a.put(&space, "tasks", "t2", json!({"title": "two"})),
+        a.put(&space, "tasks", "t1", json!({"title": "one again"})),
+        a.delete(&space, "tasks", "t2"),
+    ];
+    let outcomes = push(store.as_ref(), &a, batch).await;
+    assert_eq!(
+        outcomes,
+        (1..=4)
+            .map(|rev| Outcome::Applied { rev })
+            .collect::<Vec<_>>()
+    );
+    let pages = read_all(store.as_ref(), &user("alice"), &space, 0, 100).await;
+    let page = &pages[0];
+    assert!(!page.more);
+    assert_eq!(page.position.head, 4);
+    let revs: Vec<_> = page.changes.iter().map(|c| c.rev).collect();
+    assert_eq!(
+        revs,
+        vec![3, 4],
+        "each document once, at its latest version"
+    );
+    assert!(page.changes[1].deleted);
+    assert_eq!(page.changes[0].state.fields["title"], json!("one again"));
+    assert_eq!(
+        page.changes[0].origin.as_ref().map(|d| d.as_str()),
+        Some("phone")
+    );
+    assert_eq!(page.position.checksum, recompute(&pages));
+    let since = store
+        .read_changes(user("alice"), space.clone(), 3, 100)
+        .await
+        .expect("read");
+    assert_eq!(
+        since.changes.iter().map(|c| c.rev).collect::<Vec<_>>(),
+        vec![4]
+    );
+}
+
+/// A retry by the same device gets the recorded outcome; another device's
+/// use of the same mutation id is refused.
+pub async fn retries_get_the_recorded_outcome(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let phone = device("alice", "phone");
+    register(store.as_ref(), &phone, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(phone);
+    let m = a.put(&space, "notes", "n", json!({"v": 1}));
+    let mut stale = a.put(&space, "contacts", "c", json!({"name": "Ann"}));
+    stale.base_version = Some(7);
+    let bad = a.put(&space, "contacts", "d", json!({}));
+    let first = push(
+        store.as_ref(),
+        &a,
+        vec![m.clone(), stale.clone(), bad.clone()],
+    )
+    .await;
+    assert_eq!(first[0], Outcome::Applied { rev: 1 });
+    assert!(matches!(first[1], Outcome::Conflict { document: None }));
+    assert!(matches!(
+        first[2],
+        Outcome::Rejected {
+            code: RejectCode::ValidationFailed,
+            ..
+        }
+    ));
+    let again = push(store.as_ref(), &a, vec![m.clone(), stale, bad, m.clone()]).await;
+    assert_eq!(again[0], Outcome::Duplicate { rev: 1 });
+    assert_eq!(again[1], first[1]);
+    assert_eq!(again[2], first[2]);
+    assert_eq!(again[3], Outcome::Duplicate { rev: 1 });
+    let head = store
+        .read_changes(user("alice"), space.clone(), 0, 10)
+        .await
+        .expect("read")
+        .position
+        .head;
+    assert_eq!(head, 1, "applied once");
+
+    let laptop = device("alice", "laptop");
+    register(store.as_ref(), &laptop, "2").await;
+    let mut other = m;
+    other.device_id = laptop.device.clone();
+    let outcome = push(store.as_ref(), &Author::new(laptop), vec![other]).await;
+    assert!(matches!(
+        outcome[0],
+        Outcome::Rejected {
+            code: RejectCode::InvalidMutation,
+            ..
+        }
+    ));
+}
+
+/// Membership and the author's device are checked for every mutation.
+pub async fn writes_are_authorized_by_the_author(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    let alice = device("alice", "phone");
+    let bob = device("bob", "phone");
+    register(store.as_ref(), &alice, "a").await;
+    register(store.as_ref(), &bob, "b").await;
+    store
+        .create_space(user("bob"), shared("bobs"))
+        .await
+        .expect("create");
+    listener.take_n(1).await;
+    let mut a = Author::new(alice.clone());
+    let mut pretending = Author::new(device("alice", "other-device"));
+    let batch = vec![
+        a.put(&personal("bob"), "notes", "x", json!({})),
+        a.put(&shared("bobs"), "notes", "x", json!({})),
+        a.put(&shared("nowhere"), "notes", "x", json!({})),
+        pretending.put(&personal("alice"), "notes", "x", json!({})),
+    ];
+    let outcomes = push(store.as_ref(), &a, batch).await;
+    for outcome in &outcomes {
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Rejected {
+                    code: RejectCode::Forbidden,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+    // Nothing was committed: the next announcement is the next real write.
+    let valid = a.put(&personal("alice"), "notes", "ok", json!({}));
+    assert_eq!(
+        push(store.as_ref(), &a, vec![valid]).await,
+        vec![Outcome::Applied { rev: 1 }]
+    );
+    assert_eq!(announced_revs(&listener.take_n(1).await), vec![1]);
+    assert!(matches!(
+        store
+            .read_changes(user("alice"), personal("bob"), 0, 10)
+            .await,
+        Err(StoreError::Forbidden(_))
+    ));
+    assert!(matches!(
+        store
+            .read_changes(user("alice"), shared("nowhere"), 0, 10)
+            .await,
+        Err(StoreError::Forbidden(_))
+    ));
+    let positions = store
+        .feed_positions(
+            user("alice"),
+            vec![personal("alice"), personal("bob"), shared("bobs")],
+        )
+        .await
+        .expect("positions");
+    assert_eq!(positions.len(), 1);
+    assert_eq!(positions[0].0, personal("alice"));
+    let bobs = store
+        .read_changes(user("bob"), personal("bob"), 0, 10)
+        .await
+        .expect("read");
+    assert!(bobs.changes.is_empty());
+}
+
+/// Policies, field rules and the size limit decide; unchanged outcomes do
+/// not use a revision.
+pub async fn policies_rules_and_limits_decide(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let id = device("alice", "phone");
+    register(store.as_ref(), &id, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(id);
+    let create = a.put(&space, "messages", "m", json!({"text": "hi"}));
+    let recreate = a.put(&space, "messages", "m", json!({"text": "other"}));
+    let newer = a.put(&space, "notes", "n", json!({"v": 2}));
+    let mut older = a.put(&space, "notes", "n", json!({"v": 1}));
+    older.hlc = Hlc::new(1, 0, older.device_id.clone());
+    let contact = a.put(&space, "contacts", "c", json!({"name": "Ann"}));
+    let mut update = a.put(&space, "contacts", "c", json!({"name": "Bea"}));
+    update.base_version = Some(3);
+    let too_long = a.put(&space, "contacts", "d", json!({"name": "x".repeat(21)}));
+    let huge = a.put(&space, "notes", "big", json!({"blob": "x".repeat(5_000)}));
+    let patch_message = a.mutation(
+        &space,
+        "messages",
+        "m",
+        Op::Patch {
+            fields: serde_json::Map::new(),
+        },
+    );
+    let outcomes = push(
+        store.as_ref(),
+        &a,
+        vec![
+            create,
+            recreate,
+            newer,
+            older,
+            contact,
+            update,
+            too_long,
+            huge,
+            patch_message,
+        ],
+    )
+    .await;
+    assert_eq!(outcomes[0], Outcome::Applied { rev: 1 });
+    assert_eq!(outcomes[1], Outcome::Duplicate { rev: 1 });
+    assert_eq!(outcomes[2], Outcome::Applied { rev: 2 });
+    assert_eq!(
+        outcomes[3],
+        Outcome::Applied { rev: 2 },
+        "an older lww write changes nothing"
+    );
+    assert_eq!(outcomes[4], Outcome::Applied { rev: 3 });
+    assert_eq!(outcomes[5], Outcome::Applied { rev: 4 });
+    assert!(
+        matches!(&outcomes[6], Outcome::Rejected { code: RejectCode::ValidationFailed, field: Some(f), .. } if f == "name")
+    );
+    assert!(matches!(
+        outcomes[7],
+        Outcome::Rejected {
+            code: RejectCode::DocumentTooLarge,
+            ..
+        }
+    ));
+    assert!(matches!(
+        outcomes[8],
+        Outcome::Rejected {
+            code: RejectCode::UpdateNotAllowed,
+            ..
+        }
+    ));
+    let page = store
+        .read_changes(user("alice"), space, 0, 100)
+        .await
+        .expect("read");
+    assert_eq!(page.position.head, 4);
+}
+
+/// Pages of the feed are in revision order, flagged `more`, and include
+/// tombstones.
+pub async fn the_feed_pages_and_keeps_tombstones(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let id = device("alice", "phone");
+    register(store.as_ref(), &id, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(id);
+    let mut batch: Vec<_> = (0..7)
+        .map(|i| a.put(&space, "t", &format!("d{i}"), json!({"i": i})))
+        .collect();
+    batch.push(a.delete(&space, "t", "d3"));
+    push(store.as_ref(), &a, batch).await;
+    let pages = read_all(store.as_ref(), &user("alice"), &space, 0, 3).await;
+    assert_eq!(pages.len(), 3);
+    assert!(pages[0].more && pages[1].more && !pages[2].more);
+    let revs: Vec<u64> = pages
+        .iter()
+        .flat_map(|p| p.changes.iter().map(|c| c.rev))
+        .collect();
+    assert_eq!(revs, vec![1, 2, 3, 5, 6, 7, 8]);
+    assert!(
+        pages[2]
+            .changes
+            .last()
+            .is_some_and(|c| c.deleted && c.doc_id.as_str() == "d3")
+    );
+    assert_eq!(pages[2].position.checksum, recompute(&pages));
+    let empty = store
+        .read_changes(user("alice"), space, 8, 3)
+        .await
+        .expect("read");
+    assert!(empty.changes.is_empty() && !empty.more);
+}
+
+/// Compaction purges tombstones and raises the horizon to the newest purged
+/// version; live documents and the checksum are untouched.
+pub async fn compaction_purges_tombstones_and_raises_the_horizon(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let id = device("alice", "phone");
+    register(store.as_ref(), &id, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(id);
+    let batch = vec![
+        a.put(&space, "t", "a", json!({})),
+        a.put(&space, "t", "b", json!({})),
+        a.delete(&space, "t", "a"),
+        a.put(&space, "t", "c", json!({})),
+        a.delete(&space, "t", "c"),
+        a.put(&space, "t", "d", json!({})),
+    ];
+    push(store.as_ref(), &a, batch).await;
+    let before = store
+        .read_changes(user("alice"), space.clone(), 0, 100)
+        .await
+        .expect("read");
+    let report = store
+        .compact(CompactionRule {
+            tombstones_before_ms: None,
+            tombstones_up_to_rev: Some(3),
+            mutations_before_ms: Some(NOW + 1),
+            credentials_before_ms: None,
+        })
+        .await
+        .expect("compact");
+    assert_eq!(report.tombstones, 1);
+    assert_eq!(report.mutations, 6);
+    let after = store
+        .read_changes(user("alice"), space.clone(), 0, 100)
+        .await
+        .expect("read");
+    assert_eq!(after.position.horizon, 3);
+    assert_eq!(after.position.head, 6);
+    assert_eq!(after.position.checksum, before.position.checksum);
+    assert_eq!(
+        after.changes.iter().map(|c| c.rev).collect::<Vec<_>>(),
+        vec![2, 5, 6]
+    );
+    let report = store
+        .compact(CompactionRule {
+            tombstones_before_ms: Some(NOW + 1),
+            tombstones_up_to_rev: None,
+            mutations_before_ms: None,
+            credentials_before_ms: Some(NOW + 120_000),
+        })
+        .await
+        .expect("compact");
+    assert_eq!(report.tombstones, 1);
+    assert_eq!(report.credentials, 2);
+    let after = store
+        .read_changes(user("alice"), space, 0, 100)
+        .await
+        .expect("read");
+    assert_eq!(after.position.horizon, 5);
+}
+
+/// Each commit is announced once, in order, with the checksum after its
+/// last change.
+pub async fn commits_are_announced_in_order(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    let id = device("alice", "phone");
+    register(store.as_ref(), &id, "1").await;
+    listener.take();
+    let space = personal("alice");
+    let mut a = Author::new(id);
+    for i in 0..5 {
+        let batch = vec![
+            a.put(&space, "t", &format!("x{i}"), json!({})),
+            a.put(&space, "t", &format!("y{i}"), json!({})),
+        ];
+        push(store.as_ref(), &a, batch).await;
+    }
+    let mut revs = Vec::new();
+    let mut last_checksum = None;
+    for event in listener.take_when(|e| announced_revs(e).len() >= 10).await {
+        let StoreEvent::Changes(batch) = event else {
+            panic!("unexpected {event:?}")
+        };
+        assert_eq!(batch.space, space);
+        revs.extend(batch.changes.iter().map(|c| c.rev));
+        last_checksum = Some(batch.checksum);
+    }
+    assert_eq!(revs, (1..=10).collect::<Vec<_>>());
+    let page = store
+        .read_changes(user("alice"), space, 0, 100)
+        .await
+        .expect("read");
+    assert_eq!(last_checksum, Some(page.position.checksum));
+}
+
+/// Concurrent pushes from many devices (grouped into shared transactions)
+/// get distinct, consecutive revisions.
+pub async fn concurrent_pushes_get_distinct_revisions(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    let owner = device("alice", "d0");
+    register(store.as_ref(), &owner, "0").await;
+    store
+        .create_space(user("alice"), shared("busy"))
+        .await
+        .expect("create");
+    let space = shared("busy");
+    let mut tasks = Vec::new();
+    for d in 0..8 {
+        let store = store.clone();
+        let space = space.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut a = Author::new(device("alice", &format!("d{d}")));
+            let mut revs = Vec::new();
+            for i in 0..10 {
+                let m = a.put(&space, "t", &format!("{d}-{i}"), json!({}));
+                for outcome in push(store.as_ref(), &a, vec![m]).await {
+                    match outcome {
+                        Outcome::Applied { rev } => revs.push(rev),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+            revs
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=80).collect::<Vec<_>>());
+    let announced = announced_revs(&listener.take_when(|e| announced_revs(e).len() >= 80).await);
+    assert_eq!(announced, (1..=80).collect::<Vec<_>>());
+}
+
+/// What was committed is there after the store is closed and reopened.
+pub async fn data_survives_a_reopen(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let id = device("alice", "phone");
+    let tokens = register(store.as_ref(), &id, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(id.clone());
+    let m = a.put(&space, "t", "kept", json!({"v": 1}));
+    push(store.as_ref(), &a, vec![m.clone()]).await;
+    let before = store
+        .read_changes(user("alice"), space.clone(), 0, 10)
+        .await
+        .expect("read");
+    store.close().await.expect("close");
+    drop(store);
+    let (store, _) = open(harness).await;
+    let after = store
+        .read_changes(user("alice"), space, 0, 10)
+        .await
+        .expect("read");
+    assert_eq!(after, before);
+    assert_eq!(
+        store
+            .device_for_access_token(tokens.access, NOW)
+            .await
+            .expect("lookup"),
+        Some(id)
+    );
+    assert_eq!(
+        push(store.as_ref(), &a, vec![m]).await,
+        vec![Outcome::Duplicate { rev: 1 }]
+    );
+}
+
+/// After `close`, calls fail with `Closed`.
+pub async fn a_closed_store_refuses_work(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let id = device("alice", "phone");
+    register(store.as_ref(), &id, "1").await;
+    store.close().await.expect("close");
+    let mut a = Author::new(id);
+    let m = a.put(&personal("alice"), "t", "x", json!({}));
+    assert_eq!(
+        store.push(a.id.clone(), vec![m], NOW).await,
+        Err(StoreError::Closed)
+    );
+    assert_eq!(
+        store
+            .read_changes(user("alice"), personal("alice"), 0, 10)
+            .await,
+        Err(StoreError::Closed)
+    );
+}
