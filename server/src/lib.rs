@@ -133,6 +133,11 @@ impl Server {
         let app = http::router(state.clone());
         let stop = state.shutdown.clone();
         let http = tokio::spawn(async move {
+            // Without TCP_NODELAY, an ack followed by a changes frame waits
+            // for the device's delayed ACK (40 ms on Linux): Nagle's algorithm.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
