@@ -93,9 +93,9 @@ pub struct Client {
 impl Client {
     /// Opens (creating if needed) the device in `config.data_dir`.
     pub fn open(config: ClientConfig) -> Result<Client, Error> {
-        let (sink, sender, receiver) = Observers::channel();
+        let (sink, registry) = Observers::sink();
         let store = Arc::new(Store::open(&config, CheckpointSettings::default(), sink)?);
-        let observers = match Observers::start(Arc::clone(&store), sender, receiver) {
+        let observers = match Observers::start(Arc::clone(&store), registry) {
             Ok(observers) => observers,
             Err(e) => {
                 store.close();

@@ -7,10 +7,10 @@
 //! - The observer first receives the current result, then a new result
 //!   each time a commit changes it. It is only called after the commit that
 //!   changed the data (results are read from committed state), never before.
-//! - Results are coalesced: every commit queues a notice; one observer
-//!   thread takes all queued notices at once, re-runs each affected query
-//!   once, and calls the observer only if the result differs from the last
-//!   one it received. A burst of writes therefore yields the latest result,
+//! - Results are coalesced: every commit adds the documents it changed to
+//!   an inbox; one observer thread takes everything in the inbox at once,
+//!   re-runs each affected query once, and calls the observer only if the
+//!   result differs from the last one it received. A burst of writes therefore yields the latest result,
 //!   not every intermediate one, and a write that does not change a result
 //!   yields nothing.
 //! - Calls to one observer never overlap (there is one observer thread).
@@ -22,9 +22,8 @@
 //!   itself, in which case only that call is still running).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::{JoinHandle, ThreadId};
 
 use crate::document::{DocRef, LocalDocument};
@@ -69,7 +68,7 @@ impl Subscription {
     pub fn cancel(&self) {
         self.slot.cancelled.store(true, Ordering::SeqCst);
         if let Some(registry) = self.registry.upgrade() {
-            lock(&registry.slots).remove(&self.slot.id);
+            registry.remove(self.slot.id);
             let on_observer_thread = registry
                 .thread
                 .get()
@@ -103,19 +102,9 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
-/// What the observer thread is told.
-pub(crate) enum Notice {
-    /// These documents changed in a commit.
-    Committed(Vec<DocRef>),
-    /// A new subscription wants its first result.
-    Subscribed(u64),
-    /// Stop.
-    Stop,
-}
-
-/// Where the store announces commits. Sending never blocks, and fails
-/// silently once the observer thread is gone (nobody is listening).
-pub(crate) struct CommitSink(Option<Sender<Notice>>);
+/// Where the store announces commits. Announcing never blocks and costs
+/// nothing while nobody observes.
+pub(crate) struct CommitSink(Option<Arc<Registry>>);
 
 impl CommitSink {
     /// A sink nobody listens to.
@@ -125,8 +114,12 @@ impl CommitSink {
     }
 
     pub fn committed(&self, docs: Vec<DocRef>) {
-        if let Some(sender) = &self.0 {
-            let _ = sender.send(Notice::Committed(docs));
+        if let Some(registry) = &self.0 {
+            // A subscription made after this check reads the committed
+            // state for its first result, so skipping is safe.
+            if registry.subscribed.load(Ordering::SeqCst) > 0 {
+                registry.post(|inbox| inbox.changed.extend(docs));
+            }
         }
     }
 }
@@ -167,48 +160,105 @@ enum Delivered {
     Document(Option<LocalDocument>),
 }
 
+/// What has happened since the observer thread last looked.
+#[derive(Default)]
+struct Inbox {
+    /// Documents changed by commits.
+    changed: HashSet<DocRef>,
+    /// Subscriptions that want their first result.
+    fresh: HashSet<u64>,
+    stop: bool,
+    /// The thread is waiting for news (so posting must wake it; otherwise
+    /// it will look at the inbox before it waits again).
+    idle: bool,
+}
+
+impl Inbox {
+    fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.fresh.is_empty() && !self.stop
+    }
+}
+
 struct Registry {
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    /// How many subscriptions are active: commits are not even posted
+    /// while there are none.
+    subscribed: AtomicUsize,
     next_id: AtomicU64,
     thread: OnceLock<ThreadId>,
+    inbox: Mutex<Inbox>,
+    news: Condvar,
+}
+
+impl Registry {
+    /// Adds to the inbox; wakes the thread only if it is waiting, so a
+    /// burst of commits while it works costs no wake-ups.
+    fn post(&self, add: impl FnOnce(&mut Inbox)) {
+        let mut inbox = lock(&self.inbox);
+        add(&mut inbox);
+        if inbox.idle {
+            inbox.idle = false;
+            self.news.notify_one();
+        }
+    }
+
+    /// Waits for news and takes all of it (the coalescing).
+    fn take(&self) -> Inbox {
+        let mut inbox = lock(&self.inbox);
+        while inbox.is_empty() {
+            inbox.idle = true;
+            inbox = self
+                .news
+                .wait(inbox)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        inbox.idle = false;
+        std::mem::take(&mut *inbox)
+    }
+
+    fn remove(&self, id: u64) {
+        if lock(&self.slots).remove(&id).is_some() {
+            self.subscribed.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The observers of one client and the thread that notifies them.
 pub(crate) struct Observers {
     registry: Arc<Registry>,
-    sender: Sender<Notice>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Observers {
-    /// The channel the store announces commits on, and its receiving end
-    /// for [`Observers::start`].
-    pub fn channel() -> (CommitSink, Sender<Notice>, Receiver<Notice>) {
-        let (sender, receiver) = mpsc::channel();
-        (CommitSink(Some(sender.clone())), sender, receiver)
+    /// The registry the observers will use, and the sink the store
+    /// announces commits to.
+    pub fn sink() -> (CommitSink, ObserverRegistry) {
+        let registry = Arc::new(Registry {
+            slots: Mutex::new(HashMap::new()),
+            subscribed: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            thread: OnceLock::new(),
+            inbox: Mutex::new(Inbox::default()),
+            news: Condvar::new(),
+        });
+        (
+            CommitSink(Some(Arc::clone(&registry))),
+            ObserverRegistry(registry),
+        )
     }
 
     /// Starts the observer thread, which reads through `store`.
-    pub fn start(
-        store: Arc<Store>,
-        sender: Sender<Notice>,
-        receiver: Receiver<Notice>,
-    ) -> Result<Observers, Error> {
-        let registry = Arc::new(Registry {
-            slots: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            thread: OnceLock::new(),
-        });
+    pub fn start(store: Arc<Store>, registry: ObserverRegistry) -> Result<Observers, Error> {
+        let registry = registry.0;
         let thread_registry = Arc::clone(&registry);
         let thread = std::thread::Builder::new()
             .name("tandem-observers".into())
             .spawn(move || {
                 let _ = thread_registry.thread.set(std::thread::current().id());
-                run(&store, &thread_registry, &receiver);
+                run(&store, &thread_registry);
             })?;
         Ok(Observers {
             registry,
-            sender,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -238,7 +288,10 @@ impl Observers {
             delivering: Mutex::new(()),
         });
         lock(&self.registry.slots).insert(id, Arc::clone(&slot));
-        let _ = self.sender.send(Notice::Subscribed(id));
+        self.registry.subscribed.fetch_add(1, Ordering::SeqCst);
+        self.registry.post(|inbox| {
+            inbox.fresh.insert(id);
+        });
         Subscription {
             slot,
             registry: Arc::downgrade(&self.registry),
@@ -248,46 +301,39 @@ impl Observers {
     /// Stops the observer thread and waits for it (unless called from an
     /// observer, which runs on that thread). Idempotent.
     pub fn stop(&self) {
-        let _ = self.sender.send(Notice::Stop);
+        self.registry.post(|inbox| inbox.stop = true);
         let handle = lock(&self.thread).take();
         if let Some(handle) = handle
             && handle.thread().id() != std::thread::current().id()
         {
             let _ = handle.join();
         }
-        lock(&self.registry.slots).clear();
+        let ids: Vec<u64> = lock(&self.registry.slots).keys().copied().collect();
+        for id in ids {
+            self.registry.remove(id);
+        }
     }
 }
+
+/// The registry between [`Observers::sink`] and [`Observers::start`].
+pub(crate) struct ObserverRegistry(Arc<Registry>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn run(store: &Store, registry: &Registry, receiver: &Receiver<Notice>) {
+fn run(store: &Store, registry: &Registry) {
     let mut delivered: HashMap<u64, Delivered> = HashMap::new();
-    // Blocks until something happens; ends when every sender is gone.
-    while let Ok(first) = receiver.recv() {
-        let mut changed: HashSet<DocRef> = HashSet::new();
-        let mut fresh: HashSet<u64> = HashSet::new();
-        let mut stop = false;
-        // Coalescing: take everything queued so far in one round.
-        for notice in std::iter::once(first).chain(receiver.try_iter()) {
-            match notice {
-                Notice::Committed(docs) => changed.extend(docs),
-                Notice::Subscribed(id) => {
-                    fresh.insert(id);
-                }
-                Notice::Stop => stop = true,
-            }
-        }
-        if stop {
+    loop {
+        let inbox = registry.take();
+        if inbox.stop {
             return;
         }
         let slots: Vec<Arc<Slot>> = lock(&registry.slots).values().cloned().collect();
         delivered.retain(|id, _| slots.iter().any(|s| s.id == *id));
         for slot in slots {
-            let affected =
-                fresh.contains(&slot.id) || changed.iter().any(|doc| slot.target.affected_by(doc));
+            let affected = inbox.fresh.contains(&slot.id)
+                || inbox.changed.iter().any(|doc| slot.target.affected_by(doc));
             if affected && !slot.cancelled.load(Ordering::SeqCst) {
                 deliver(store, &slot, &mut delivered);
             }

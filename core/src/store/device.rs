@@ -16,7 +16,8 @@ pub(crate) struct DeviceIdentity {
     pub user_id: UserId,
     /// The user's personal space, where documents go by default.
     pub personal_space: SpaceId,
-    /// The clock reading persisted last (at open).
+    /// The last clock reading handed out before this open (see
+    /// [`last_reading`]).
     pub last_hlc: Option<Hlc>,
 }
 
@@ -81,8 +82,33 @@ pub(crate) fn load_or_create(
     })
 }
 
-/// Records the clock's last reading; called in the transaction of the
-/// write it stamped.
+/// The device's last clock reading: the later of `device.last_hlc` and the
+/// stamp of the newest outbox entry.
+///
+/// A local write does not update `device.last_hlc`: that would add a page
+/// to every commit's WAL frames (one in nine, measured), for a value the
+/// write's own outbox entry already records. Entries are stamped in seq
+/// order under the writer lock, so the newest entry carries the latest
+/// stamp. The rule that keeps this true: whatever deletes outbox entries
+/// (an acknowledgement, a discard) first saves the clock with
+/// [`save_clock`] in the same transaction.
+pub(crate) fn last_reading(conn: &Connection, saved: Option<Hlc>) -> Result<Option<Hlc>, Error> {
+    let newest: Option<String> = conn
+        .query_row(
+            "SELECT json_extract(mutation, '$.hlc') FROM outbox ORDER BY seq DESC LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?
+        .flatten();
+    let newest = newest
+        .map(|text| text.parse::<Hlc>())
+        .transpose()
+        .map_err(|e| Error::CorruptStore(format!("outbox clock: {e}")))?;
+    Ok(saved.max(newest))
+}
+
+/// Records the clock's last reading (see [`last_reading`] for when).
 pub(crate) fn save_clock(conn: &Connection, hlc: &Hlc) -> Result<(), Error> {
     conn.prepare_cached("UPDATE device SET last_hlc = ?1 WHERE singleton = 1")?
         .execute([hlc.to_string()])?;

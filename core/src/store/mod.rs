@@ -31,13 +31,13 @@ mod writes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use tandem_protocol::{Collection, CollectionPolicy, HybridClock};
 
-pub use checkpoint::{CheckpointSettings, Checkpointer};
+pub use checkpoint::{CheckpointSettings, CheckpointStats, Checkpointer, WriterLock};
 pub(crate) use device::DeviceIdentity;
 pub(crate) use indexes::IndexCatalog;
 pub use outbox::{OutboxState, PendingMutation};
@@ -64,11 +64,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
 
 /// Opens a connection for writing to the database at `path` with the
-/// store's settings, and starts its background checkpointer.
-pub fn open_writer(
+/// store's settings, and starts its background checkpointer. `writers` is
+/// the lock that every write through the connection holds (the
+/// checkpointer holds it to restart an oversized WAL).
+pub fn open_writer<T: Send + 'static>(
     path: &Path,
     durability: Durability,
     checkpoints: CheckpointSettings,
+    writers: Arc<WriterLock<T>>,
 ) -> Result<(Connection, Checkpointer), Error> {
     let mut conn = Connection::open(path)?;
     // WAL: a commit appends to the log instead of rewriting pages in place
@@ -82,13 +85,15 @@ pub fn open_writer(
     // (store/checkpoint.rs). Must come before the WAL hook is installed,
     // because setting it replaces the hook.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    // After a burst the WAL file may have grown large; when the WAL
-    // restarts, give back what is beyond 64 MiB (the checkpointer's restart
-    // threshold, so a steady workload never truncates).
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // When the WAL starts over, give back the file space beyond 128 MiB.
+    // SQLite truncates in the first commit after the restart, on the write
+    // path, so the limit sits above what the checkpointer lets the WAL
+    // reach (64 MiB and a little more): it only trims after something
+    // unusual, such as a reader holding an old snapshot for a long time.
+    conn.pragma_update(None, "journal_size_limit", 128 * 1024 * 1024)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let checkpointer = Checkpointer::start(path, &mut conn, checkpoints)?;
+    let checkpointer = Checkpointer::start(path, &mut conn, writers, checkpoints)?;
     Ok((conn, checkpointer))
 }
 
@@ -129,7 +134,8 @@ pub(crate) fn policy_of(
 /// The local database of one device.
 pub(crate) struct Store {
     path: PathBuf,
-    writer: Mutex<Option<Writer>>,
+    /// Shared with the checkpointer, which holds it to restart the WAL.
+    writer: Arc<WriterLock<Option<Writer>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
     readers: ReaderPool,
     indexes: RwLock<IndexCatalog>,
@@ -148,24 +154,28 @@ impl Store {
     ) -> Result<Store, Error> {
         std::fs::create_dir_all(&config.data_dir)?;
         let path = Path::new(&config.data_dir).join(DATABASE_FILE);
-        let (mut conn, checkpointer) = open_writer(&path, config.durability, checkpoints)?;
+        let writer = Arc::new(WriterLock::new(None));
+        let (mut conn, checkpointer) =
+            open_writer(&path, config.durability, checkpoints, Arc::clone(&writer))?;
         schema::prepare(&mut conn)?;
         let identity = device::load_or_create(&conn, &config.user_id, &config.device_name)?;
         outbox::requeue_in_flight(&conn)?;
-        let clock = HybridClock::resume(identity.device_id.clone(), identity.last_hlc.as_ref());
+        let last = device::last_reading(&conn, identity.last_hlc.clone())?;
+        let clock = HybridClock::resume(identity.device_id.clone(), last.as_ref());
         let policies = views::load_policies(&conn)?;
         let indexes = IndexCatalog::load(&conn)?;
         let mut readers = Vec::with_capacity(READER_CONNECTIONS);
         for _ in 0..READER_CONNECTIONS {
             readers.push(open_reader(&path)?);
         }
+        *writer.lock() = Some(Writer {
+            conn,
+            clock,
+            policies,
+        });
         Ok(Store {
             path,
-            writer: Mutex::new(Some(Writer {
-                conn,
-                clock,
-                policies,
-            })),
+            writer,
             checkpointer: Mutex::new(Some(checkpointer)),
             readers: ReaderPool::new(readers),
             indexes: RwLock::new(indexes),
@@ -188,7 +198,7 @@ impl Store {
 
     /// Runs `f` with the writer, or fails with [`Error::Closed`].
     fn with_writer<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T, Error>) -> Result<T, Error> {
-        let mut guard = lock(&self.writer);
+        let mut guard = self.writer.lock();
         let writer = guard.as_mut().ok_or(Error::Closed)?;
         f(writer)
     }
@@ -208,15 +218,15 @@ impl Store {
             checkpointer.stop();
         }
         self.readers.close();
-        lock(&self.writer).take();
+        self.writer.lock().take();
     }
 
-    /// Passive and restart checkpoints run so far.
+    /// What the checkpointer has done so far.
     #[cfg_attr(not(test), expect(dead_code, reason = "for diagnostics and tests"))]
-    pub fn checkpoint_runs(&self) -> (u64, u64) {
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
         lock(&self.checkpointer)
             .as_ref()
-            .map(Checkpointer::runs)
+            .map(Checkpointer::stats)
             .unwrap_or_default()
     }
 }
@@ -286,8 +296,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (durability, synchronous) in [(Durability::Normal, 1), (Durability::Full, 2)] {
             let path = dir.path().join(format!("{durability:?}.db"));
-            let (conn, _checkpointer) =
-                open_writer(&path, durability, CheckpointSettings::default()).unwrap();
+            let (conn, _checkpointer) = open_writer(
+                &path,
+                durability,
+                CheckpointSettings::default(),
+                Arc::new(WriterLock::new(())),
+            )
+            .unwrap();
             assert_eq!(pragma(&conn, "synchronous"), synchronous);
             assert_eq!(pragma(&conn, "wal_autocheckpoint"), 0);
             let mode: String = conn
@@ -312,7 +327,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         // With autocheckpoint off, only the checkpointer thread can
         // checkpoint; the WAL hook wakes it once the WAL passes 8 pages.
-        while store.checkpoint_runs().0 == 0 {
+        while store.checkpoint_stats().frames_checkpointed == 0 {
             assert!(std::time::Instant::now() < deadline, "no checkpoint ran");
             n += 1;
             let doc = DocRef {

@@ -36,6 +36,10 @@
 //!   confirmed state the server returned, so the local view never falls
 //!   back to the old value in between.
 //!
+//! Whatever deletes entries saves the device clock first, in the same
+//! transaction: the newest entry's stamp is where the clock resumes after a
+//! restart (`store/device.rs`).
+//!
 //! # Wedged states
 //!
 //! Nothing stops the queue as a whole. A `failed` entry stays, with its
@@ -65,7 +69,7 @@ use tandem_protocol::{Mutation, MutationId};
 use crate::document::DocRef;
 use crate::error::Error;
 use crate::store::views::rebuild_view;
-use crate::store::{Store, from_sql_int, now_millis, policy_of, to_sql_int};
+use crate::store::{Store, device, from_sql_int, now_millis, policy_of, to_sql_int};
 
 /// The state of an outbox entry (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -378,6 +382,8 @@ impl Store {
             let tx = writer
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // The entry may carry the clock's latest stamp.
+            device::save_clock(&tx, &writer.clock.last())?;
             let Some(doc) = remove_in(&tx, id)? else {
                 return Ok(None);
             };
