@@ -21,7 +21,11 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 impl Failure {
     /// A failure with exit status 1.
     pub fn new(code: &'static str, message: impl fmt::Display) -> Failure {
-        Failure { code, message: message.to_string(), status: 1 }
+        Failure {
+            code,
+            message: message.to_string(),
+            status: 1,
+        }
     }
 
     /// The same failure with another exit status.

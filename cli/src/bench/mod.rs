@@ -1,18 +1,163 @@
 //! `tandem bench`: benchmark scenarios.
+//!
+//! A scenario measures something and, in the same run on the same machine,
+//! a floor (the bare operation underneath, so a number can be judged). It
+//! returns a [`Report`]; this module prints it as a table, or with `--json`
+//! as one object: `{"scenario", "count", "p50_ms", "p99_ms", "p999_ms"
+//! (where measured), "max_ms", "per_sec", "floor": {same keys}}`.
+//!
+//! To add a scenario: a module with `pub fn run(&BenchArgs) -> Result<Report,
+//! Failure>` and one line in [`SCENARIOS`].
+
+mod local_read;
+mod local_write;
+mod server_ingest;
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use crate::failure::Failure;
 
 /// Options of `tandem bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// The scenario to run.
+    /// The scenario to run: local-write, local-read, server-ingest.
     pub scenario: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How many operations or documents (the scenario's default otherwise;
+    /// smaller runs are for quick checks, not for numbers).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// How many times to repeat a measured operation that is repeated (the
+    /// scenario's default otherwise).
+    #[arg(long, value_name = "N")]
+    pub repeat: Option<u64>,
 }
 
-/// Runs one scenario.
+/// A scenario: runs with the options and reports.
+type Scenario = fn(&BenchArgs) -> Result<Report, Failure>;
+
+/// Every scenario, by name.
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("local-write", local_write::run),
+    ("local-read", local_read::run),
+    ("server-ingest", server_ingest::run),
+];
+
+/// Runs one scenario and prints its report.
 pub fn run(args: BenchArgs) -> Result<(), Failure> {
-    Err(Failure::new("unknown_scenario", format!("no scenario named {}", args.scenario)))
+    let Some((_, scenario)) = SCENARIOS.iter().find(|(name, _)| *name == args.scenario) else {
+        let names: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+        return Err(Failure::new(
+            "unknown_scenario",
+            format!(
+                "no scenario named {}; there are: {}",
+                args.scenario,
+                names.join(", ")
+            ),
+        ));
+    };
+    let report = scenario(&args)?;
+    if args.json {
+        let line = serde_json::to_string(&report).map_err(|e| Failure::new("internal", e))?;
+        println!("{line}");
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// What a scenario measured, and its floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The measurement.
+    #[serde(flatten)]
+    pub measured: Measurement,
+    /// The floor, measured in the same run.
+    pub floor: Measurement,
+}
+
+/// Latency percentiles and throughput of one measured loop.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    /// What was measured.
+    pub scenario: String,
+    /// How many operations.
+    pub count: u64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms (where measured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_ms: Option<f64>,
+    /// Slowest, ms.
+    pub max_ms: f64,
+    /// Operations per second over the whole loop.
+    pub per_sec: f64,
+}
+
+/// A latency histogram, in nanoseconds.
+pub struct Latencies {
+    histogram: Histogram<u64>,
+}
+
+impl Latencies {
+    /// An empty histogram covering 100 ns to 100 s at 3 significant digits.
+    pub fn new() -> Result<Latencies, Failure> {
+        Histogram::new_with_bounds(100, 100_000_000_000, 3)
+            .map(|histogram| Latencies { histogram })
+            .map_err(|e| Failure::new("internal", e))
+    }
+
+    /// Records one operation.
+    pub fn record(&mut self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // Values beyond the range are clamped to it rather than lost.
+        self.histogram.saturating_record(nanos.max(100));
+    }
+
+    /// The measurement of `count` operations that took `elapsed` in all.
+    pub fn measurement(&self, scenario: &str, elapsed: Duration, with_p999: bool) -> Measurement {
+        let ms = |nanos: u64| nanos as f64 / 1e6;
+        let count = self.histogram.len();
+        Measurement {
+            scenario: scenario.to_owned(),
+            count,
+            p50_ms: ms(self.histogram.value_at_quantile(0.50)),
+            p99_ms: ms(self.histogram.value_at_quantile(0.99)),
+            p999_ms: with_p999.then(|| ms(self.histogram.value_at_quantile(0.999))),
+            max_ms: ms(self.histogram.max()),
+            per_sec: count as f64 / elapsed.as_secs_f64().max(1e-9),
+        }
+    }
+}
+
+impl Report {
+    fn table(&self) -> String {
+        let mut out = format!(
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}\n",
+            "scenario", "count", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "per sec"
+        );
+        for (label, m) in [("", &self.measured), ("floor: ", &self.floor)] {
+            let p999 = m
+                .p999_ms
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+            out.push_str(&format!(
+                "{:<24} {:>9} {:>9.3} {:>9.3} {:>9} {:>9.3} {:>12.0}\n",
+                format!("{label}{}", m.scenario),
+                m.count,
+                m.p50_ms,
+                m.p99_ms,
+                p999,
+                m.max_ms,
+                m.per_sec
+            ));
+        }
+        out
+    }
 }

@@ -1,12 +1,287 @@
-//! `tandem client`: act as a device.
+//! `tandem client`: act as a device from a terminal.
+//!
+//! Each run opens the device in `--data DIR` (creating it on first use),
+//! runs one command and closes it. Documents print as one JSON object per
+//! line, in the document shape of the CLI contract.
 
-use crate::failure::Failure;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde::Serialize;
+use serde_json::Value;
+use tandem_core::{Client, ClientConfig, DocKey, FilterOp, FilterValue, Query, Status};
+
+use crate::failure::{EXIT_NOT_FOUND, Failure};
 
 /// Options of `tandem client`.
 #[derive(clap::Args)]
-pub struct ClientArgs {}
+#[command(after_help = "\
+Every command works on the local database in DIR and returns at once. \
+This build has no sync engine yet: with or without --offline nothing is \
+sent to --server, and the commands print nothing beyond their own output. \
+When the sync engine arrives, commands run without --offline will also sync.")]
+pub struct ClientArgs {
+    /// The device's directory: its database and identity. The same DIR is
+    /// the same device across runs.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The sync server (not contacted yet: see below).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The user this device belongs to.
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+    /// A name for this device.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: String,
+    /// Work locally only, without contacting the server.
+    #[arg(long)]
+    pub offline: bool,
+    /// The space of the documents; default: the user's personal space.
+    #[arg(long, value_name = "NAME")]
+    pub space: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+/// The client commands.
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Write a whole document (replacing it); prints it.
+    Put {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The fields, a JSON object.
+        json: String,
+    },
+    /// Change some fields of a document (`null` removes one); prints it.
+    Patch {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+        /// The changed fields, a JSON object.
+        json: String,
+    },
+    /// Delete a document; prints its tombstone.
+    Delete {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Print a document; exit status 3 if there is none (or it is deleted).
+    Get {
+        /// The collection.
+        collection: String,
+        /// The document id.
+        id: String,
+    },
+    /// Print the live documents of a collection, one per line.
+    Query {
+        /// The collection.
+        collection: String,
+        /// A condition FIELD=VALUE on an indexed field; VALUE is read as
+        /// JSON if it parses (42, true, "x"), else as a string. Repeatable.
+        #[arg(long = "where", value_name = "FIELD=VALUE")]
+        filters: Vec<String>,
+        /// An indexed field to order by (default: the document id).
+        #[arg(long, value_name = "FIELD")]
+        order: Option<String>,
+        /// Largest first.
+        #[arg(long)]
+        desc: bool,
+        /// At most N documents.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Continue after the document with this id (paging).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
+    },
+    /// Print the device's sync status as one JSON object.
+    Status,
+    /// Declare an index on fields of a collection, so queries can filter and
+    /// order on them (kept in DIR).
+    Index {
+        /// The collection.
+        collection: String,
+        /// The fields, in index order: equality fields first, the order
+        /// field last.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+}
+
+/// `status` output: the core's status plus this device's id.
+#[derive(Serialize)]
+struct StatusLine {
+    #[serde(flatten)]
+    status: Status,
+    device: String,
+}
 
 /// Runs one client command.
-pub fn run(_args: ClientArgs) -> Result<(), Failure> {
-    Err(Failure::new("not_available", "client commands are not part of this build yet"))
+pub fn run(args: ClientArgs) -> Result<(), Failure> {
+    let data = args
+        .data
+        .to_str()
+        .ok_or_else(|| Failure::new("invalid_argument", "--data must be valid UTF-8"))?;
+    let mut config = ClientConfig::new(data, &args.user, &args.device);
+    config.server_url = args.server.clone();
+    let client = Client::open(config).map_err(core_failure)?;
+    let result = run_command(&client, args.space, args.command);
+    client.close();
+    result
+}
+
+fn run_command(
+    client: &Client,
+    space: Option<String>,
+    command: ClientCommand,
+) -> Result<(), Failure> {
+    let key = |collection: String, id: String| DocKey {
+        space: space.clone(),
+        collection,
+        id,
+    };
+    match command {
+        ClientCommand::Put {
+            collection,
+            id,
+            json,
+        } => {
+            let doc = client
+                .mutate(key(collection, id), "put", &json)
+                .map_err(core_failure)?;
+            print_json(&doc)
+        }
+        ClientCommand::Patch {
+            collection,
+            id,
+            json,
+        } => {
+            let doc = client
+                .mutate(key(collection, id), "patch", &json)
+                .map_err(core_failure)?;
+            print_json(&doc)
+        }
+        ClientCommand::Delete { collection, id } => {
+            let doc = client
+                .mutate(key(collection, id), "delete", "")
+                .map_err(core_failure)?;
+            print_json(&doc)
+        }
+        ClientCommand::Get { collection, id } => {
+            let where_ = format!("{collection}/{id}");
+            match client.get(key(collection, id)).map_err(core_failure)? {
+                Some(doc) if !doc.deleted => print_json(&doc),
+                Some(_) => Err(Failure::new("not_found", format!("{where_} is deleted"))
+                    .with_status(EXIT_NOT_FOUND)),
+                None => Err(Failure::new("not_found", format!("no document {where_}"))
+                    .with_status(EXIT_NOT_FOUND)),
+            }
+        }
+        ClientCommand::Query {
+            collection,
+            filters,
+            order,
+            desc,
+            limit,
+            after,
+        } => {
+            let mut query = Query::new(&collection);
+            query.space = space;
+            for filter in &filters {
+                let (field, value) = parse_filter(filter)?;
+                query = query.filter(field, FilterOp::Eq, value);
+            }
+            query.order_by = order;
+            query.descending = desc;
+            query.limit = limit;
+            query.after = after;
+            let docs = client.query(query).map_err(core_failure)?;
+            let mut out = std::io::stdout().lock();
+            for doc in docs {
+                write_json(&mut out, &doc)?;
+            }
+            Ok(())
+        }
+        ClientCommand::Status => {
+            let status = client.status().map_err(core_failure)?;
+            print_json(&StatusLine {
+                status,
+                device: client.device_id(),
+            })
+        }
+        ClientCommand::Index { collection, fields } => client
+            .declare_index(&collection, fields)
+            .map_err(core_failure),
+    }
+}
+
+/// `FIELD=VALUE`: VALUE is JSON if it parses as a JSON scalar, else text.
+fn parse_filter(text: &str) -> Result<(&str, FilterValue), Failure> {
+    let (field, raw) = text.split_once('=').ok_or_else(|| {
+        Failure::new(
+            "invalid_argument",
+            format!("--where takes FIELD=VALUE, got {text:?}"),
+        )
+    })?;
+    let value = match serde_json::from_str::<Value>(raw) {
+        Ok(json) => FilterValue::from_json(&json).ok_or_else(|| {
+            Failure::new(
+                "invalid_argument",
+                format!("--where {field}: compare with a string, number, boolean or null"),
+            )
+        })?,
+        Err(_) => FilterValue::Text(raw.to_owned()),
+    };
+    Ok((field, value))
+}
+
+fn core_failure(e: tandem_core::Error) -> Failure {
+    Failure::new(e.code(), e)
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    write_json(&mut std::io::stdout().lock(), value)
+}
+
+fn write_json(out: &mut impl std::io::Write, value: &impl Serialize) -> Result<(), Failure> {
+    let line = serde_json::to_string(value).map_err(|e| Failure::new("internal", e))?;
+    writeln!(out, "{line}").map_err(|e| Failure::new("io", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_values_are_json_when_they_parse() {
+        assert_eq!(
+            parse_filter("n=42").unwrap(),
+            ("n", FilterValue::Integer(42))
+        );
+        assert_eq!(
+            parse_filter("done=true").unwrap(),
+            ("done", FilterValue::Bool(true))
+        );
+        assert_eq!(
+            parse_filter(r#"c="42""#).unwrap(),
+            ("c", FilterValue::Text("42".into()))
+        );
+        assert_eq!(
+            parse_filter("c=c1").unwrap(),
+            ("c", FilterValue::Text("c1".into()))
+        );
+        assert_eq!(
+            parse_filter("c=a=b").unwrap(),
+            ("c", FilterValue::Text("a=b".into()))
+        );
+        assert!(parse_filter("nofield").is_err());
+        assert!(parse_filter("c=[1]").is_err());
+    }
 }
