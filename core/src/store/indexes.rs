@@ -29,8 +29,8 @@
 //! one conversation out of 100,000): p50 4.2 ms with table lookups, 0.4 ms
 //! with the covering index. The price is a second copy of each live
 //! document's fields per declared index (large documents spill into
-//! overflow pages there too) and a slightly larger write: p99 0.29 ms
-//! before, 0.37 ms after, on the write benchmark. Queries name the same
+//! overflow pages there too) and a slightly larger write: p99 about
+//! 0.29 ms before, 0.33 ms after, on the write benchmark. Queries name the same
 //! expressions and the same collection literal, which is how SQLite
 //! matches them to the index.
 //!
