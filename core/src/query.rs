@@ -9,7 +9,7 @@
 //! Filters and orders are restricted to declared indexed fields
 //! ([`Client::declare_index`](crate::Client::declare_index)) so that no query
 //! silently scans a large collection: a query naming another field fails
-//! with [`Error::NotIndexed`](crate::Error::NotIndexed).
+//! with [`Error::NotIndexed`].
 
 use serde_json::Value;
 use tandem_protocol::{Collection, DocId, SpaceId};

@@ -5,15 +5,15 @@
 //! - one writer connection behind a mutex: every write of the store goes
 //!   through it, so writes are serialized in the process and never meet
 //!   `SQLITE_BUSY` from each other;
-//! - a few reader connections ([`readers`]): in WAL mode readers see the
+//! - a few reader connections (`readers`): in WAL mode readers see the
 //!   last committed state and neither block nor are blocked by the writer;
-//! - a checkpointer thread with its own connection ([`checkpoint`]), so WAL
+//! - a checkpointer thread with its own connection (`checkpoint`), so WAL
 //!   checkpoints happen off the write path.
 //!
-//! The submodules are the rooms: [`schema`] (tables and migrations),
-//! [`writes`] (local writes), [`reads`] (get and query), [`indexes`]
-//! (declared field indexes), [`outbox`] (the queue of mutations), [`views`]
-//! (confirmed state and rebuilding the local view), [`device`] (identity and
+//! The submodules are the rooms: `schema` (tables and migrations),
+//! `writes` (local writes), `reads` (get and query), `indexes`
+//! (declared field indexes), `outbox` (the queue of mutations), `views`
+//! (confirmed state and rebuilding the local view), `device` (identity and
 //! clock).
 //!
 //! Only [`open_writer`] and [`Checkpointer`] are public: the benchmarks use
