@@ -329,8 +329,11 @@ impl Client {
     }
 
     fn ensure_open(&self) -> Result<(), Error> {
-        // A cheap read: fails with Closed once the readers are gone.
-        self.store.outbox_counts().map(|_| ())
+        if self.store.is_open() {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
     }
 }
 

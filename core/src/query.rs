@@ -7,9 +7,13 @@
 //! Deleted documents are never returned.
 //!
 //! Filters and orders are restricted to declared indexed fields
-//! ([`Client::declare_index`](crate::Client::declare_index)) so that no query
-//! silently scans a large collection: a query naming another field fails
-//! with [`Error::NotIndexed`].
+//! ([`Client::declare_index`](crate::Client::declare_index)); a query naming
+//! another field fails with [`Error::NotIndexed`]. A query is answered from
+//! one index range, in order, when a declared index starts with its
+//! equality fields and continues with its order field (for example
+//! `(conversation, sent_at)` for "the messages of a conversation by time").
+//! Other combinations of indexed fields give the same results but may read
+//! the whole collection of the space.
 
 use serde_json::Value;
 use tandem_protocol::{Collection, DocId, SpaceId};

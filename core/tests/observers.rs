@@ -266,3 +266,15 @@ fn an_observer_may_cancel_its_own_subscription() {
     assert_eq!(next(&wrx), ["m1", "m2"]);
     assert!(rx.try_recv().is_err(), "no call after it cancelled itself");
 }
+
+#[test]
+fn a_closed_client_refuses_new_subscriptions() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = open(&dir);
+    client.close();
+    let (observer, _rx) = results();
+    assert!(matches!(
+        client.observe_query(conversation("c1"), observer),
+        Err(tandem_core::Error::Closed)
+    ));
+}

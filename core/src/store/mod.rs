@@ -210,6 +210,11 @@ impl Store {
         }
     }
 
+    /// Whether [`Store::close`] has not been called.
+    pub fn is_open(&self) -> bool {
+        self.readers.is_open()
+    }
+
     /// Closes every connection. Idempotent. The checkpointer stops first and
     /// the writer closes last: when the last connection to a WAL database
     /// closes, SQLite checkpoints and removes the WAL.

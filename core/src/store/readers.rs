@@ -57,6 +57,11 @@ impl ReaderPool {
         }
     }
 
+    /// Whether the pool has not been closed.
+    pub fn is_open(&self) -> bool {
+        lock(&self.idle).is_some()
+    }
+
     /// Closes the idle connections now and the busy ones when they come
     /// back.
     pub fn close(&self) {
