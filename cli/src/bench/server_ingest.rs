@@ -114,7 +114,7 @@ async fn ingest(
     for (d, socket) in sockets.into_iter().enumerate() {
         let d = d as u64;
         let (identity, _) = &tokens[d as usize];
-        if d % DEVICES_PER_USER == 0 && d / DEVICES_PER_USER < pushers {
+        if d.is_multiple_of(DEVICES_PER_USER) && d / DEVICES_PER_USER < pushers {
             let identity = identity.clone();
             let start = start.clone();
             push_tasks.push(tokio::spawn(async move {
