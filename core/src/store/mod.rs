@@ -25,7 +25,9 @@ mod indexes;
 mod outbox;
 mod readers;
 mod reads;
+mod remote;
 mod schema;
+mod sync_state;
 mod views;
 mod writes;
 
@@ -40,7 +42,11 @@ use tandem_protocol::{Collection, CollectionPolicy, HybridClock};
 pub use checkpoint::{CheckpointSettings, CheckpointStats, Checkpointer, WriterLock};
 pub(crate) use device::DeviceIdentity;
 pub(crate) use indexes::IndexCatalog;
+pub(crate) use outbox::OutboxEntry;
 pub use outbox::{OutboxState, PendingMutation};
+pub(crate) use remote::{PageEnd, Resync};
+pub use sync_state::{ConflictRecord, StoredCredentials};
+pub(crate) use views::Cursor;
 pub(crate) use writes::Write;
 
 use crate::config::{ClientConfig, DATABASE_FILE, Durability};

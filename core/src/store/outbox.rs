@@ -63,7 +63,7 @@
 //! `retrying` entries keep their attempt count and time; `failed` entries
 //! stay failed.
 
-use rusqlite::{Connection, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tandem_protocol::{Mutation, MutationId};
 
 use crate::document::DocRef;
@@ -123,6 +123,8 @@ pub(crate) struct OutboxEntry {
     pub seq: u64,
     pub mutation: Mutation,
     pub state: OutboxState,
+    /// How many sends of it have failed so far.
+    pub attempt: u32,
 }
 
 /// Appends `mutation` as a queued entry; part of the write's transaction.
@@ -147,8 +149,10 @@ pub(crate) fn append(tx: &Transaction<'_>, mutation: &Mutation) -> Result<(), Er
 /// Puts every in-flight entry back in the queue (at open, and when the
 /// connection that carried them is gone).
 pub(crate) fn requeue_in_flight(conn: &Connection) -> Result<usize, Error> {
+    // An acknowledged entry waiting for its change is done: the server has
+    // it, so it is never sent again.
     Ok(conn.execute(
-        "UPDATE outbox SET state = 'queued' WHERE state = 'in_flight'",
+        "UPDATE outbox SET state = 'queued' WHERE state = 'in_flight' AND acked_rev IS NULL",
         [],
     )?)
 }
@@ -183,6 +187,7 @@ fn entry_of(row: &Row<'_>) -> rusqlite::Result<Result<(OutboxEntry, String, u64)
     let json: String = row.get(1)?;
     let created: i64 = row.get(6)?;
     let state = state_of(row)?;
+    let attempt: i64 = row.get(3)?;
     Ok((|| {
         let mutation: Mutation = serde_json::from_str(&json)
             .map_err(|e| Error::CorruptStore(format!("outbox entry {seq}: {e}")))?;
@@ -191,6 +196,7 @@ fn entry_of(row: &Row<'_>) -> rusqlite::Result<Result<(OutboxEntry, String, u64)
                 seq: from_sql_int(seq, "outbox seq")?,
                 mutation,
                 state: state?,
+                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
             },
             json,
             from_sql_int(created, "created_at")?,
@@ -236,11 +242,14 @@ pub(crate) fn counts(conn: &Connection) -> Result<(u64, u64), Error> {
 }
 
 /// The pending mutations of one document, in seq order: what the view
-/// rests on besides the confirmed state.
+/// rests on besides the confirmed state. Failed entries are not pending:
+/// the server refused them, so the view is rolled back without them until
+/// the app retries one.
 pub(crate) fn pending_of(tx: &Transaction<'_>, doc: &DocRef) -> Result<Vec<Mutation>, Error> {
     let mut stmt = tx.prepare_cached(
         "SELECT seq, mutation FROM outbox
-         WHERE space = ?1 AND collection = ?2 AND doc_id = ?3 ORDER BY seq",
+         WHERE space = ?1 AND collection = ?2 AND doc_id = ?3 AND state != 'failed'
+         ORDER BY seq",
     )?;
     let rows = stmt.query_map(
         params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
@@ -270,17 +279,15 @@ impl Store {
 }
 
 /// The transitions the sync engine drives.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the sync engine, which builds on this store"
-    )
-)]
 impl Store {
     /// Up to `limit` entries that may be sent now, in seq order, marked
     /// `in_flight`: queued entries and retrying entries that are due, except
-    /// those behind a not-yet-due retry of the same document.
+    /// those behind a not-yet-due retry of the same document, and, in
+    /// version-checked collections (`server_wins`, `manual`), those behind
+    /// any unacknowledged entry of the same document: such an entry was
+    /// written on top of the earlier one, so it is sent once the earlier
+    /// one's revision is known and becomes its `base_version`
+    /// ([`Store::mark_acked`]).
     pub(crate) fn take_sendable(
         &self,
         limit: usize,
@@ -299,6 +306,15 @@ impl Store {
                            WHERE e.space = o.space AND e.collection = o.collection
                              AND e.doc_id = o.doc_id AND e.seq < o.seq
                              AND e.state = 'retrying' AND e.next_attempt_at > ?1)
+                       AND NOT (
+                           o.collection IN (SELECT collection FROM policies
+                               WHERE json_extract(policy, '$.policy') IN ('server_wins', 'manual'))
+                           AND json_extract(o.mutation, '$.op.type') NOT IN ('set_add', 'set_remove')
+                           AND EXISTS (
+                               SELECT 1 FROM outbox AS e
+                               WHERE e.space = o.space AND e.collection = o.collection
+                                 AND e.doc_id = o.doc_id AND e.seq < o.seq
+                                 AND e.state != 'failed' AND e.acked_rev IS NULL))
                      ORDER BY seq LIMIT ?2"
                 ))?;
                 let rows = stmt.query_map(
@@ -335,7 +351,8 @@ impl Store {
     }
 
     /// A send of `id` failed in a way that may pass: count the attempt and
-    /// send again at `next_attempt_at_ms`.
+    /// send again at `next_attempt_at_ms`. Only an entry that is still in
+    /// flight changes (an answer may race a dropped connection).
     pub(crate) fn mark_retrying(
         &self,
         id: &MutationId,
@@ -344,33 +361,192 @@ impl Store {
         self.with_writer(|writer| {
             writer.conn.execute(
                 "UPDATE outbox SET state = 'retrying', attempt = attempt + 1, next_attempt_at = ?2
-                 WHERE mutation_id = ?1",
+                 WHERE mutation_id = ?1 AND acked_rev IS NULL",
                 params![id.to_string(), to_sql_int(next_attempt_at_ms)],
             )?;
             Ok(())
         })
     }
 
-    /// The server refused `id` for good (or the attempts ran out).
-    pub(crate) fn mark_failed(&self, id: &MutationId, reason: &str) -> Result<(), Error> {
-        self.with_writer(|writer| {
-            writer.conn.execute(
+    /// The server refused `id` for good (or the attempts ran out): the entry
+    /// is kept as failed, with `reason`, and its document's view is rebuilt
+    /// without it. Returns the document, if the entry exists.
+    pub(crate) fn mark_failed(
+        &self,
+        id: &MutationId,
+        reason: &str,
+    ) -> Result<Option<DocRef>, Error> {
+        let doc = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let doc = doc_of_entry(&tx, id)?;
+            tx.prepare_cached(
                 "UPDATE outbox SET state = 'failed', failure = ?2, next_attempt_at = NULL
                  WHERE mutation_id = ?1",
-                params![id.to_string(), reason],
-            )?;
-            Ok(())
-        })
+            )?
+            .execute(params![id.to_string(), reason])?;
+            if let Some(doc) = &doc {
+                rebuild_view(&tx, doc, &policy_of(&writer.policies, &doc.collection))?;
+            }
+            tx.commit()?;
+            Ok(doc)
+        })?;
+        self.announce(doc.iter().cloned().collect());
+        Ok(doc)
     }
 
-    /// The app asks to send a failed entry again.
+    /// The app asks to send a failed entry again; its effect is back in the
+    /// view.
     pub(crate) fn retry_failed(&self, id: &MutationId) -> Result<bool, Error> {
-        self.with_writer(|writer| {
-            Ok(writer.conn.execute(
+        let doc = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
                 "UPDATE outbox SET state = 'queued', attempt = 0, next_attempt_at = NULL,
                  failure = NULL WHERE mutation_id = ?1 AND state = 'failed'",
                 [id.to_string()],
-            )? == 1)
+            )? == 1;
+            let doc = if changed {
+                doc_of_entry(&tx, id)?
+            } else {
+                None
+            };
+            if let Some(doc) = &doc {
+                rebuild_view(&tx, doc, &policy_of(&writer.policies, &doc.collection))?;
+            }
+            tx.commit()?;
+            Ok(doc)
+        })?;
+        let retried = doc.is_some();
+        self.announce(doc.into_iter().collect());
+        Ok(retried)
+    }
+
+    /// The server acknowledged `id` (applied or duplicate) at revision
+    /// `rev`. The entry stays in the view until the space's cursor reaches
+    /// `rev` (the change carrying it then confirms it, or the sweep in
+    /// `remote.rs` removes it), so the value never falls back in between;
+    /// if the cursor is already there it is removed now. In a
+    /// version-checked collection, the later entries of the document that
+    /// were written on top of it take `rev` as their `base_version`.
+    /// Returns whether the entry was removed now.
+    pub(crate) fn mark_acked(&self, id: &MutationId, rev: u64) -> Result<bool, Error> {
+        let removed = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(i64, String, String, String, Option<i64>)> = tx
+                .prepare_cached(
+                    "SELECT seq, space, collection, doc_id,
+                            json_extract(mutation, '$.base_version')
+                     FROM outbox WHERE mutation_id = ?1",
+                )?
+                .query_row([id.to_string()], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
+                .optional()?;
+            let Some((seq, space, collection, doc_id, base)) = row else {
+                return Ok(None);
+            };
+            let doc = doc_ref(&space, &collection, &doc_id)?;
+            let policy = policy_of(&writer.policies, &doc.collection);
+            if policy.policy.checks_version() {
+                // Later entries whose base is this one's base were written on
+                // top of it.
+                tx.prepare_cached(
+                    "UPDATE outbox SET mutation = json_set(mutation, '$.base_version', ?1)
+                     WHERE space = ?2 AND collection = ?3 AND doc_id = ?4 AND seq > ?5
+                       AND state != 'failed' AND acked_rev IS NULL
+                       AND json_extract(mutation, '$.base_version') IS ?6
+                       AND json_extract(mutation, '$.op.type') NOT IN ('set_add', 'set_remove')",
+                )?
+                .execute(params![
+                    to_sql_int(rev),
+                    space,
+                    collection,
+                    doc_id,
+                    seq,
+                    base
+                ])?;
+            }
+            let cursor: Option<i64> = tx
+                .prepare_cached("SELECT rev FROM cursors WHERE space = ?1")?
+                .query_row([&space], |row| row.get(0))
+                .optional()?;
+            let reached = cursor.is_some_and(|c| c >= to_sql_int(rev));
+            if reached {
+                device::save_clock(&tx, &writer.clock.last())?;
+                remove_in(&tx, id)?;
+                rebuild_view(&tx, &doc, &policy)?;
+            } else {
+                tx.prepare_cached(
+                    "UPDATE outbox SET acked_rev = ?2, state = 'in_flight' WHERE mutation_id = ?1",
+                )?
+                .execute(params![id.to_string(), to_sql_int(rev)])?;
+            }
+            tx.commit()?;
+            Ok(Some((doc, reached)))
+        })?;
+        Ok(match removed {
+            Some((doc, true)) => {
+                self.announce(vec![doc]);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// The entries of the document `doc` that are neither failed nor
+    /// acknowledged, in seq order: the local changes a conflict concerns.
+    pub(crate) fn unconfirmed_entries(&self, doc: &DocRef) -> Result<Vec<MutationId>, Error> {
+        self.with_writer(|writer| {
+            let mut stmt = writer.conn.prepare_cached(
+                "SELECT mutation_id FROM outbox
+                 WHERE space = ?1 AND collection = ?2 AND doc_id = ?3
+                   AND state != 'failed' AND acked_rev IS NULL ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(
+                params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
+                |row| row.get::<_, String>(0),
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(
+                    row?.parse()
+                        .map_err(|e| Error::CorruptStore(format!("outbox mutation id: {e}")))?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// The entries that are not sendable now only because they wait for a
+    /// retry: the earliest time one becomes due.
+    pub(crate) fn next_retry_at(&self) -> Result<Option<u64>, Error> {
+        self.with_writer(|writer| {
+            let at: Option<i64> = writer
+                .conn
+                .prepare_cached("SELECT min(next_attempt_at) FROM outbox WHERE state = 'retrying'")?
+                .query_row([], |row| row.get(0))?;
+            at.map(|v| from_sql_int(v, "next attempt")).transpose()
+        })
+    }
+
+    /// Whether any entry is acknowledged but not yet confirmed by a change.
+    pub(crate) fn has_acked_entries(&self) -> Result<bool, Error> {
+        self.with_writer(|writer| {
+            Ok(writer
+                .conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE acked_rev IS NOT NULL)")?
+                .query_row([], |row| row.get(0))?)
         })
     }
 
@@ -395,6 +571,28 @@ impl Store {
         self.announce(doc.into_iter().collect());
         Ok(removed)
     }
+}
+
+/// The document of entry `id`.
+fn doc_of_entry(tx: &Transaction<'_>, id: &MutationId) -> Result<Option<DocRef>, Error> {
+    let row: Option<(String, String, String)> = tx
+        .prepare_cached("SELECT space, collection, doc_id FROM outbox WHERE mutation_id = ?1")?
+        .query_row([id.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    row.map(|(space, collection, id)| doc_ref(&space, &collection, &id))
+        .transpose()
+}
+
+/// A document address read back from the database.
+pub(crate) fn doc_ref(space: &str, collection: &str, id: &str) -> Result<DocRef, Error> {
+    let corrupt = |e: tandem_protocol::IdError| Error::CorruptStore(format!("document key: {e}"));
+    Ok(DocRef {
+        space: space.parse().map_err(corrupt)?,
+        collection: collection.parse().map_err(corrupt)?,
+        id: id.parse().map_err(corrupt)?,
+    })
 }
 
 /// Deletes entry `id`, returning its document.

@@ -86,7 +86,7 @@ CREATE TABLE outbox (
     next_attempt_at INTEGER,
     failure TEXT,
     created_at INTEGER NOT NULL
-) STRICT;
+, acked_rev INTEGER) STRICT;
 
 CREATE INDEX outbox_by_document ON outbox (space, collection, doc_id);
 
@@ -110,6 +110,59 @@ CREATE TABLE declared_indexes (
     name TEXT NOT NULL UNIQUE,
     PRIMARY KEY (collection, fields)
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE credentials (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    server_url TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    access_expires_at INTEGER NOT NULL,
+    refresh_token TEXT NOT NULL,
+    refresh_expires_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE sync_state (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    last_synced INTEGER,
+    checksum_mismatches INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE TABLE conflicts (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    winner TEXT NOT NULL,
+    local TEXT,
+    remote TEXT,
+    resolved TEXT
+) STRICT;
+
+CREATE TABLE resync_marks (
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (space, collection, id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE evicted (
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (space, collection, id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE document_access (
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (space, collection, id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX document_access_by_time ON document_access (at);
 ";
 
 /// Migration `n` (1-based) brings a database from version `n - 1` to `n`.
@@ -185,6 +238,66 @@ CREATE TABLE declared_indexes (
     name TEXT NOT NULL UNIQUE,
     PRIMARY KEY (collection, fields)
 ) STRICT, WITHOUT ROWID;
+",
+    // 3: the sync engine: acknowledged entries waiting for their change,
+    // device credentials, sync bookkeeping, the conflict log, re-sync marks,
+    // evicted documents and the access times eviction orders by.
+    "
+ALTER TABLE outbox ADD COLUMN acked_rev INTEGER;
+
+CREATE TABLE credentials (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    server_url TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    access_expires_at INTEGER NOT NULL,
+    refresh_token TEXT NOT NULL,
+    refresh_expires_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE sync_state (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    last_synced INTEGER,
+    checksum_mismatches INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE TABLE conflicts (
+    id INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    winner TEXT NOT NULL,
+    local TEXT,
+    remote TEXT,
+    resolved TEXT
+) STRICT;
+
+CREATE TABLE resync_marks (
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (space, collection, id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE evicted (
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (space, collection, id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE document_access (
+    space TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (space, collection, id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX document_access_by_time ON document_access (at);
 ",
 ];
 

@@ -19,13 +19,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tandem_protocol::{
-    Change, Collection, CollectionPolicy, DocState, Document, Hlc, SpaceChecksum, SpaceId, merge,
+    Collection, CollectionPolicy, DocState, Document, Hlc, SpaceChecksum, SpaceId, merge,
 };
 
 use crate::document::{DocRef, LocalDocument};
 use crate::error::Error;
 use crate::store::writes::write_view;
-use crate::store::{Store, device, from_sql_int, now_millis, outbox, policy_of, to_sql_int};
+use crate::store::{Store, from_sql_int, outbox};
 
 /// A space's sync position: the last revision applied and the checksum of
 /// the confirmed documents at it.
@@ -80,7 +80,10 @@ pub(crate) fn load_cursors(conn: &Connection) -> Result<BTreeMap<String, Cursor>
 }
 
 /// The confirmed document, if the server has confirmed one.
-fn read_confirmed(tx: &Transaction<'_>, doc: &DocRef) -> Result<Option<Document>, Error> {
+pub(crate) fn read_confirmed(
+    tx: &Transaction<'_>,
+    doc: &DocRef,
+) -> Result<Option<Document>, Error> {
     let row: Option<(i64, String)> = tx
         .prepare_cached(
             "SELECT version, state FROM confirmed WHERE space = ?1 AND collection = ?2 AND id = ?3",
@@ -144,7 +147,7 @@ pub(crate) fn rebuild_view(
 
 /// The latest stamp in a state: what the device clock must move past once
 /// the device has seen the state.
-fn latest_stamp(state: &DocState) -> Option<&Hlc> {
+pub(crate) fn latest_stamp(state: &DocState) -> Option<&Hlc> {
     state
         .clocks
         .values()
@@ -210,136 +213,14 @@ impl Store {
     }
 }
 
-/// What the sync engine calls when the server's changes arrive.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "called by the sync engine, which builds on this store"
-    )
-)]
-impl Store {
-    /// Applies committed changes from the server, in one transaction: each
-    /// document's confirmed state is merged with its change
-    /// ([`merge::apply_change`]), an outbox entry whose mutation made the
-    /// change is removed (it is acknowledged), the view is rebuilt on the
-    /// new confirmed state, and each space's cursor (revision and
-    /// checksum) moves forward. The device clock moves past every stamp
-    /// seen, so later local writes win over what the user has seen.
-    /// Returns how many views changed.
-    pub(crate) fn apply_remote_changes(&self, changes: &[Change]) -> Result<usize, Error> {
-        let changed = self.with_writer(|writer| {
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut cursors = load_cursors(&tx)?;
-            let mut changed = Vec::new();
-            for change in changes {
-                let doc = DocRef {
-                    space: change.space.clone(),
-                    collection: change.collection.clone(),
-                    id: change.doc_id.clone(),
-                };
-                let policy = policy_of(&writer.policies, &doc.collection);
-                let cursor = cursors.entry(doc.space.to_string()).or_insert(Cursor {
-                    rev: 0,
-                    checksum: SpaceChecksum::default(),
-                });
-                cursor.rev = cursor.rev.max(change.rev);
-                if let Some(stamp) = latest_stamp(&change.state) {
-                    writer.clock.observe(stamp, now_millis());
-                }
-                let current = read_confirmed(&tx, &doc)?;
-                let acked = match change.mutation_id {
-                    Some(id) => outbox::remove_in(&tx, &id)?.is_some(),
-                    None => false,
-                };
-                let next = merge::apply_change(current.as_ref(), change, &policy);
-                if let Some(next) = &next {
-                    if let Some(old) = &current
-                        && !old.is_deleted()
-                    {
-                        cursor.checksum.remove(
-                            doc.collection.as_str(),
-                            doc.id.as_str(),
-                            old.version.unwrap_or(0),
-                        );
-                    }
-                    if !next.is_deleted() {
-                        cursor.checksum.add(
-                            doc.collection.as_str(),
-                            doc.id.as_str(),
-                            next.version.unwrap_or(0),
-                        );
-                    }
-                    let state = serde_json::to_string(&next.state).map_err(|e| {
-                        Error::CorruptStore(format!("confirmed state of {}: {e}", doc.id))
-                    })?;
-                    tx.prepare_cached(
-                        "INSERT INTO confirmed (space, collection, id, version, state)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (space, collection, id) DO UPDATE SET
-                             version = excluded.version, state = excluded.state",
-                    )?
-                    .execute(params![
-                        doc.space.as_str(),
-                        doc.collection.as_str(),
-                        doc.id.as_str(),
-                        to_sql_int(next.version.unwrap_or(0)),
-                        state
-                    ])?;
-                }
-                if next.is_some() || acked {
-                    rebuild_view(&tx, &doc, &policy)?;
-                    changed.push(doc);
-                }
-            }
-            let now = to_sql_int(now_millis());
-            for (space, cursor) in &cursors {
-                tx.prepare_cached(
-                    "INSERT INTO cursors (space, rev, checksum, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (space) DO UPDATE SET
-                         rev = excluded.rev, checksum = excluded.checksum,
-                         updated_at = excluded.updated_at",
-                )?
-                .execute(params![
-                    space,
-                    to_sql_int(cursor.rev),
-                    cursor.checksum.to_string(),
-                    now
-                ])?;
-            }
-            device::save_clock(&tx, &writer.clock.last())?;
-            tx.commit()?;
-            Ok(changed)
-        })?;
-        let n = changed.len();
-        self.announce(changed);
-        Ok(n)
-    }
-
-    /// Rebuilds the view of one document (see [`rebuild_view`]).
-    pub(crate) fn rebuild(&self, doc: &DocRef) -> Result<Option<LocalDocument>, Error> {
-        let view = self.with_writer(|writer| {
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let view = rebuild_view(&tx, doc, &policy_of(&writer.policies, &doc.collection))?;
-            tx.commit()?;
-            Ok(view)
-        })?;
-        self.announce(vec![doc.clone()]);
-        Ok(view)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Write;
+    use crate::store::now_millis;
     use crate::store::test_support::{count, open_store};
     use serde_json::{Map, Value, json};
-    use tandem_protocol::{DeviceId, DocId, Mutation, MutationId, Op, Policy};
+    use tandem_protocol::{Change, DeviceId, DocId, Mutation, MutationId, Op, Policy};
 
     fn doc(id: &str) -> DocRef {
         DocRef {

@@ -1,0 +1,249 @@
+//! What the sync engine keeps besides documents: the device's credentials,
+//! when it last finished syncing, how many checksum mismatches it has seen,
+//! and the conflict log.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::document::DocRef;
+use crate::error::Error;
+use crate::store::{Store, from_sql_int, now_millis, to_sql_int};
+
+/// The device's credentials for one server, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCredentials {
+    /// The server they are for.
+    pub server_url: String,
+    /// The user the server registered the device for.
+    pub user_id: String,
+    /// Bearer token for the sync socket and the device endpoints.
+    pub access_token: String,
+    /// When the access token stops working, in ms since the Unix epoch.
+    pub access_expires_at: u64,
+    /// Single-use token that buys the next pair.
+    pub refresh_token: String,
+    /// When the refresh token stops working, in ms since the Unix epoch.
+    pub refresh_expires_at: u64,
+}
+
+/// One resolved conflict, as the conflict log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictRecord {
+    /// Position in the log (newer is larger).
+    pub id: u64,
+    /// When it was resolved, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The document's space.
+    pub space: String,
+    /// The document's collection.
+    pub collection: String,
+    /// The document's id.
+    pub doc_id: String,
+    /// The collection's policy that decided (`server_wins` or `manual`).
+    pub rule: String,
+    /// Which side won: `remote`, `local` or `merged`.
+    pub winner: String,
+    /// The local fields that lost or were merged (JSON object text; `None`
+    /// for a delete).
+    pub local_json: Option<String>,
+    /// The server's fields (JSON object text; `None` if the server has no
+    /// live document).
+    pub remote_json: Option<String>,
+    /// The fields the document ended with (JSON object text; `None` if it
+    /// ended deleted or absent).
+    pub resolved_json: Option<String>,
+}
+
+impl Store {
+    /// The stored credentials, if the device has registered.
+    pub(crate) fn credentials(&self) -> Result<Option<StoredCredentials>, Error> {
+        self.with_writer(|writer| {
+            let row: Option<(String, String, String, i64, String, i64)> = writer
+                .conn
+                .prepare_cached(
+                    "SELECT server_url, user_id, access_token, access_expires_at,
+                            refresh_token, refresh_expires_at
+                     FROM credentials WHERE singleton = 1",
+                )?
+                .query_row([], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                    ))
+                })
+                .optional()?;
+            row.map(
+                |(server_url, user_id, access, access_exp, refresh, refresh_exp)| {
+                    Ok(StoredCredentials {
+                        server_url,
+                        user_id,
+                        access_token: access,
+                        access_expires_at: from_sql_int(access_exp, "access expiry")?,
+                        refresh_token: refresh,
+                        refresh_expires_at: from_sql_int(refresh_exp, "refresh expiry")?,
+                    })
+                },
+            )
+            .transpose()
+        })
+    }
+
+    /// Stores new credentials (before they are used: a refresh token that
+    /// was spent but not stored means registering again).
+    pub(crate) fn save_credentials(&self, c: &StoredCredentials) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            writer
+                .conn
+                .prepare_cached(
+                    "INSERT INTO credentials (singleton, server_url, user_id, access_token,
+                     access_expires_at, refresh_token, refresh_expires_at)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (singleton) DO UPDATE SET
+                     server_url = excluded.server_url, user_id = excluded.user_id,
+                     access_token = excluded.access_token,
+                     access_expires_at = excluded.access_expires_at,
+                     refresh_token = excluded.refresh_token,
+                     refresh_expires_at = excluded.refresh_expires_at",
+                )?
+                .execute(params![
+                    c.server_url,
+                    c.user_id,
+                    c.access_token,
+                    to_sql_int(c.access_expires_at),
+                    c.refresh_token,
+                    to_sql_int(c.refresh_expires_at)
+                ])?;
+            Ok(())
+        })
+    }
+
+    /// Forgets the credentials (they were refused: register again).
+    pub(crate) fn clear_credentials(&self) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            writer.conn.execute("DELETE FROM credentials", [])?;
+            Ok(())
+        })
+    }
+
+    /// (last time the device was caught up with everything, checksum
+    /// mismatches seen).
+    pub(crate) fn sync_marks(&self) -> Result<(Option<u64>, u64), Error> {
+        self.readers.with(|conn| {
+            let row: Option<(Option<i64>, i64)> = conn
+                .prepare_cached(
+                    "SELECT last_synced, checksum_mismatches FROM sync_state WHERE singleton = 1",
+                )?
+                .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let Some((last, mismatches)) = row else {
+                return Ok((None, 0));
+            };
+            Ok((
+                last.map(|v| from_sql_int(v, "last synced")).transpose()?,
+                from_sql_int(mismatches, "checksum mismatches")?,
+            ))
+        })
+    }
+
+    /// Records that the device is caught up now.
+    pub(crate) fn mark_synced(&self, at_ms: u64) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            writer
+                .conn
+                .prepare_cached(
+                    "INSERT INTO sync_state (singleton, last_synced) VALUES (1, ?1)
+                     ON CONFLICT (singleton) DO UPDATE SET last_synced = excluded.last_synced",
+                )?
+                .execute([to_sql_int(at_ms)])?;
+            Ok(())
+        })
+    }
+
+    /// Counts a checksum mismatch.
+    pub(crate) fn count_checksum_mismatch(&self) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            writer.conn.execute(
+                "INSERT INTO sync_state (singleton, checksum_mismatches) VALUES (1, 1)
+                 ON CONFLICT (singleton) DO UPDATE
+                 SET checksum_mismatches = checksum_mismatches + 1",
+                [],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Adds a resolved conflict to the log.
+    pub(crate) fn log_conflict(
+        &self,
+        doc: &DocRef,
+        rule: &str,
+        winner: &str,
+        local: Option<&str>,
+        remote: Option<&str>,
+        resolved: Option<&str>,
+    ) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            writer
+                .conn
+                .prepare_cached(
+                    "INSERT INTO conflicts (at, space, collection, doc_id, rule, winner,
+                         local, remote, resolved)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    to_sql_int(now_millis()),
+                    doc.space.as_str(),
+                    doc.collection.as_str(),
+                    doc.id.as_str(),
+                    rule,
+                    winner,
+                    local,
+                    remote,
+                    resolved
+                ])?;
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` entries of the conflict log, newest first.
+    pub(crate) fn conflicts(&self, limit: u32) -> Result<Vec<ConflictRecord>, Error> {
+        self.readers.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, at, space, collection, doc_id, rule, winner, local, remote, resolved
+                 FROM conflicts ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([i64::from(limit)], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    ConflictRecord {
+                        id: 0,
+                        at_ms: 0,
+                        space: row.get(2)?,
+                        collection: row.get(3)?,
+                        doc_id: row.get(4)?,
+                        rule: row.get(5)?,
+                        winner: row.get(6)?,
+                        local_json: row.get(7)?,
+                        remote_json: row.get(8)?,
+                        resolved_json: row.get(9)?,
+                    },
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, at, record) = row?;
+                out.push(ConflictRecord {
+                    id: from_sql_int(id, "conflict id")?,
+                    at_ms: from_sql_int(at, "conflict time")?,
+                    ..record
+                });
+            }
+            Ok(out)
+        })
+    }
+}
