@@ -56,8 +56,11 @@ impl Document {
 }
 
 /// The mergeable state of a document (see the module documentation).
+///
+/// Decoding checks the invariants the merge rules rely on: every present
+/// field has a stamp, and a set field is not also a register.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "RawDocState")]
 pub struct DocState {
     /// Register values of the fields that are present.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -78,6 +81,49 @@ pub struct DocState {
     /// Stamp of the last `put` or `delete`; older registers are gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleared_at: Option<Hlc>,
+}
+
+/// A [`DocState`] as decoded, before its invariants are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocState {
+    #[serde(default)]
+    fields: Map<String, Value>,
+    #[serde(default)]
+    clocks: BTreeMap<String, Hlc>,
+    #[serde(default)]
+    sets: BTreeMap<String, OrSet>,
+    #[serde(default)]
+    alive_at: Option<Hlc>,
+    #[serde(default)]
+    deleted_at: Option<Hlc>,
+    #[serde(default)]
+    cleared_at: Option<Hlc>,
+}
+
+impl TryFrom<RawDocState> for DocState {
+    type Error = String;
+
+    fn try_from(raw: RawDocState) -> Result<DocState, String> {
+        if let Some(name) = raw
+            .fields
+            .keys()
+            .find(|name| !raw.clocks.contains_key(*name))
+        {
+            return Err(format!("field {name:?} has a value but no clock"));
+        }
+        if let Some(name) = raw.sets.keys().find(|name| raw.clocks.contains_key(*name)) {
+            return Err(format!("field {name:?} is both a set and a register"));
+        }
+        Ok(DocState {
+            fields: raw.fields,
+            clocks: raw.clocks,
+            sets: raw.sets,
+            alive_at: raw.alive_at,
+            deleted_at: raw.deleted_at,
+            cleared_at: raw.cleared_at,
+        })
+    }
 }
 
 impl DocState {
@@ -273,5 +319,21 @@ impl OrSet {
         }
         self.elements
             .retain(|_, e| !e.adds.is_empty() || !e.removes.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_that_break_the_invariants_do_not_decode() {
+        let no_clock = r#"{"fields":{"title":"x"}}"#;
+        let err = serde_json::from_str::<DocState>(no_clock).unwrap_err();
+        assert!(err.to_string().contains("no clock"), "{err}");
+        let both = r#"{"clocks":{"tags":"1-0-a"},"sets":{"tags":[]}}"#;
+        assert!(serde_json::from_str::<DocState>(both).is_err());
+        let fine = r#"{"fields":{"title":"x"},"clocks":{"title":"1-0-a"}}"#;
+        assert!(serde_json::from_str::<DocState>(fine).is_ok());
     }
 }

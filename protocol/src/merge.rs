@@ -188,7 +188,13 @@ pub fn apply_change(
     policy: &CollectionPolicy,
 ) -> Option<Document> {
     let Some(current) = current else {
-        return Some(change.to_document());
+        let mut document = change.to_document();
+        if policy.policy == Policy::Lww {
+            // Normalize (drop what the state's own clear stamp hides) so
+            // the result equals what a join would give in any order.
+            document.state = join(&DocState::default(), &change.state);
+        }
+        return Some(document);
     };
     if policy.policy == Policy::Lww {
         let state = join(&current.state, &change.state);
@@ -704,5 +710,37 @@ mod tests {
         );
         let view = apply_local(Some(&base), &mine, &sw).unwrap().unwrap();
         assert_eq!(view.visible_fields()["n"], json!(2));
+    }
+
+    #[test]
+    fn a_first_change_is_normalized_like_a_join() {
+        // A state whose own clear stamp hides a field gives the same
+        // document whether it arrives first or second.
+        let lww = CollectionPolicy::lww();
+        let put = lww_apply(
+            None,
+            &mutation(
+                Op::Put {
+                    fields: fields(json!({"a": 1})),
+                },
+                at(1, "a"),
+                None,
+            ),
+        );
+        let mut stale = put.clone();
+        stale.cleared_at = Some(at(5, "b"));
+        stale.deleted_at = Some(at(5, "b"));
+        let hidden = Change::from_document(&doc(stale, 2), None, None);
+        let older = Change::from_document(&doc(put, 1), None, None);
+        let first = apply_change(None, &hidden, &lww).unwrap();
+        assert!(
+            first.state.fields.is_empty(),
+            "hidden registers are dropped at once"
+        );
+        assert!(first.state.clocks.is_empty());
+        let one = apply_change(Some(&first), &older, &lww).unwrap_or(first);
+        let two = apply_change(None, &older, &lww).unwrap();
+        let two = apply_change(Some(&two), &hidden, &lww).unwrap();
+        assert_eq!(one, two);
     }
 }
