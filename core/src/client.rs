@@ -6,12 +6,15 @@
 //! text and go out as [`LocalDocument`], observers are trait objects, and
 //! there are no lifetimes or generics in the public methods.
 //!
-//! Today the client is the local half of the engine: store, outbox,
-//! queries and observers. The sync engine will live beside the store in
-//! this crate and drive the outbox; the methods here keep their shape.
+//! Local use needs only [`Client::open`]. Syncing starts with
+//! [`Client::start_sync`], which runs the sync engine (`crate::sync`) on
+//! the caller's tokio runtime until [`Client::stop_sync`] or
+//! [`Client::close`]. The async methods are plain `async fn`s: the FFI
+//! layer owns a runtime and awaits them there.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -22,7 +25,14 @@ use crate::document::{DocKey, DocRef, LocalDocument};
 use crate::error::{Error, json_type_name};
 use crate::observe::{DocumentObserver, Observers, QueryObserver, Subscription};
 use crate::query::{Query, ResolvedQuery};
-use crate::store::{CheckpointSettings, PendingMutation, Store, Write};
+use crate::store::{
+    CheckpointSettings, ConflictRecord, OutboxState, PendingMutation, Store, Write,
+};
+use crate::sync::driver::{Credentials, DeviceLabel, Shared, SyncHandle};
+use crate::sync::engine::{ConflictSlot, Engine, Event, SystemClock};
+use crate::sync::{
+    ConflictHandler, SeededJitter, StatusObserver, SyncStatus, SyncTuning, TokenProvider,
+};
 
 /// The state of the link to the sync server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -84,10 +94,69 @@ impl Operation {
     }
 }
 
+/// How to reach the sync server ([`Client::start_sync`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    /// The server's base URL, `http://host:port`.
+    pub server_url: String,
+    /// The platform the device reports ("ios", "android", "cli", ...).
+    pub platform: String,
+    /// The app's version, as the device reports it.
+    pub app_version: String,
+    /// Timings and limits of the engine; the defaults are the documented
+    /// behaviour.
+    pub tuning: SyncTuning,
+}
+
+impl SyncConfig {
+    /// Defaults for `server_url`.
+    pub fn new(server_url: &str) -> SyncConfig {
+        SyncConfig {
+            server_url: server_url.to_owned(),
+            platform: std::env::consts::OS.to_owned(),
+            app_version: env!("CARGO_PKG_VERSION").to_owned(),
+            tuning: SyncTuning::default(),
+        }
+    }
+}
+
+/// How a bounded sync ([`Client::sync_once`]) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// Caught up with every space, and the outbox is empty.
+    CaughtUp,
+    /// Time ran out, or entries remain that cannot be sent now (retrying
+    /// later, or failed).
+    PendingLeft {
+        /// Entries not yet confirmed.
+        pending: u64,
+        /// Failed entries.
+        failed: u64,
+    },
+}
+
+/// A space and its members, as the server lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpaceInfo {
+    /// The space's id (`personal:<user>` or a shared space's name).
+    pub space: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its members, sorted (empty in [`Client::spaces`], which lists spaces
+    /// only).
+    pub members: Vec<String>,
+}
+
 /// A device's handle on Tandem. Open one per data directory and share it.
 pub struct Client {
     store: Arc<Store>,
     observers: Observers,
+    device_name: String,
+    sync: Mutex<Option<Arc<SyncHandle>>>,
+    shared: Arc<Shared>,
+    conflicts: ConflictSlot,
+    network_available: std::sync::atomic::AtomicBool,
 }
 
 impl Client {
@@ -102,7 +171,15 @@ impl Client {
                 return Err(e);
             }
         };
-        Ok(Client { store, observers })
+        Ok(Client {
+            store,
+            observers,
+            device_name: config.device_name,
+            sync: Mutex::new(None),
+            shared: Arc::new(Shared::default()),
+            conflicts: Arc::new(RwLock::new(None)),
+            network_available: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     /// This device's id: generated when the data directory was first used,
@@ -127,7 +204,7 @@ impl Client {
     pub fn put(&self, key: DocKey, fields_json: &str) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
         let fields = parse_object(fields_json)?;
-        self.store.write(&doc, Write::Put(fields))
+        self.write(&doc, Write::Put(fields))
     }
 
     /// Changes the fields named in `fields_json` (a JSON object); a `null`
@@ -135,14 +212,14 @@ impl Client {
     pub fn patch(&self, key: DocKey, fields_json: &str) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
         let fields = parse_object(fields_json)?;
-        self.store.write(&doc, Write::Patch(fields))
+        self.write(&doc, Write::Patch(fields))
     }
 
     /// Deletes the document; it remains as a tombstone (`deleted: true`)
     /// so the delete can sync.
     pub fn delete(&self, key: DocKey) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
-        self.store.write(&doc, Write::Delete)
+        self.write(&doc, Write::Delete)
     }
 
     /// Adds the values of `values_json` (a JSON array) to the set field
@@ -155,7 +232,7 @@ impl Client {
     ) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
         let values = parse_array(values_json)?;
-        self.store.write(
+        self.write(
             &doc,
             Write::SetAdd {
                 field: field.to_owned(),
@@ -174,7 +251,7 @@ impl Client {
     ) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
         let values = parse_array(values_json)?;
-        self.store.write(
+        self.write(
             &doc,
             Write::SetRemove {
                 field: field.to_owned(),
@@ -225,7 +302,7 @@ impl Client {
                 } else {
                     Write::SetRemove { field, values }
                 };
-                self.store.write(&doc, write)
+                self.write(&doc, write)
             }
         }
     }
@@ -301,27 +378,284 @@ impl Client {
 
     /// Connection, outbox counts and cursors.
     pub fn status(&self) -> Result<Status, Error> {
+        let status = self.sync_status()?;
+        Ok(Status {
+            connection: status.connection,
+            pending: status.pending,
+            failed: status.failed,
+            last_synced: status.last_synced,
+            cursors: status.cursors,
+        })
+    }
+
+    /// The whole sync status: connection, outbox counts, last synced time,
+    /// cursors, catch-up progress, checksum mismatches, the last error.
+    pub fn sync_status(&self) -> Result<SyncStatus, Error> {
+        self.ensure_open()?;
         let (pending, failed) = self.store.outbox_counts()?;
+        let (last_synced, checksum_mismatches) = self.store.sync_marks()?;
         let cursors = self
             .store
             .cursors()?
             .into_iter()
             .map(|(space, cursor)| (space, cursor.rev))
             .collect();
-        Ok(Status {
-            connection: ConnectionState::Offline,
+        let live = self.shared.status();
+        Ok(SyncStatus {
+            connection: live
+                .as_ref()
+                .map_or(ConnectionState::Offline, |s| s.connection),
             pending,
             failed,
-            last_synced: None,
+            last_synced,
             cursors,
+            catching_up: live
+                .as_ref()
+                .map(|s| s.catching_up.clone())
+                .unwrap_or_default(),
+            checksum_mismatches,
+            last_error: live.and_then(|s| s.last_error),
         })
     }
 
-    /// Stops the observers and closes the database. Later calls fail with
-    /// [`Error::Closed`]. Idempotent; dropping the client closes it too.
+    /// Calls `observer` with the sync status now and each time it changes,
+    /// and with each mutation that fails, until the subscription is
+    /// cancelled or dropped.
+    pub fn observe_status(&self, observer: Arc<dyn StatusObserver>) -> Result<Subscription, Error> {
+        let status = self.sync_status()?;
+        let id = self.shared.add_observer(Arc::clone(&observer));
+        observer.on_status(status);
+        let shared = Arc::downgrade(&self.shared);
+        Ok(Subscription::from_cancel(move || {
+            if let Some(shared) = shared.upgrade() {
+                shared.remove_observer(id);
+            }
+        }))
+    }
+
+    /// Starts syncing with the server in `config` on the current tokio
+    /// runtime: registers the device if it has no credentials (with a user
+    /// token from `tokens`), connects, catches up, pushes the outbox, and
+    /// keeps doing so (reconnecting with backoff) until
+    /// [`Client::stop_sync`] or [`Client::close`]. Starting again replaces
+    /// the running sync.
+    pub async fn start_sync(
+        &self,
+        config: SyncConfig,
+        tokens: Arc<dyn TokenProvider>,
+    ) -> Result<(), Error> {
+        self.ensure_open()?;
+        self.stop_sync().await;
+        let engine = Engine::new(
+            Arc::clone(&self.store),
+            config.tuning.clone(),
+            Arc::new(SystemClock),
+            Box::new(SeededJitter::from_entropy()),
+            Arc::clone(&self.conflicts),
+        )?;
+        let credentials = Arc::new(Credentials::new(
+            Arc::clone(&self.store),
+            &config.server_url,
+            tokens,
+            DeviceLabel {
+                name: self.device_name.clone(),
+                platform: config.platform.clone(),
+                app_version: config.app_version.clone(),
+            },
+        )?);
+        let handle = SyncHandle::start(engine, credentials, Arc::clone(&self.shared));
+        if !self
+            .network_available
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            handle.send(Event::NetworkChanged(false));
+        }
+        *lock(&self.sync) = Some(Arc::new(handle));
+        Ok(())
+    }
+
+    /// Stops syncing (closing the connection). Local use goes on.
+    pub async fn stop_sync(&self) {
+        let handle = lock(&self.sync).take();
+        if let Some(handle) = handle {
+            handle.stop().await;
+        }
+        self.shared.clear();
+    }
+
+    /// Whether [`Client::start_sync`] is in effect.
+    pub fn is_syncing(&self) -> bool {
+        lock(&self.sync).is_some()
+    }
+
+    fn sync_handle(&self) -> Result<Arc<SyncHandle>, Error> {
+        lock(&self.sync).clone().ok_or(Error::NotSyncing)
+    }
+
+    /// Connects now if offline (resetting the backoff) and sends what can be
+    /// sent. Does nothing if syncing is not started.
+    pub fn sync_now(&self) {
+        if let Ok(handle) = self.sync_handle() {
+            handle.send(Event::SyncNow);
+        }
+    }
+
+    /// Tells the engine whether the host has a network. `false` closes the
+    /// connection and stops reconnect attempts; `true` connects at once
+    /// with the backoff reset. Kept across [`Client::start_sync`].
+    pub fn set_network_available(&self, available: bool) {
+        self.network_available
+            .store(available, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(handle) = self.sync_handle() {
+            handle.send(Event::NetworkChanged(available));
+        }
+    }
+
+    /// A bounded sync for background tasks: connects if needed, pushes the
+    /// outbox and pulls until caught up, and returns when nothing more can
+    /// be done now or after `timeout`. Needs [`Client::start_sync`] first;
+    /// syncing keeps running afterwards (stop it with
+    /// [`Client::stop_sync`] when the background task ends).
+    pub async fn sync_once(&self, timeout: Duration) -> Result<SyncOutcome, Error> {
+        let handle = self.sync_handle()?;
+        handle.send(Event::SyncNow);
+        let settled = handle.wait_settled(timeout).await;
+        let status = self.sync_status()?;
+        if !settled
+            && status.connection != ConnectionState::Online
+            && let Some(error) = status.last_error
+        {
+            return Err(Error::Network(error));
+        }
+        Ok(if settled && status.pending == 0 && status.failed == 0 {
+            SyncOutcome::CaughtUp
+        } else {
+            SyncOutcome::PendingLeft {
+                pending: status.pending,
+                failed: status.failed,
+            }
+        })
+    }
+
+    /// The outbox entries the server refused (or whose attempts ran out),
+    /// in seq order.
+    pub fn failed_mutations(&self) -> Result<Vec<PendingMutation>, Error> {
+        Ok(self
+            .store
+            .pending_mutations()?
+            .into_iter()
+            .filter(|m| matches!(m.state, OutboxState::Failed { .. }))
+            .collect())
+    }
+
+    /// Queues a failed mutation again (its effect returns to the view).
+    /// Returns whether a failed entry with this id existed.
+    pub fn retry_mutation(&self, mutation_id: &str) -> Result<bool, Error> {
+        let id = parse_mutation_id(mutation_id)?;
+        let retried = self.store.retry_failed(&id)?;
+        self.notify_local_write();
+        Ok(retried)
+    }
+
+    /// Deletes an outbox entry, failed or not, and rebuilds its document's
+    /// view without it. Returns whether it existed.
+    pub fn discard_mutation(&self, mutation_id: &str) -> Result<bool, Error> {
+        let id = parse_mutation_id(mutation_id)?;
+        self.store.discard(&id)
+    }
+
+    /// The newest `limit` resolved conflicts, newest first.
+    pub fn conflicts(&self, limit: u32) -> Result<Vec<ConflictRecord>, Error> {
+        self.store.conflicts(limit)
+    }
+
+    /// Sets (or, with `None`, removes) the handler of conflicts in
+    /// `server_wins` and `manual` collections (see
+    /// [`crate::sync::conflict`]).
+    pub fn set_conflict_handler(&self, handler: Option<Arc<dyn ConflictHandler>>) {
+        *self
+            .conflicts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = handler;
+    }
+
+    /// Creates a shared space owned by this user.
+    pub async fn create_space(&self, name: &str) -> Result<SpaceInfo, Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        let members = credentials
+            .with_access(|api, token| {
+                let name = name.to_owned();
+                async move { api.create_space(&token, &name).await }
+            })
+            .await?;
+        self.sync_now();
+        Ok(space_info(members))
+    }
+
+    /// Adds `user` to the shared space `space` (the owner only).
+    pub async fn add_member(&self, space: &str, user: &str) -> Result<SpaceInfo, Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        let members = credentials
+            .with_access(|api, token| {
+                let (space, user) = (space.to_owned(), user.to_owned());
+                async move { api.add_member(&token, &space, &user).await }
+            })
+            .await?;
+        Ok(space_info(members))
+    }
+
+    /// Removes `user` from `space` (the owner removes anyone else; a member
+    /// removes themself).
+    pub async fn remove_member(&self, space: &str, user: &str) -> Result<SpaceInfo, Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        let members = credentials
+            .with_access(|api, token| {
+                let (space, user) = (space.to_owned(), user.to_owned());
+                async move { api.remove_member(&token, &space, &user).await }
+            })
+            .await?;
+        Ok(space_info(members))
+    }
+
+    /// The spaces this user belongs to, personal space first.
+    pub async fn spaces(&self) -> Result<Vec<SpaceInfo>, Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        let list = credentials
+            .with_access(|api, token| async move { api.spaces(&token).await })
+            .await?;
+        Ok(list
+            .spaces
+            .into_iter()
+            .map(|s| SpaceInfo {
+                space: s.space.to_string(),
+                owner: s.owner.to_string(),
+                members: Vec::new(),
+            })
+            .collect())
+    }
+
+    /// Stops syncing and the observers and closes the database. Later calls
+    /// fail with [`Error::Closed`]. Idempotent; dropping the client closes
+    /// it too.
     pub fn close(&self) {
+        if let Some(handle) = lock(&self.sync).take() {
+            handle.stop_now();
+        }
+        self.shared.clear();
         self.observers.stop();
         self.store.close();
+    }
+
+    fn write(&self, doc: &DocRef, write: Write) -> Result<LocalDocument, Error> {
+        let local = self.store.write(doc, write)?;
+        self.notify_local_write();
+        Ok(local)
+    }
+
+    fn notify_local_write(&self) {
+        if let Some(handle) = lock(&self.sync).as_ref() {
+            handle.send(Event::LocalWrite);
+        }
     }
 
     fn resolve(&self, key: &DocKey) -> Result<DocRef, Error> {
@@ -349,6 +683,23 @@ impl std::fmt::Debug for Client {
             .field("device_id", &self.device_id())
             .field("user_id", &self.user_id())
             .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn parse_mutation_id(text: &str) -> Result<tandem_protocol::MutationId, Error> {
+    text.parse()
+        .map_err(|e| Error::InvalidPayload(format!("mutation id {text:?}: {e}")))
+}
+
+fn space_info(members: tandem_protocol::api::SpaceMembers) -> SpaceInfo {
+    SpaceInfo {
+        space: members.space.to_string(),
+        owner: members.owner.to_string(),
+        members: members.members.into_iter().map(|m| m.to_string()).collect(),
     }
 }
 

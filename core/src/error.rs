@@ -6,7 +6,7 @@
 //! Bad input is always detected before anything is written.
 
 use tandem_protocol::ids::IdError;
-use tandem_protocol::{RejectCode, Rejection};
+use tandem_protocol::{ErrorCode, RejectCode, Rejection};
 
 /// What went wrong in a [`Client`](crate::Client) call.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +134,44 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+
+    /// The call needs the server, and syncing was not started
+    /// ([`Client::start_sync`](crate::Client::start_sync)).
+    #[error("syncing is not started: start it with a server URL first")]
+    NotSyncing,
+
+    /// The server could not be reached, or answered with something that is
+    /// not the protocol.
+    #[error("network: {0}")]
+    Network(String),
+
+    /// The server refused the request; `code` is the protocol's error code
+    /// (`unauthorized`, `forbidden`, `not_found`, `already_exists`, ...).
+    #[error("server: {}: {message}", code.as_str())]
+    Server {
+        /// The protocol's error code.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+
+    /// The document was evicted from this device to keep the database
+    /// within its budget, and the server cannot be asked for it now.
+    #[error("{collection}/{id} is not on this device (evicted); it is fetched again when online")]
+    NotLocal {
+        /// The document's collection.
+        collection: String,
+        /// The document's id.
+        id: String,
+    },
+
+    /// A user token could not be had from the app's token provider.
+    #[error(transparent)]
+    Token(#[from] crate::sync::TokenError),
+
+    /// A bounded call did not finish in time.
+    #[error("timed out")]
+    Timeout,
 }
 
 impl Error {
@@ -157,6 +195,12 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::Io(_) => "io",
             Error::Closed => "closed",
+            Error::NotSyncing => "not_syncing",
+            Error::Network(_) => "network",
+            Error::Server { code, .. } => code.as_str(),
+            Error::NotLocal { .. } => "not_local",
+            Error::Token(_) => "token",
+            Error::Timeout => "timeout",
         }
     }
 
@@ -171,6 +215,12 @@ impl Error {
                 | Error::CorruptStore(_)
                 | Error::IncompatibleDatabase { .. }
                 | Error::UserMismatch { .. }
+                | Error::NotSyncing
+                | Error::Network(_)
+                | Error::Server { .. }
+                | Error::NotLocal { .. }
+                | Error::Token(_)
+                | Error::Timeout
         )
     }
 }

@@ -28,11 +28,16 @@ pub mod error;
 pub mod observe;
 pub mod query;
 pub mod store;
+pub mod sync;
 
-pub use client::{Client, ConnectionState, Operation, Status};
+pub use client::{Client, ConnectionState, Operation, SpaceInfo, Status, SyncConfig, SyncOutcome};
 pub use config::{ClientConfig, DATABASE_FILE, DEFAULT_MAX_DOCUMENT_BYTES, Durability};
 pub use document::{DocKey, DocRef, LocalDocument};
 pub use error::Error;
 pub use observe::{DocumentObserver, QueryObserver, Subscription};
 pub use query::{Filter, FilterOp, FilterValue, Query};
-pub use store::{OutboxState, PendingMutation};
+pub use store::{ConflictRecord, OutboxState, PendingMutation};
+pub use sync::{
+    Conflict, ConflictHandler, MutationFailure, Resolution, SpaceProgress, StaticToken,
+    StatusObserver, SyncStatus, SyncTuning, TokenError, TokenProvider,
+};

@@ -58,17 +58,50 @@ pub trait DocumentObserver: Send + Sync {
 
 /// An active observation. Cancels when dropped.
 pub struct Subscription {
-    slot: Arc<Slot>,
-    registry: Weak<Registry>,
+    kind: SubscriptionKind,
+}
+
+enum SubscriptionKind {
+    /// A query or document observer on the observer thread.
+    Observer {
+        slot: Arc<Slot>,
+        registry: Weak<Registry>,
+    },
+    /// Something else that stops by running a function (status observers).
+    Callback {
+        cancelled: AtomicBool,
+        cancel: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    },
 }
 
 impl Subscription {
+    /// A subscription that runs `cancel` once when cancelled or dropped.
+    pub(crate) fn from_cancel(cancel: impl FnOnce() + Send + 'static) -> Subscription {
+        Subscription {
+            kind: SubscriptionKind::Callback {
+                cancelled: AtomicBool::new(false),
+                cancel: Mutex::new(Some(Box::new(cancel))),
+            },
+        }
+    }
+
     /// Stops the observation (see the module documentation for what is
     /// guaranteed when this returns). Calling it again does nothing.
     pub fn cancel(&self) {
-        self.slot.cancelled.store(true, Ordering::SeqCst);
-        if let Some(registry) = self.registry.upgrade() {
-            registry.remove(self.slot.id);
+        let (slot, registry) = match &self.kind {
+            SubscriptionKind::Observer { slot, registry } => (slot, registry),
+            SubscriptionKind::Callback { cancelled, cancel } => {
+                cancelled.store(true, Ordering::SeqCst);
+                let cancel = lock(cancel).take();
+                if let Some(cancel) = cancel {
+                    cancel();
+                }
+                return;
+            }
+        };
+        slot.cancelled.store(true, Ordering::SeqCst);
+        if let Some(registry) = registry.upgrade() {
+            registry.remove(slot.id);
             let on_observer_thread = registry
                 .thread
                 .get()
@@ -78,12 +111,15 @@ impl Subscription {
             }
         }
         // Wait for a call in progress to end; later calls see `cancelled`.
-        drop(lock(&self.slot.delivering));
+        drop(lock(&slot.delivering));
     }
 
     /// Whether the subscription has been cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.slot.cancelled.load(Ordering::SeqCst)
+        match &self.kind {
+            SubscriptionKind::Observer { slot, .. } => slot.cancelled.load(Ordering::SeqCst),
+            SubscriptionKind::Callback { cancelled, .. } => cancelled.load(Ordering::SeqCst),
+        }
     }
 }
 
@@ -96,7 +132,6 @@ impl Drop for Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("id", &self.slot.id)
             .field("cancelled", &self.is_cancelled())
             .finish()
     }
@@ -293,8 +328,10 @@ impl Observers {
             inbox.fresh.insert(id);
         });
         Subscription {
-            slot,
-            registry: Arc::downgrade(&self.registry),
+            kind: SubscriptionKind::Observer {
+                slot,
+                registry: Arc::downgrade(&self.registry),
+            },
         }
     }
 

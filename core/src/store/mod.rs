@@ -46,7 +46,6 @@ pub(crate) use outbox::OutboxEntry;
 pub use outbox::{OutboxState, PendingMutation};
 pub(crate) use remote::{PageEnd, Resync};
 pub use sync_state::{ConflictRecord, StoredCredentials};
-pub(crate) use views::Cursor;
 pub(crate) use writes::Write;
 
 use crate::config::{ClientConfig, DATABASE_FILE, Durability};
@@ -214,6 +213,15 @@ impl Store {
         if !docs.is_empty() {
             self.commits.committed(docs);
         }
+    }
+
+    /// The stored collection policies.
+    pub(crate) fn policies(&self) -> HashMap<Collection, CollectionPolicy> {
+        self.writer
+            .lock()
+            .as_ref()
+            .map(|w| w.policies.clone())
+            .unwrap_or_default()
     }
 
     /// Whether [`Store::close`] has not been called.

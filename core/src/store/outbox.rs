@@ -540,6 +540,20 @@ impl Store {
         })
     }
 
+    /// Whether some entry could be sent at `now_ms` (queued, or retrying
+    /// and due).
+    pub(crate) fn has_sendable(&self, now_ms: u64) -> Result<bool, Error> {
+        self.with_writer(|writer| {
+            Ok(writer
+                .conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM outbox WHERE state = 'queued'
+                        OR (state = 'retrying' AND next_attempt_at <= ?1))",
+                )?
+                .query_row([to_sql_int(now_ms)], |row| row.get(0))?)
+        })
+    }
+
     /// Whether any entry is acknowledged but not yet confirmed by a change.
     pub(crate) fn has_acked_entries(&self) -> Result<bool, Error> {
         self.with_writer(|writer| {

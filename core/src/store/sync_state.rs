@@ -121,14 +121,6 @@ impl Store {
         })
     }
 
-    /// Forgets the credentials (they were refused: register again).
-    pub(crate) fn clear_credentials(&self) -> Result<(), Error> {
-        self.with_writer(|writer| {
-            writer.conn.execute("DELETE FROM credentials", [])?;
-            Ok(())
-        })
-    }
-
     /// (last time the device was caught up with everything, checksum
     /// mismatches seen).
     pub(crate) fn sync_marks(&self) -> Result<(Option<u64>, u64), Error> {

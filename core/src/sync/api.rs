@@ -1,0 +1,229 @@
+//! The server's HTTP endpoints, as the device calls them (reqwest).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tandem_protocol::api::{
+    AddMember, ApiError, CreateSpace, DeviceCredentials, RefreshCredentials, RegisterDevice,
+    SpaceList, SpaceMembers,
+};
+use tandem_protocol::{DeviceId, ErrorCode};
+
+use crate::error::Error;
+
+/// How long one HTTP call may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An HTTP client for one server.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// What an HTTP call can end in.
+#[derive(Debug)]
+pub(crate) enum ApiFailure {
+    /// The server answered with an error body.
+    Server { code: ErrorCode, message: String },
+    /// No answer (network, timeout) or an answer that is not the protocol.
+    Transport(String),
+}
+
+impl ApiFailure {
+    /// Whether the server refused the credentials.
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ApiFailure::Server {
+                code: ErrorCode::Unauthorized | ErrorCode::Revoked,
+                ..
+            }
+        )
+    }
+}
+
+impl From<ApiFailure> for Error {
+    fn from(f: ApiFailure) -> Error {
+        match f {
+            ApiFailure::Server { code, message, .. } => Error::Server { code, message },
+            ApiFailure::Transport(message) => Error::Network(message),
+        }
+    }
+}
+
+impl Api {
+    /// A client of the server at `base` (`http://host:port`, no trailing
+    /// slash needed).
+    pub fn new(base: &str) -> Result<Api, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Network(e.to_string()))?;
+        Ok(Api {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The WebSocket URL of the sync endpoint.
+    pub fn sync_url(&self) -> String {
+        let rest = self
+            .base
+            .strip_prefix("https://")
+            .map(|r| format!("wss://{r}"))
+            .or_else(|| {
+                self.base
+                    .strip_prefix("http://")
+                    .map(|r| format!("ws://{r}"))
+            })
+            .unwrap_or_else(|| self.base.clone());
+        format!("{rest}/v1/sync")
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ApiFailure> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ApiFailure::Transport(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ApiFailure::Transport(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| ApiFailure::Transport(format!("unexpected answer: {e}")));
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(error) => Err(ApiFailure::Server {
+                code: error.code,
+                message: error.message,
+            }),
+            Err(_) => Err(ApiFailure::Transport(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ))),
+        }
+    }
+
+    fn post<B: Serialize>(
+        &self,
+        path: &str,
+        bearer: Option<&str>,
+        body: &B,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    fn get(&self, path: &str, bearer: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(bearer)
+    }
+
+    /// `POST /v1/devices/register` with a user token.
+    pub async fn register(
+        &self,
+        user_token: &str,
+        device_id: &DeviceId,
+        name: &str,
+        platform: &str,
+        app_version: &str,
+    ) -> Result<DeviceCredentials, ApiFailure> {
+        let body = RegisterDevice {
+            device_id: device_id.clone(),
+            name: name.to_owned(),
+            platform: platform.to_owned(),
+            app_version: app_version.to_owned(),
+        };
+        self.call(self.post("/v1/devices/register", Some(user_token), &body))
+            .await
+    }
+
+    /// `POST /v1/devices/refresh`.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<DeviceCredentials, ApiFailure> {
+        let body = RefreshCredentials {
+            refresh_token: refresh_token.to_owned(),
+        };
+        self.call(self.post("/v1/devices/refresh", None, &body))
+            .await
+    }
+
+    /// `GET /v1/spaces`.
+    pub async fn spaces(&self, access: &str) -> Result<SpaceList, ApiFailure> {
+        self.call(self.get("/v1/spaces", access)).await
+    }
+
+    /// `POST /v1/spaces`.
+    pub async fn create_space(&self, access: &str, name: &str) -> Result<SpaceMembers, ApiFailure> {
+        let body = CreateSpace {
+            name: name.to_owned(),
+        };
+        self.call(self.post("/v1/spaces", Some(access), &body))
+            .await
+    }
+
+    /// `POST /v1/spaces/{space}/members`.
+    pub async fn add_member(
+        &self,
+        access: &str,
+        space: &str,
+        user: &str,
+    ) -> Result<SpaceMembers, ApiFailure> {
+        let user = tandem_protocol::UserId::new(user)
+            .map_err(|e| ApiFailure::Transport(format!("invalid user: {e}")))?;
+        let body = AddMember { user };
+        self.call(self.post(
+            &format!("/v1/spaces/{}/members", encode(space)),
+            Some(access),
+            &body,
+        ))
+        .await
+    }
+
+    /// `DELETE /v1/spaces/{space}/members/{user}`.
+    pub async fn remove_member(
+        &self,
+        access: &str,
+        space: &str,
+        user: &str,
+    ) -> Result<SpaceMembers, ApiFailure> {
+        let request = self
+            .http
+            .delete(format!(
+                "{}/v1/spaces/{}/members/{}",
+                self.base,
+                encode(space),
+                encode(user)
+            ))
+            .bearer_auth(access);
+        self.call(request).await
+    }
+}
+
+/// Percent-encodes a path segment (ids may hold `:` and other characters
+/// a path gives meaning to).
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

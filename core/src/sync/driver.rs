@@ -1,0 +1,694 @@
+//! Runs the engine on tokio: the WebSocket, the timers, the credentials.
+//!
+//! One task owns the [`Engine`] and loops over a `select!` of: commands
+//! from the [`Client`](crate::Client) (events such as a local write, and
+//! waits for `sync_once`), frames from the socket, the earliest armed
+//! timer, and the results of the two helper tasks it spawns (opening a
+//! connection, refreshing credentials). Every input becomes an [`Event`];
+//! every [`Action`] is carried out here and nowhere else. The driver holds
+//! no sync rule of its own.
+//!
+//! The socket is tokio-tungstenite over a `TcpStream` with `TCP_NODELAY`
+//! (without it a small frame that follows another waits for the peer's
+//! delayed ACK, 40 ms on Linux) and a 64 KiB read buffer (tungstenite
+//! zeroes its buffer before each read, so its 128 KiB default costs more
+//! than the frames need; catch-up pages grow it when larger).
+//!
+//! Credentials: the access and refresh tokens live in the store.
+//! [`Credentials`] registers with a user token from the app's
+//! [`TokenProvider`] when there are none, refreshes when the access token
+//! is about to expire or the server refused it, and registers again when a
+//! refresh is refused. One lock serializes all of it, because a refresh
+//! token is single-use: two refreshes with the same token would revoke the
+//! device.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tandem_protocol::ServerMessage;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::error::Error;
+use crate::store::{Store, StoredCredentials};
+use crate::sync::api::{Api, ApiFailure};
+use crate::sync::engine::{Action, DisconnectReason, Engine, Event, Notice, Timer};
+use crate::sync::status::{StatusObserver, SyncStatus};
+use crate::sync::tokens::TokenProvider;
+
+/// Refresh an access token that has less than this left before using it.
+const REFRESH_MARGIN_MS: u64 = 30_000;
+
+/// The socket's read buffer.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How this device presents itself to the server.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceLabel {
+    pub name: String,
+    pub platform: String,
+    pub app_version: String,
+}
+
+/// The device's credentials for one server.
+pub(crate) struct Credentials {
+    store: Arc<Store>,
+    api: Api,
+    server_url: String,
+    tokens: Arc<dyn TokenProvider>,
+    label: DeviceLabel,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// Why credentials could not be had.
+#[derive(Debug)]
+pub(crate) enum CredentialFailure {
+    /// The server refused them (even a fresh registration).
+    Refused(String),
+    /// Anything else: network, token provider, storage.
+    Other(Error),
+}
+
+impl From<CredentialFailure> for Error {
+    fn from(f: CredentialFailure) -> Error {
+        match f {
+            CredentialFailure::Refused(message) => Error::Server {
+                code: tandem_protocol::ErrorCode::Unauthorized,
+                message,
+            },
+            CredentialFailure::Other(e) => e,
+        }
+    }
+}
+
+impl From<Error> for CredentialFailure {
+    fn from(e: Error) -> Self {
+        CredentialFailure::Other(e)
+    }
+}
+
+impl From<ApiFailure> for CredentialFailure {
+    fn from(f: ApiFailure) -> Self {
+        if f.is_auth() {
+            match f {
+                ApiFailure::Server { message, .. } => CredentialFailure::Refused(message),
+                ApiFailure::Transport(m) => CredentialFailure::Refused(m),
+            }
+        } else {
+            CredentialFailure::Other(f.into())
+        }
+    }
+}
+
+impl Credentials {
+    pub fn new(
+        store: Arc<Store>,
+        server_url: &str,
+        tokens: Arc<dyn TokenProvider>,
+        label: DeviceLabel,
+    ) -> Result<Credentials, Error> {
+        Ok(Credentials {
+            store,
+            api: Api::new(server_url)?,
+            server_url: server_url.to_owned(),
+            tokens,
+            label,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    fn stored(&self) -> Result<Option<StoredCredentials>, Error> {
+        Ok(self
+            .store
+            .credentials()?
+            .filter(|c| c.server_url == self.server_url))
+    }
+
+    /// A current access token (registering or refreshing first if needed),
+    /// and when it expires.
+    pub async fn access_token(&self) -> Result<(String, u64), CredentialFailure> {
+        let _guard = self.lock.lock().await;
+        let now = crate::store::now_millis();
+        if let Some(c) = self.stored()?
+            && c.access_expires_at > now + REFRESH_MARGIN_MS
+        {
+            return Ok((c.access_token, c.access_expires_at));
+        }
+        let c = self.renew_locked().await?;
+        Ok((c.access_token, c.access_expires_at))
+    }
+
+    /// Gets new credentials whatever the stored ones say (the server
+    /// refused the access token, or it is time to refresh).
+    pub async fn renew(&self) -> Result<StoredCredentials, CredentialFailure> {
+        let _guard = self.lock.lock().await;
+        self.renew_locked().await
+    }
+
+    /// Refresh if possible, register otherwise. Holds `lock`.
+    async fn renew_locked(&self) -> Result<StoredCredentials, CredentialFailure> {
+        if let Some(c) = self.stored()?
+            && c.refresh_expires_at > crate::store::now_millis()
+        {
+            match self.api.refresh(&c.refresh_token).await {
+                Ok(fresh) => return self.save(fresh),
+                Err(f) if f.is_auth() => {
+                    // Spent, expired or revoked: register again below.
+                }
+                Err(f) => return Err(f.into()),
+            }
+        }
+        let user_token = self
+            .tokens
+            .user_token()
+            .await
+            .map_err(|e| CredentialFailure::Other(e.into()))?;
+        let identity = self.store.identity();
+        let fresh = self
+            .api
+            .register(
+                &user_token,
+                &identity.device_id,
+                &self.label.name,
+                &self.label.platform,
+                &self.label.app_version,
+            )
+            .await?;
+        if fresh.user != identity.user_id {
+            return Err(CredentialFailure::Other(Error::UserMismatch {
+                stored: identity.user_id.to_string(),
+                requested: fresh.user.to_string(),
+            }));
+        }
+        self.save(fresh)
+    }
+
+    fn save(
+        &self,
+        fresh: tandem_protocol::api::DeviceCredentials,
+    ) -> Result<StoredCredentials, CredentialFailure> {
+        let stored = StoredCredentials {
+            server_url: self.server_url.clone(),
+            user_id: fresh.user.to_string(),
+            access_token: fresh.access_token,
+            access_expires_at: fresh.access_expires_at,
+            refresh_token: fresh.refresh_token,
+            refresh_expires_at: fresh.refresh_expires_at,
+        };
+        // Stored before use: a spent refresh token that was not stored
+        // would mean registering again.
+        self.store.save_credentials(&stored)?;
+        Ok(stored)
+    }
+
+    /// Runs an HTTP call with the access token, renewing the credentials
+    /// once if the server refuses it.
+    pub async fn with_access<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn(Api, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiFailure>>,
+    {
+        let (token, _) = self.access_token().await?;
+        match call(self.api.clone(), token).await {
+            Err(f) if f.is_auth() => {
+                let fresh = self.renew().await?;
+                Ok(call(self.api.clone(), fresh.access_token).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// What the client sends to the driver.
+pub(crate) enum Command {
+    /// An engine event.
+    Event(Event),
+    /// Answer when the engine is settled (see [`Engine::is_settled`]).
+    WaitSettled(oneshot::Sender<()>),
+    /// Stop: close the connection and end the task.
+    Stop,
+}
+
+/// What the driver shares with the client: status and its observers.
+#[derive(Default)]
+pub(crate) struct Shared {
+    status: Mutex<Option<SyncStatus>>,
+    observers: Mutex<Vec<(u64, Arc<dyn StatusObserver>)>>,
+    next_observer: Mutex<u64>,
+}
+
+impl Shared {
+    /// The last status the driver published.
+    pub fn status(&self) -> Option<SyncStatus> {
+        lock(&self.status).clone()
+    }
+
+    /// Forgets the published status (the driver stopped).
+    pub fn clear(&self) {
+        lock(&self.status).take();
+    }
+
+    pub fn add_observer(&self, observer: Arc<dyn StatusObserver>) -> u64 {
+        let id = {
+            let mut next = lock(&self.next_observer);
+            *next += 1;
+            *next
+        };
+        lock(&self.observers).push((id, observer));
+        id
+    }
+
+    pub fn remove_observer(&self, id: u64) {
+        lock(&self.observers).retain(|(i, _)| *i != id);
+    }
+
+    pub fn observers(&self) -> Vec<Arc<dyn StatusObserver>> {
+        lock(&self.observers)
+            .iter()
+            .map(|(_, o)| Arc::clone(o))
+            .collect()
+    }
+
+    pub fn publish(&self, status: SyncStatus) {
+        let changed = {
+            let mut slot = lock(&self.status);
+            let changed = slot.as_ref() != Some(&status);
+            *slot = Some(status.clone());
+            changed
+        };
+        if changed {
+            for observer in self.observers() {
+                observer.on_status(status.clone());
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running driver.
+pub(crate) struct SyncHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    pub credentials: Arc<Credentials>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SyncHandle {
+    /// Starts the driver on the current tokio runtime.
+    pub fn start(engine: Engine, credentials: Arc<Credentials>, shared: Arc<Shared>) -> SyncHandle {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            engine,
+            credentials: Arc::clone(&credentials),
+            shared,
+            socket: None,
+            connecting: None,
+            refreshing: None,
+            timers: BTreeMap::new(),
+            waiters: Vec::new(),
+            queue: Vec::new(),
+            status_dirty: true,
+        };
+        let task = tokio::spawn(driver.run(rx));
+        SyncHandle {
+            commands: tx,
+            credentials,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Sends an event to the engine (ignored once stopped).
+    pub fn send(&self, event: Event) {
+        let _ = self.commands.send(Command::Event(event));
+    }
+
+    /// Waits until the engine is settled, or `timeout`.
+    pub async fn wait_settled(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::WaitSettled(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+    }
+
+    /// Stops the driver and waits for it to end.
+    pub async fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops the driver without waiting.
+    pub fn stop_now(&self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(task) = lock(&self.task).take() {
+            task.abort();
+        }
+    }
+}
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// The result of opening a connection: the socket and when its access
+/// token expires.
+type Opened = Result<(Socket, u64), DisconnectReason>;
+
+struct Driver {
+    engine: Engine,
+    credentials: Arc<Credentials>,
+    shared: Arc<Shared>,
+    socket: Option<Socket>,
+    connecting: Option<JoinHandle<Opened>>,
+    refreshing: Option<JoinHandle<Result<u64, String>>>,
+    timers: BTreeMap<Timer, Instant>,
+    waiters: Vec<oneshot::Sender<()>>,
+    /// Events produced while carrying out actions, handled next.
+    queue: Vec<Event>,
+    status_dirty: bool,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        self.feed(Event::Start).await;
+        loop {
+            let next_timer = self.timers.values().min().copied();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None | Some(Command::Stop) => break,
+                    Some(Command::Event(event)) => self.feed(event).await,
+                    Some(Command::WaitSettled(tx)) => self.waiters.push(tx),
+                },
+                frame = next_frame(&mut self.socket), if self.socket.is_some() => {
+                    self.on_frame(frame).await;
+                }
+                () = sleep_until(next_timer), if next_timer.is_some() => {
+                    let now = Instant::now();
+                    let due: Vec<Timer> = self
+                        .timers
+                        .iter()
+                        .filter(|(_, at)| **at <= now)
+                        .map(|(t, _)| *t)
+                        .collect();
+                    for timer in due {
+                        self.timers.remove(&timer);
+                        self.feed(Event::TimerFired(timer)).await;
+                    }
+                }
+                opened = join(&mut self.connecting), if self.connecting.is_some() => {
+                    self.connecting = None;
+                    match opened {
+                        Ok((socket, expires)) => {
+                            self.socket = Some(socket);
+                            self.feed(Event::Connected).await;
+                            self.feed(Event::CredentialsUpdated { access_expires_at: expires }).await;
+                        }
+                        Err(reason) => self.feed(Event::Disconnected { reason }).await,
+                    }
+                }
+                renewed = join(&mut self.refreshing), if self.refreshing.is_some() => {
+                    self.refreshing = None;
+                    match renewed {
+                        Ok(expires) => self.feed(Event::CredentialsUpdated { access_expires_at: expires }).await,
+                        Err(reason) => self.feed(Event::CredentialsFailed { reason }).await,
+                    }
+                }
+            }
+            self.after_step();
+        }
+        if let Some(mut socket) = self.socket.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+        }
+        if let Some(task) = self.connecting.take() {
+            task.abort();
+        }
+        if let Some(task) = self.refreshing.take() {
+            task.abort();
+        }
+    }
+
+    /// Publishes the status and answers waiters, once per loop turn.
+    fn after_step(&mut self) {
+        if self.status_dirty {
+            self.status_dirty = false;
+            if let Ok(status) = self.engine.status() {
+                self.shared.publish(status);
+            }
+        }
+        if !self.waiters.is_empty() && self.engine.is_settled().unwrap_or(false) {
+            for waiter in self.waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, tungstenite::Error>>) {
+        match frame {
+            Some(Ok(Message::Text(text))) => match ServerMessage::decode(&text) {
+                Ok(message) => self.feed(Event::FrameReceived(message)).await,
+                Err(e) => {
+                    self.socket = None;
+                    self.feed(Event::Disconnected {
+                        reason: DisconnectReason::Transport(format!("bad frame from server: {e}")),
+                    })
+                    .await;
+                }
+            },
+            Some(Ok(Message::Close(frame))) => {
+                self.socket = None;
+                let why = frame.map_or_else(
+                    || "closed by the server".to_owned(),
+                    |f| format!("closed by the server: {} {}", f.code, f.reason),
+                );
+                self.feed(Event::Disconnected {
+                    reason: DisconnectReason::Transport(why),
+                })
+                .await;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                self.socket = None;
+                self.feed(Event::Disconnected {
+                    reason: DisconnectReason::Transport(e.to_string()),
+                })
+                .await;
+            }
+            None => {
+                self.socket = None;
+                self.feed(Event::Disconnected {
+                    reason: DisconnectReason::Transport("connection closed".into()),
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Hands `event` to the engine and carries out its actions (and those
+    /// of any events the actions produce).
+    async fn feed(&mut self, event: Event) {
+        self.queue.push(event);
+        while !self.queue.is_empty() {
+            let event = self.queue.remove(0);
+            let actions = match self.engine.handle(event) {
+                Ok(actions) => actions,
+                Err(e) => {
+                    // Storage trouble: the state in the store is still
+                    // consistent (each step is a transaction); drop the
+                    // connection and try again later.
+                    tracing_like_warn(&format!("sync engine: {e}"));
+                    if self.socket.take().is_some() {
+                        self.queue.push(Event::Disconnected {
+                            reason: DisconnectReason::Transport(format!("local storage: {e}")),
+                        });
+                    }
+                    continue;
+                }
+            };
+            for action in actions {
+                self.act(action).await;
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        match action {
+            Action::Connect => {
+                if self.connecting.is_none() && self.socket.is_none() {
+                    let credentials = Arc::clone(&self.credentials);
+                    self.connecting = Some(tokio::spawn(open(credentials)));
+                }
+            }
+            Action::Disconnect => {
+                if let Some(task) = self.connecting.take() {
+                    task.abort();
+                }
+                if let Some(mut socket) = self.socket.take() {
+                    // Best effort: the engine has moved on either way.
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+                    });
+                }
+            }
+            Action::Send(message) => {
+                if let Some(socket) = &mut self.socket
+                    && let Err(e) = socket.send(Message::text(message.encode())).await
+                {
+                    self.socket = None;
+                    self.queue.push(Event::Disconnected {
+                        reason: DisconnectReason::Transport(e.to_string()),
+                    });
+                }
+            }
+            Action::Schedule { timer, after } => {
+                self.timers.insert(timer, Instant::now() + after);
+            }
+            Action::RefreshCredentials => {
+                if self.refreshing.is_none() {
+                    let credentials = Arc::clone(&self.credentials);
+                    self.refreshing = Some(tokio::spawn(async move {
+                        credentials
+                            .renew()
+                            .await
+                            .map(|c| c.access_expires_at)
+                            .map_err(|e| Error::from(e).to_string())
+                    }));
+                }
+            }
+            Action::Notify(Notice::StatusChanged) => self.status_dirty = true,
+            Action::Notify(Notice::MutationFailed(failure)) => {
+                self.status_dirty = true;
+                for observer in self.shared.observers() {
+                    observer.on_mutation_failed(failure.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Reports a problem the driver works around. The core has no logging
+/// dependency; the status's `last_error` carries what the app needs.
+fn tracing_like_warn(message: &str) {
+    let _ = message;
+}
+
+async fn next_frame(socket: &mut Option<Socket>) -> Option<Result<Message, tungstenite::Error>> {
+    match socket {
+        Some(socket) => socket.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join<T>(task: &mut Option<JoinHandle<T>>) -> T
+where
+    T: Send + 'static + From<JoinFailure>,
+{
+    match task {
+        Some(handle) => match handle.await {
+            Ok(value) => value,
+            Err(e) => T::from(JoinFailure(e.to_string())),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A helper task that panicked or was cancelled.
+pub(crate) struct JoinFailure(String);
+
+impl From<JoinFailure> for Opened {
+    fn from(f: JoinFailure) -> Self {
+        Err(DisconnectReason::Transport(f.0))
+    }
+}
+
+impl From<JoinFailure> for Result<u64, String> {
+    fn from(f: JoinFailure) -> Self {
+        Err(f.0)
+    }
+}
+
+/// Opens the sync socket: credentials first, and once more with renewed
+/// credentials if the server refuses the access token.
+async fn open(credentials: Arc<Credentials>) -> Opened {
+    let url = credentials.api().sync_url();
+    let (token, expires) = credentials
+        .access_token()
+        .await
+        .map_err(credential_reason)?;
+    match open_socket(&url, &token).await {
+        Err(DisconnectReason::Unauthorized(_)) => {
+            let fresh = credentials.renew().await.map_err(credential_reason)?;
+            let socket = open_socket(&url, &fresh.access_token).await?;
+            Ok((socket, fresh.access_expires_at))
+        }
+        other => other.map(|socket| (socket, expires)),
+    }
+}
+
+fn credential_reason(f: CredentialFailure) -> DisconnectReason {
+    match f {
+        CredentialFailure::Refused(m) => DisconnectReason::Unauthorized(m),
+        CredentialFailure::Other(e) => DisconnectReason::Transport(e.to_string()),
+    }
+}
+
+async fn open_socket(url: &str, token: &str) -> Result<Socket, DisconnectReason> {
+    let transport = |e: &dyn std::fmt::Display| DisconnectReason::Transport(e.to_string());
+    let mut request = url.into_client_request().map_err(|e| transport(&e))?;
+    if request.uri().scheme_str() != Some("ws") {
+        return Err(DisconnectReason::Transport(format!(
+            "{url}: only ws:// is supported by this build"
+        )));
+    }
+    let host = request.uri().host().unwrap_or("localhost").to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|e| transport(&e))?;
+    request.headers_mut().insert("authorization", value);
+    let connect = async {
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| transport(&e))?;
+        tcp.set_nodelay(true).map_err(|e| transport(&e))?;
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        match tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 401 => {
+                Err(DisconnectReason::Unauthorized(format!(
+                    "the server refused the access token ({})",
+                    response.status()
+                )))
+            }
+            Err(e) => Err(transport(&e)),
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| DisconnectReason::Transport("connecting timed out".into()))?
+}

@@ -1,0 +1,1135 @@
+//! The sync engine: a state machine with events in and actions out.
+//!
+//! The engine never touches a socket, a timer or a random source. The
+//! driver (`driver.rs`, or a test) feeds it [`Event`]s and carries out the
+//! [`Action`]s it returns: open or close the connection, send a frame,
+//! arm a timer, refresh the credentials. Time comes from an injected
+//! [`Clock`] and jitter from an injected [`Jitter`], so every reconnect,
+//! retry and conflict path runs the same way in a unit test as on a phone.
+//!
+//! # Persistence
+//!
+//! The engine's durable state is the store, and the engine writes it
+//! itself, synchronously, inside [`Engine::handle`]: applying a page,
+//! marking entries in flight, acknowledged, retrying or failed, resolving a
+//! conflict. These are the store's own transactions (one per page, one per
+//! acknowledgement), not effects the driver could reorder; they happen
+//! before the actions of the same event are returned, so an action never
+//! runs ahead of the state it depends on (a `push` is sent only after its
+//! entries are marked in flight). Everything that leaves the process or
+//! depends on time goes through actions.
+//!
+//! # Connection
+//!
+//! ```text
+//! Idle ──Connect──▶ Connecting ──Connected──▶ Handshaking ──welcome──▶ Online
+//!   ▲                    │                         │                    │
+//!   └── reconnect timer ◀┴──── Disconnected ◀──────┴────────────────────┘
+//! ```
+//!
+//! Reconnects back off 0.5 s doubling to 30 s plus jitter; the count
+//! resets when a welcome arrives, and when the host reports the network
+//! back ([`Event::NetworkChanged`]), which also connects at once. A
+//! heartbeat timer sends `ping` after a quiet spell and drops the
+//! connection when nothing at all has arrived for longer.
+//!
+//! # Delivery
+//!
+//! The outbox goes out in seq order in batches of at most the server's
+//! `max_batch_mutations`, several batches outstanding at once (the server
+//! answers in order). Answers: `applied`/`duplicate` mark the entry
+//! acknowledged (it leaves the outbox when the cursor reaches its
+//! revision); `conflict` goes to [`ConflictHandler`] rules; `rejected`
+//! fails the entry and rolls it back from the view. An `error` naming a
+//! batch (rate limited, internal) and a missing answer retry the batch's
+//! entries with backoff (1 s doubling to 60 s plus jitter), failing an
+//! entry after the configured number of attempts. A dropped connection
+//! puts in-flight entries back in the queue without counting an attempt:
+//! being offline never fails a write.
+//!
+//! # Catch-up
+//!
+//! After the welcome each space's pages are applied one transaction per
+//! page. A final page and every live message carry the space's checksum;
+//! a mismatch counts in the status and re-syncs the space from 0 with
+//! mark and sweep (`store/remote.rs`), as `reset_required` and `reset`
+//! pages do.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tandem_protocol::wire::{
+    Ack, Changes, ErrorMessage, Heartbeat, Hello, Limits, Outcome, Push, Subscribe, Welcome,
+};
+use tandem_protocol::{
+    ClientMessage, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION,
+    ServerMessage, SpaceId,
+};
+
+use crate::client::ConnectionState;
+use crate::document::DocRef;
+use crate::error::Error;
+use crate::store::{OutboxEntry, PageEnd, Resync, Store, Write};
+use crate::sync::backoff::{Backoff, Jitter};
+use crate::sync::conflict::{Conflict, ConflictHandler, Resolution};
+use crate::sync::status::{MutationFailure, SpaceProgress, SyncStatus};
+
+/// Where the engine reads the time (injected, so tests control it).
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        crate::store::now_millis()
+    }
+}
+
+/// The engine's tunables. The defaults are the documented behaviour; tests
+/// and benchmarks shorten them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncTuning {
+    /// Reconnect backoff (default 0.5 s doubling to 30 s).
+    pub reconnect: Backoff,
+    /// Retry backoff of a mutation (default 1 s doubling to 60 s).
+    pub retry: Backoff,
+    /// Sends of one mutation before it fails (default 10).
+    pub max_attempts: u32,
+    /// Send `ping` after this long without receiving anything (default
+    /// 20 s; the server pings an idle connection every 30 s).
+    pub ping_after: Duration,
+    /// Drop the connection after this long without receiving anything
+    /// (default 60 s).
+    pub dead_after: Duration,
+    /// A batch not answered within this long is retried on a new
+    /// connection (default 30 s).
+    pub ack_timeout: Duration,
+    /// Batches sent and not yet answered, at most (default 8; the server
+    /// reads 16 ahead).
+    pub max_outstanding_batches: usize,
+    /// Mutations per batch, at most (the server's limit applies too;
+    /// default 500).
+    pub max_batch: usize,
+    /// Refresh the access token when this fraction of its remaining
+    /// lifetime has passed (default 0.8).
+    pub refresh_at_fraction: f64,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        SyncTuning {
+            reconnect: Backoff::RECONNECT,
+            retry: Backoff::RETRY,
+            max_attempts: 10,
+            ping_after: Duration::from_secs(20),
+            dead_after: Duration::from_secs(60),
+            ack_timeout: Duration::from_secs(30),
+            max_outstanding_batches: 8,
+            max_batch: 500,
+            refresh_at_fraction: 0.8,
+        }
+    }
+}
+
+/// Why a connection ended (or never opened).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The socket closed or failed.
+    Transport(String),
+    /// The server refused the credentials (401 at the upgrade, or a fatal
+    /// `unauthorized`/`revoked`).
+    Unauthorized(String),
+    /// The server speaks another protocol version: reconnecting cannot
+    /// help.
+    UnsupportedProtocol,
+}
+
+/// The engine's timers. Each is armed at most once at a time: scheduling
+/// one again replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timer {
+    /// Time to reconnect.
+    Reconnect,
+    /// Check the connection's liveness; ping if quiet.
+    Heartbeat,
+    /// A retrying entry is due.
+    Retry,
+    /// The oldest batch may be overdue.
+    AckTimeout,
+    /// Time to refresh the access token.
+    RefreshCredentials,
+}
+
+/// What happens to the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The driver is ready: connect if the network allows.
+    Start,
+    /// The connection is open (the upgrade succeeded).
+    Connected,
+    /// The connection ended, or opening it failed.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A frame arrived.
+    FrameReceived(ServerMessage),
+    /// A timer fired.
+    TimerFired(Timer),
+    /// The app wrote locally: there may be something to send.
+    LocalWrite,
+    /// The host says the network is (un)available.
+    NetworkChanged(bool),
+    /// The app asks to sync now.
+    SyncNow,
+    /// The driver stored fresh credentials.
+    CredentialsUpdated {
+        /// When the new access token expires, in ms since the Unix epoch.
+        access_expires_at: u64,
+    },
+    /// Refreshing or registering failed.
+    CredentialsFailed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the engine asks the driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Open the connection (getting credentials first if needed), then
+    /// report [`Event::Connected`] or [`Event::Disconnected`].
+    Connect,
+    /// Close the connection. The driver reports nothing more about it: the
+    /// engine has already moved on.
+    Disconnect,
+    /// Send a frame on the open connection.
+    Send(ClientMessage),
+    /// Arm `timer` to fire after `after` (replacing it if armed).
+    Schedule {
+        /// Which timer.
+        timer: Timer,
+        /// When.
+        after: Duration,
+    },
+    /// Refresh the access token (or register again), then report
+    /// [`Event::CredentialsUpdated`] or [`Event::CredentialsFailed`].
+    RefreshCredentials,
+    /// Tell the app something.
+    Notify(Notice),
+}
+
+/// What the app hears from the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// The status changed (read it with [`Engine::status`]).
+    StatusChanged,
+    /// A mutation failed for good.
+    MutationFailed(MutationFailure),
+}
+
+/// Where the app's conflict handler is kept; the client replaces it at any
+/// time.
+pub type ConflictSlot = Arc<RwLock<Option<Arc<dyn ConflictHandler>>>>;
+
+/// One space on the current connection.
+#[derive(Debug, Clone, Default)]
+struct SpaceSync {
+    caught_up: bool,
+    resync: bool,
+    head: Option<u64>,
+    applied: u64,
+}
+
+/// A batch sent and not yet answered.
+#[derive(Debug, Clone)]
+struct Batch {
+    id: u64,
+    entries: Vec<OutboxEntry>,
+    sent_at: u64,
+}
+
+/// The current connection, once open.
+#[derive(Debug, Default)]
+struct Session {
+    welcomed: bool,
+    limits: Option<Limits>,
+    spaces: BTreeMap<SpaceId, SpaceSync>,
+    batches: VecDeque<Batch>,
+    last_rx: u64,
+    /// Per space, the highest version applied from a conflict answer ahead
+    /// of the feed: checksums are not comparable until the cursor passes
+    /// it.
+    ahead: HashMap<SpaceId, u64>,
+}
+
+#[derive(Debug)]
+enum Link {
+    /// Not connected; a reconnect may be scheduled.
+    Idle,
+    /// `Connect` was asked for.
+    Connecting,
+    /// Open.
+    Open(Session),
+    /// The server cannot be spoken to (another protocol version).
+    Stopped,
+}
+
+/// The sync engine of one device.
+pub struct Engine {
+    store: Arc<Store>,
+    tuning: SyncTuning,
+    clock: Arc<dyn Clock>,
+    jitter: Box<dyn Jitter>,
+    conflicts: ConflictSlot,
+    network: bool,
+    link: Link,
+    reconnect_failures: u32,
+    next_batch_id: u64,
+    next_nonce: u64,
+    /// Spaces to fetch again from 0 on the next connection.
+    resync: BTreeSet<SpaceId>,
+    checksum_mismatches: u64,
+    last_error: Option<String>,
+    /// Auth failed on the last attempt: refresh before connecting again.
+    credentials_stale: bool,
+    out: Vec<Action>,
+    status_changed: bool,
+}
+
+impl Engine {
+    /// An engine over `store`.
+    pub fn new(
+        store: Arc<Store>,
+        tuning: SyncTuning,
+        clock: Arc<dyn Clock>,
+        jitter: Box<dyn Jitter>,
+        conflicts: ConflictSlot,
+    ) -> Result<Engine, Error> {
+        let resync = store.resyncing_spaces()?.into_iter().collect();
+        let (_, checksum_mismatches) = store.sync_marks()?;
+        Ok(Engine {
+            store,
+            tuning,
+            clock,
+            jitter,
+            conflicts,
+            network: true,
+            link: Link::Idle,
+            reconnect_failures: 0,
+            next_batch_id: 1,
+            next_nonce: 1,
+            resync,
+            checksum_mismatches,
+            last_error: None,
+            credentials_stale: false,
+            out: Vec::new(),
+            status_changed: false,
+        })
+    }
+
+    /// Handles one event and returns what to do. Store errors are returned
+    /// as they are; the engine stays usable (the next event retries what is
+    /// still to do).
+    pub fn handle(&mut self, event: Event) -> Result<Vec<Action>, Error> {
+        let result = self.dispatch(event);
+        if self.status_changed {
+            self.status_changed = false;
+            self.out.push(Action::Notify(Notice::StatusChanged));
+        }
+        let out = std::mem::take(&mut self.out);
+        result.map(|()| out)
+    }
+
+    /// The connection state.
+    pub fn connection(&self) -> ConnectionState {
+        match &self.link {
+            Link::Idle | Link::Stopped => ConnectionState::Offline,
+            Link::Connecting => ConnectionState::Connecting,
+            Link::Open(s) if !s.welcomed => ConnectionState::Connecting,
+            Link::Open(_) => ConnectionState::Online,
+        }
+    }
+
+    /// The whole status (reads the outbox counts and cursors).
+    pub fn status(&self) -> Result<SyncStatus, Error> {
+        let (pending, failed) = self.store.outbox_counts()?;
+        let (last_synced, _) = self.store.sync_marks()?;
+        let cursors = self
+            .store
+            .cursors()?
+            .into_iter()
+            .map(|(space, c)| (space, c.rev))
+            .collect();
+        let catching_up = match &self.link {
+            Link::Open(s) => s
+                .spaces
+                .iter()
+                .filter(|(_, sp)| !sp.caught_up)
+                .map(|(space, sp)| {
+                    (
+                        space.to_string(),
+                        SpaceProgress {
+                            applied: sp.applied,
+                            head: sp.head,
+                        },
+                    )
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        Ok(SyncStatus {
+            connection: self.connection(),
+            pending,
+            failed,
+            last_synced,
+            cursors,
+            catching_up,
+            checksum_mismatches: self.checksum_mismatches,
+            last_error: self.last_error.clone(),
+        })
+    }
+
+    /// Whether the device is online, caught up with every space, and has
+    /// nothing it could send now or is waiting to hear about.
+    pub fn is_settled(&self) -> Result<bool, Error> {
+        let Link::Open(session) = &self.link else {
+            return Ok(false);
+        };
+        if !session.welcomed
+            || !session.batches.is_empty()
+            || session.spaces.values().any(|s| !s.caught_up)
+        {
+            return Ok(false);
+        }
+        Ok(!self.store.has_sendable(self.clock.now_ms())? && !self.store.has_acked_entries()?)
+    }
+
+    fn dispatch(&mut self, event: Event) -> Result<(), Error> {
+        match event {
+            Event::Start => {
+                if self.network && matches!(self.link, Link::Idle) {
+                    self.connect();
+                }
+                Ok(())
+            }
+            Event::Connected => self.on_connected(),
+            Event::Disconnected { reason } => {
+                if matches!(self.link, Link::Connecting | Link::Open(_)) {
+                    self.on_disconnected(reason)?;
+                }
+                Ok(())
+            }
+            Event::FrameReceived(message) => self.on_frame(message),
+            Event::TimerFired(timer) => self.on_timer(timer),
+            Event::LocalWrite => self.fill_pipeline(),
+            Event::SyncNow => {
+                if matches!(self.link, Link::Idle) && self.network {
+                    self.reconnect_failures = 0;
+                    self.connect();
+                }
+                self.fill_pipeline()
+            }
+            Event::NetworkChanged(available) => {
+                self.network = available;
+                if available {
+                    self.reconnect_failures = 0;
+                    if matches!(self.link, Link::Idle) {
+                        self.connect();
+                    }
+                } else if matches!(self.link, Link::Connecting | Link::Open(_)) {
+                    self.out.push(Action::Disconnect);
+                    self.drop_connection()?;
+                }
+                Ok(())
+            }
+            Event::CredentialsUpdated { access_expires_at } => {
+                self.credentials_stale = false;
+                let now = self.clock.now_ms();
+                let remaining = access_expires_at.saturating_sub(now);
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                let after = (remaining as f64 * self.tuning.refresh_at_fraction) as u64;
+                self.out.push(Action::Schedule {
+                    timer: Timer::RefreshCredentials,
+                    after: Duration::from_millis(after.max(1_000)),
+                });
+                Ok(())
+            }
+            Event::CredentialsFailed { reason } => {
+                self.last_error = Some(reason);
+                self.status_changed = true;
+                self.out.push(Action::Schedule {
+                    timer: Timer::RefreshCredentials,
+                    after: self
+                        .tuning
+                        .reconnect
+                        .delay(self.reconnect_failures.min(6), self.jitter.as_mut()),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        if self.credentials_stale {
+            // Ask for fresh credentials first; the driver's connect step
+            // uses whatever is stored when it runs.
+            self.out.push(Action::RefreshCredentials);
+        }
+        self.link = Link::Connecting;
+        self.out.push(Action::Connect);
+        self.status_changed = true;
+    }
+
+    fn on_connected(&mut self) -> Result<(), Error> {
+        if !matches!(self.link, Link::Connecting) {
+            // A connection nobody asked for any more (the network went
+            // away meanwhile).
+            self.out.push(Action::Disconnect);
+            return Ok(());
+        }
+        for space in self.resync.clone() {
+            self.store.begin_resync(&space)?;
+        }
+        let cursors = self
+            .store
+            .cursors()?
+            .into_iter()
+            .filter_map(|(space, c)| SpaceId::new(space).ok().map(|s| (s, c.rev)))
+            .collect();
+        let now = self.clock.now_ms();
+        self.link = Link::Open(Session {
+            last_rx: now,
+            ..Session::default()
+        });
+        self.out.push(Action::Send(ClientMessage::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            device_id: self.store.identity().device_id.clone(),
+            cursors,
+        })));
+        self.out.push(Action::Schedule {
+            timer: Timer::Heartbeat,
+            after: self.heartbeat_interval(),
+        });
+        self.status_changed = true;
+        Ok(())
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        (self.tuning.ping_after / 2).max(Duration::from_millis(10))
+    }
+
+    /// Leaves the current connection: in-flight entries go back to the
+    /// queue (no attempt counted).
+    fn drop_connection(&mut self) -> Result<(), Error> {
+        self.link = Link::Idle;
+        self.status_changed = true;
+        self.store.requeue_in_flight()?;
+        Ok(())
+    }
+
+    fn on_disconnected(&mut self, reason: DisconnectReason) -> Result<(), Error> {
+        self.drop_connection()?;
+        match &reason {
+            DisconnectReason::Transport(why) => self.last_error = Some(why.clone()),
+            DisconnectReason::Unauthorized(why) => {
+                self.last_error = Some(format!("unauthorized: {why}"));
+                self.credentials_stale = true;
+            }
+            DisconnectReason::UnsupportedProtocol => {
+                self.last_error = Some("the server speaks another protocol version".into());
+                self.link = Link::Stopped;
+                return Ok(());
+            }
+        }
+        self.schedule_reconnect();
+        Ok(())
+    }
+
+    fn schedule_reconnect(&mut self) {
+        if !self.network {
+            return;
+        }
+        let after = self
+            .tuning
+            .reconnect
+            .delay(self.reconnect_failures, self.jitter.as_mut());
+        self.reconnect_failures = self.reconnect_failures.saturating_add(1);
+        self.out.push(Action::Schedule {
+            timer: Timer::Reconnect,
+            after,
+        });
+    }
+
+    fn on_timer(&mut self, timer: Timer) -> Result<(), Error> {
+        let now = self.clock.now_ms();
+        match timer {
+            Timer::Reconnect => {
+                if matches!(self.link, Link::Idle) && self.network {
+                    self.connect();
+                }
+            }
+            Timer::Heartbeat => {
+                let Link::Open(session) = &self.link else {
+                    return Ok(());
+                };
+                let quiet = Duration::from_millis(now.saturating_sub(session.last_rx));
+                if quiet >= self.tuning.dead_after {
+                    self.out.push(Action::Disconnect);
+                    return self.on_disconnected(DisconnectReason::Transport(format!(
+                        "nothing received for {} s",
+                        quiet.as_secs()
+                    )));
+                }
+                if quiet >= self.tuning.ping_after {
+                    let nonce = self.next_nonce;
+                    self.next_nonce += 1;
+                    self.out
+                        .push(Action::Send(ClientMessage::Ping(Heartbeat { nonce })));
+                }
+                self.out.push(Action::Schedule {
+                    timer: Timer::Heartbeat,
+                    after: self.heartbeat_interval(),
+                });
+            }
+            Timer::Retry => self.fill_pipeline()?,
+            Timer::AckTimeout => {
+                let Link::Open(session) = &self.link else {
+                    return Ok(());
+                };
+                let Some(oldest) = session.batches.front() else {
+                    return Ok(());
+                };
+                let due = oldest.sent_at + millis(self.tuning.ack_timeout);
+                if now < due {
+                    self.out.push(Action::Schedule {
+                        timer: Timer::AckTimeout,
+                        after: Duration::from_millis(due - now),
+                    });
+                    return Ok(());
+                }
+                // No answer in time: the connection is not trustworthy.
+                // Count an attempt for what it carried, and start over.
+                let batches: Vec<Batch> = match &mut self.link {
+                    Link::Open(session) => session.batches.drain(..).collect(),
+                    _ => Vec::new(),
+                };
+                for batch in batches {
+                    for entry in batch.entries {
+                        self.retry_or_fail(&entry, "no answer from the server in time")?;
+                    }
+                }
+                self.out.push(Action::Disconnect);
+                self.on_disconnected(DisconnectReason::Transport(
+                    "a batch was not answered in time".into(),
+                ))?;
+                self.schedule_retry_timer()?;
+            }
+            Timer::RefreshCredentials => self.out.push(Action::RefreshCredentials),
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, message: ServerMessage) -> Result<(), Error> {
+        let now = self.clock.now_ms();
+        let Link::Open(session) = &mut self.link else {
+            return Ok(());
+        };
+        session.last_rx = now;
+        match message {
+            ServerMessage::Welcome(welcome) => self.on_welcome(welcome),
+            ServerMessage::Changes(changes) => self.on_changes(changes),
+            ServerMessage::Ack(ack) => self.on_ack(ack),
+            ServerMessage::Spaces(spaces) => self.on_spaces(spaces.spaces),
+            ServerMessage::Error(error) => self.on_error(error),
+            ServerMessage::Ping(hb) => {
+                self.out.push(Action::Send(ClientMessage::Pong(hb)));
+                Ok(())
+            }
+            ServerMessage::Pong(_) => Ok(()),
+        }
+    }
+
+    fn on_welcome(&mut self, welcome: Welcome) -> Result<(), Error> {
+        // Policies: the server's word replaces what is stored; a collection
+        // it no longer declares is lww again.
+        let stored = self.store.policies();
+        for (collection, policy) in &welcome.policies {
+            if stored.get(collection) != Some(policy) {
+                self.store.set_policy(collection, policy)?;
+            }
+        }
+        for (collection, policy) in &stored {
+            if !welcome.policies.contains_key(collection) && *policy != CollectionPolicy::lww() {
+                self.store
+                    .set_policy(collection, &CollectionPolicy::lww())?;
+            }
+        }
+        for space in &welcome.reset_required {
+            if !self.resync.contains(space) {
+                self.store.begin_resync(space)?;
+                self.resync.insert(space.clone());
+            }
+        }
+        // Spaces this device holds that the user no longer belongs to.
+        let listed: BTreeSet<&SpaceId> = welcome.spaces.iter().collect();
+        for space in self.store.cursors()?.keys() {
+            if let Ok(space) = SpaceId::new(space.as_str())
+                && !listed.contains(&space)
+            {
+                self.store.drop_space(&space)?;
+                self.resync.remove(&space);
+            }
+        }
+        let resync = self.resync.clone();
+        let Link::Open(session) = &mut self.link else {
+            return Ok(());
+        };
+        session.welcomed = true;
+        session.limits = Some(welcome.limits);
+        session.spaces = welcome
+            .spaces
+            .iter()
+            .map(|s| {
+                (
+                    s.clone(),
+                    SpaceSync {
+                        resync: resync.contains(s),
+                        ..SpaceSync::default()
+                    },
+                )
+            })
+            .collect();
+        self.reconnect_failures = 0;
+        self.last_error = None;
+        self.status_changed = true;
+        self.fill_pipeline()
+    }
+
+    fn on_changes(&mut self, page: Changes) -> Result<(), Error> {
+        let Link::Open(session) = &mut self.link else {
+            return Ok(());
+        };
+        let sp = session.spaces.entry(page.space.clone()).or_default();
+        if page.reset && !sp.resync {
+            self.store.begin_resync(&page.space)?;
+            self.resync.insert(page.space.clone());
+            sp.resync = true;
+        }
+        let last = page.changes.last().map(|c| c.rev);
+        let end_rev = if page.more {
+            last.unwrap_or(0)
+        } else {
+            page.head.or(last).unwrap_or(0)
+        };
+        let resync = match (sp.resync, page.more) {
+            (false, _) => Resync::No,
+            (true, true) => Resync::Page,
+            (true, false) => Resync::Final,
+        };
+        let cursor = self.store.apply_page(
+            &page.space,
+            &page.changes,
+            PageEnd {
+                rev: end_rev,
+                resync,
+            },
+        )?;
+        let Link::Open(session) = &mut self.link else {
+            return Ok(());
+        };
+        let ahead = session.ahead.get(&page.space).copied().unwrap_or(0);
+        let sp = session.spaces.entry(page.space.clone()).or_default();
+        sp.applied = cursor.rev;
+        if page.head.is_some() {
+            sp.head = page.head;
+        }
+        let mut mismatch = false;
+        if !page.more {
+            let was_catching_up = !sp.caught_up;
+            sp.caught_up = true;
+            if sp.resync {
+                sp.resync = false;
+                self.resync.remove(&page.space);
+            }
+            if let Some(expected) = page.checksum
+                && cursor.rev >= ahead
+                && expected != cursor.checksum
+            {
+                mismatch = true;
+            }
+            if was_catching_up {
+                self.status_changed = true;
+            }
+        } else {
+            self.status_changed = true;
+        }
+        if mismatch {
+            self.checksum_mismatches += 1;
+            self.store.count_checksum_mismatch()?;
+            self.store.begin_resync(&page.space)?;
+            self.resync.insert(page.space.clone());
+            if let Link::Open(session) = &mut self.link {
+                let sp = session.spaces.entry(page.space.clone()).or_default();
+                sp.resync = true;
+                sp.caught_up = false;
+            }
+            self.out
+                .push(Action::Send(ClientMessage::Subscribe(Subscribe {
+                    space: page.space.clone(),
+                    cursor: 0,
+                })));
+            self.status_changed = true;
+        } else if !page.more && self.all_caught_up() {
+            self.store.mark_synced(self.clock.now_ms())?;
+        }
+        // Confirmed entries may unblock later ones of their documents.
+        self.fill_pipeline()
+    }
+
+    fn all_caught_up(&self) -> bool {
+        match &self.link {
+            Link::Open(s) => s.welcomed && s.spaces.values().all(|sp| sp.caught_up),
+            _ => false,
+        }
+    }
+
+    fn on_spaces(&mut self, spaces: Vec<SpaceId>) -> Result<(), Error> {
+        let cursors = self.store.cursors()?;
+        let Link::Open(session) = &mut self.link else {
+            return Ok(());
+        };
+        let listed: BTreeSet<SpaceId> = spaces.into_iter().collect();
+        let gone: Vec<SpaceId> = session
+            .spaces
+            .keys()
+            .filter(|s| !listed.contains(*s))
+            .cloned()
+            .collect();
+        let mut subscribe = Vec::new();
+        for space in &listed {
+            if !session.spaces.contains_key(space) {
+                session.spaces.insert(space.clone(), SpaceSync::default());
+                let cursor = cursors.get(space.as_str()).map_or(0, |c| c.rev);
+                subscribe.push(Subscribe {
+                    space: space.clone(),
+                    cursor,
+                });
+            }
+        }
+        for space in &gone {
+            session.spaces.remove(space);
+        }
+        for space in gone {
+            self.store.drop_space(&space)?;
+            self.resync.remove(&space);
+        }
+        for s in subscribe {
+            self.out.push(Action::Send(ClientMessage::Subscribe(s)));
+        }
+        self.status_changed = true;
+        Ok(())
+    }
+
+    fn on_error(&mut self, error: ErrorMessage) -> Result<(), Error> {
+        if let Some(batch_id) = error.batch_id {
+            let batch = match &mut self.link {
+                Link::Open(session) => session
+                    .batches
+                    .iter()
+                    .position(|b| b.id == batch_id)
+                    .and_then(|i| session.batches.remove(i)),
+                _ => None,
+            };
+            if let Some(batch) = batch {
+                let reason = format!("{}: {}", error.code.as_str(), error.message);
+                for entry in &batch.entries {
+                    self.retry_or_fail(entry, &reason)?;
+                }
+                self.schedule_retry_timer()?;
+            }
+            return Ok(());
+        }
+        if let Some(space) = &error.space {
+            // Not a member (any more): stop waiting for that space.
+            if let Link::Open(session) = &mut self.link {
+                session.spaces.remove(space);
+            }
+            self.status_changed = true;
+            return Ok(());
+        }
+        self.last_error = Some(format!("{}: {}", error.code.as_str(), error.message));
+        if error.fatal {
+            // The server closes next; say why now, so the reconnect
+            // refreshes credentials or stops.
+            let reason = match error.code {
+                ErrorCode::Unauthorized | ErrorCode::Revoked => {
+                    DisconnectReason::Unauthorized(error.message)
+                }
+                ErrorCode::UnsupportedProtocol => DisconnectReason::UnsupportedProtocol,
+                code => {
+                    DisconnectReason::Transport(format!("{}: {}", code.as_str(), error.message))
+                }
+            };
+            self.out.push(Action::Disconnect);
+            self.on_disconnected(reason)?;
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, ack: Ack) -> Result<(), Error> {
+        let batch = match &mut self.link {
+            Link::Open(session) => session
+                .batches
+                .iter()
+                .position(|b| b.id == ack.batch_id)
+                .and_then(|i| session.batches.remove(i)),
+            _ => None,
+        };
+        let Some(batch) = batch else {
+            return Ok(());
+        };
+        let by_id: HashMap<MutationId, &OutboxEntry> = batch
+            .entries
+            .iter()
+            .map(|e| (e.mutation.mutation_id, e))
+            .collect();
+        for result in ack.results {
+            let Some(entry) = by_id.get(&result.mutation_id) else {
+                continue;
+            };
+            match result.outcome {
+                Outcome::Applied { rev } | Outcome::Duplicate { rev } => {
+                    self.store.mark_acked(&result.mutation_id, rev)?;
+                }
+                Outcome::Conflict { document } => {
+                    self.resolve_conflict(entry, document.map(|d| *d))?;
+                }
+                Outcome::Rejected { code, reason, .. } => {
+                    self.fail(entry, &format!("{}: {reason}", code.as_str()))?;
+                }
+            }
+        }
+        self.status_changed = true;
+        self.fill_pipeline()
+    }
+
+    /// Fails `entry` for good and tells the app.
+    fn fail(&mut self, entry: &OutboxEntry, reason: &str) -> Result<(), Error> {
+        let m = &entry.mutation;
+        self.store.mark_failed(&m.mutation_id, reason)?;
+        self.out
+            .push(Action::Notify(Notice::MutationFailed(MutationFailure {
+                mutation_id: m.mutation_id.to_string(),
+                space: m.space.to_string(),
+                collection: m.collection.to_string(),
+                doc_id: m.doc_id.to_string(),
+                reason: reason.to_owned(),
+            })));
+        self.status_changed = true;
+        Ok(())
+    }
+
+    /// A send of `entry` failed in a way that may pass.
+    fn retry_or_fail(&mut self, entry: &OutboxEntry, reason: &str) -> Result<(), Error> {
+        let failures = entry.attempt.saturating_add(1);
+        if failures >= self.tuning.max_attempts {
+            return self.fail(
+                entry,
+                &format!("gave up after {failures} attempts: {reason}"),
+            );
+        }
+        let delay = self.tuning.retry.delay(failures - 1, self.jitter.as_mut());
+        let at = self.clock.now_ms() + millis(delay);
+        self.store.mark_retrying(&entry.mutation.mutation_id, at)?;
+        Ok(())
+    }
+
+    /// Arms the retry timer for the earliest retrying entry.
+    fn schedule_retry_timer(&mut self) -> Result<(), Error> {
+        if let Some(at) = self.store.next_retry_at()? {
+            let now = self.clock.now_ms();
+            self.out.push(Action::Schedule {
+                timer: Timer::Retry,
+                after: Duration::from_millis(at.saturating_sub(now)),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends what may be sent, up to the outstanding-batch limit.
+    fn fill_pipeline(&mut self) -> Result<(), Error> {
+        let now = self.clock.now_ms();
+        let max_outstanding = self.tuning.max_outstanding_batches.max(1);
+        let mut sent_any = false;
+        loop {
+            let Link::Open(session) = &mut self.link else {
+                return Ok(());
+            };
+            if !session.welcomed || session.batches.len() >= max_outstanding {
+                break;
+            }
+            let server_limit = session.limits.map_or(usize::MAX, |l| {
+                usize::try_from(l.max_batch_mutations).unwrap_or(usize::MAX)
+            });
+            let limit = self.tuning.max_batch.min(server_limit).max(1);
+            let entries = self.store.take_sendable(limit, now)?;
+            if entries.is_empty() {
+                break;
+            }
+            let Link::Open(session) = &mut self.link else {
+                return Ok(());
+            };
+            let id = self.next_batch_id;
+            self.next_batch_id += 1;
+            let mutations = entries.iter().map(|e| e.mutation.clone()).collect();
+            if session.batches.is_empty() {
+                self.out.push(Action::Schedule {
+                    timer: Timer::AckTimeout,
+                    after: self.tuning.ack_timeout,
+                });
+            }
+            session.batches.push_back(Batch {
+                id,
+                entries,
+                sent_at: now,
+            });
+            self.out.push(Action::Send(ClientMessage::Push(Push {
+                batch_id: id,
+                mutations,
+            })));
+            sent_any = true;
+        }
+        if sent_any {
+            self.status_changed = true;
+        }
+        self.schedule_retry_timer()
+    }
+
+    /// A `conflict` answer: apply the server's document, then decide by
+    /// policy and handler (see `conflict.rs`).
+    fn resolve_conflict(
+        &mut self,
+        entry: &OutboxEntry,
+        remote: Option<Document>,
+    ) -> Result<(), Error> {
+        let m = &entry.mutation;
+        let doc = DocRef {
+            space: m.space.clone(),
+            collection: m.collection.clone(),
+            id: m.doc_id.clone(),
+        };
+        let policy = self
+            .store
+            .policies()
+            .get(&doc.collection)
+            .cloned()
+            .unwrap_or_default();
+        let local = self.store.get(&doc)?;
+        let local_json = local
+            .as_ref()
+            .filter(|d| !d.deleted)
+            .map(|d| d.fields_json.clone());
+        let base_json = self
+            .store
+            .confirmed(&doc)?
+            .filter(|d| !d.is_deleted())
+            .map(|d| fields_text(&d));
+        let remote_json = remote.as_ref().filter(|d| !d.is_deleted()).map(fields_text);
+        let remote_version = remote.as_ref().and_then(|d| d.version);
+        if let Some(remote) = &remote {
+            self.store.apply_conflict_document(remote)?;
+            let cursor = self
+                .store
+                .cursors()?
+                .get(doc.space.as_str())
+                .map_or(0, |c| c.rev);
+            if let (Some(v), Link::Open(session)) = (remote.version, &mut self.link)
+                && v > cursor
+            {
+                let ahead = session.ahead.entry(doc.space.clone()).or_insert(0);
+                *ahead = (*ahead).max(v);
+            }
+        }
+        let handler = self
+            .conflicts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let resolution = match handler {
+            Some(handler) => handler.resolve(Conflict {
+                space: doc.space.to_string(),
+                collection: doc.collection.to_string(),
+                doc_id: doc.id.to_string(),
+                policy: policy.policy.name().to_owned(),
+                local_json: local_json.clone(),
+                remote_json: remote_json.clone(),
+                remote_version,
+                base_json,
+            }),
+            None => Resolution::KeepRemote,
+        };
+        // The local changes the conflict concerns: this entry and those
+        // written on top of it.
+        for id in self.store.unconfirmed_entries(&doc)? {
+            self.store.discard(&id)?;
+        }
+        let (winner, resolved) = match resolution {
+            Resolution::KeepRemote => ("remote", remote_json.clone()),
+            Resolution::KeepLocal => match &local_json {
+                Some(fields) => {
+                    let written = self.store.write(&doc, Write::Put(parse_fields(fields)?))?;
+                    ("local", Some(written.fields_json))
+                }
+                None => {
+                    self.store.write(&doc, Write::Delete)?;
+                    ("local", None)
+                }
+            },
+            Resolution::Merged { fields_json } => {
+                let written = self
+                    .store
+                    .write(&doc, Write::Put(parse_fields(&fields_json)?))?;
+                ("merged", Some(written.fields_json))
+            }
+        };
+        self.store.log_conflict(
+            &doc,
+            policy.policy.name(),
+            winner,
+            local_json.as_deref(),
+            remote_json.as_deref(),
+            resolved.as_deref(),
+        )?;
+        self.status_changed = true;
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn fields_text(doc: &Document) -> String {
+    serde_json::Value::Object(doc.fields()).to_string()
+}
+
+fn parse_fields(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(other) => Err(Error::NotAnObject {
+            found: crate::error::json_type_name(&other),
+        }),
+        Err(e) => Err(Error::InvalidJson(e.to_string())),
+    }
+}
