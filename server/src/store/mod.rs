@@ -1,4 +1,5 @@
-//! Storage: the [`Store`] trait and its SQLite implementation.
+//! Storage: the [`Store`] trait and its implementations, SQLite (embedded,
+//! one server) and PostgreSQL (several server instances on one database).
 //!
 //! The trait is what the server needs from a database, shaped so that a
 //! second implementation (PostgreSQL, shared by several server instances) can
@@ -23,6 +24,7 @@
 //!   [`StoreEvent`]s it produced to its [`CommitListener`], in commit order, so
 //!   that fan-out follows the store's commit path.
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(feature = "conformance")]
@@ -38,6 +40,7 @@ use tandem_protocol::{Change, DeviceId, ErrorCode, Mutation, SpaceChecksum, Spac
 use crate::auth::TokenHash;
 use crate::schema::Schema;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// What a store call returns.
