@@ -1,0 +1,95 @@
+//! How a client is opened, and the merge policies an app can seed.
+
+use std::collections::BTreeSet;
+
+use tandem_core::{DEFAULT_MAX_DOCUMENT_BYTES, Durability};
+use tandem_protocol::{CollectionPolicy as CorePolicy, Policy};
+
+/// Everything [`Client::open`](crate::Client::open) needs.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ClientConfig {
+    /// The directory holding the device's database (created if missing).
+    /// The same directory is the same device across runs: put it in the
+    /// app's private storage, not in a cache directory.
+    pub data_dir: String,
+    /// The user this device belongs to; fixed when the directory is first
+    /// used.
+    pub user_id: String,
+    /// A name for people ("Alice's iPad"); it may change between runs.
+    pub device_name: String,
+    /// The sync server's URL (`wss://…`); none keeps the device local.
+    #[uniffi(default = None)]
+    pub server_url: Option<String>,
+    /// Whether every commit is flushed to disk (an fsync per write), so a
+    /// write that returned survives power loss too. By default a write
+    /// survives the app being killed, which is what mobile OSes do all the
+    /// time, and costs no fsync.
+    #[uniffi(default = false)]
+    pub durable_writes: bool,
+    /// The largest document, in bytes of its merge state as JSON; none
+    /// means 1 MiB.
+    #[uniffi(default = None)]
+    pub max_document_bytes: Option<u64>,
+}
+
+impl From<ClientConfig> for tandem_core::ClientConfig {
+    fn from(config: ClientConfig) -> tandem_core::ClientConfig {
+        tandem_core::ClientConfig {
+            data_dir: config.data_dir,
+            user_id: config.user_id,
+            device_name: config.device_name,
+            server_url: config.server_url,
+            durability: if config.durable_writes {
+                Durability::Full
+            } else {
+                Durability::Normal
+            },
+            max_document_bytes: config
+                .max_document_bytes
+                .map_or(DEFAULT_MAX_DOCUMENT_BYTES, |bytes| {
+                    usize::try_from(bytes).unwrap_or(usize::MAX)
+                }),
+        }
+    }
+}
+
+/// How concurrent writes to a collection's documents are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum MergePolicy {
+    /// Field-level last-writer-wins (the default).
+    Lww,
+    /// A write must be based on the current version, or the server's
+    /// document wins.
+    ServerWins,
+    /// Documents are created once and never changed (set fields excepted).
+    AppendOnly,
+    /// Conflicts are handed to the app's conflict handler.
+    Manual,
+}
+
+/// A collection's merge policy and its set fields. The server announces
+/// the policies; an app seeds the ones it ships with so a device that has
+/// never synced merges the same way.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct CollectionPolicy {
+    /// The merge policy.
+    pub policy: MergePolicy,
+    /// Fields that are observed-remove sets, changed only by `set_add` and
+    /// `set_remove`.
+    #[uniffi(default = [])]
+    pub set_fields: Vec<String>,
+}
+
+impl From<CollectionPolicy> for CorePolicy {
+    fn from(policy: CollectionPolicy) -> CorePolicy {
+        CorePolicy {
+            policy: match policy.policy {
+                MergePolicy::Lww => Policy::Lww,
+                MergePolicy::ServerWins => Policy::ServerWins,
+                MergePolicy::AppendOnly => Policy::AppendOnly,
+                MergePolicy::Manual => Policy::Manual,
+            },
+            set_fields: policy.set_fields.into_iter().collect::<BTreeSet<_>>(),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The one error the app sees, and every mapping into it.
+//!
+//! The core's errors are precise (one variant per thing that went wrong);
+//! an app acts on a few cases only: show "offline", sign in again, resolve a
+//! conflict, fix its input, report storage trouble, stop using a closed
+//! client. [`TandemError`] has one variant per such case and keeps the
+//! core's stable code and message in it, so nothing is lost for logs.
+//!
+//! All mapping lives in this file: from core errors, from failed foreign
+//! callbacks, and from panics.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use tandem_core::Error as CoreError;
+
+/// What went wrong in a Tandem call. In Kotlin this is `TandemException`
+/// (a sealed class); in Swift, `TandemError` (an `Error` enum).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+pub enum TandemError {
+    /// The sync server could not be reached or the connection broke. The
+    /// outbox keeps every write; it is sent when the link is back.
+    #[error("network: {reason}")]
+    Network {
+        /// What failed, for logs.
+        reason: String,
+    },
+
+    /// The server refused the credentials: the token provider's token was
+    /// rejected or the device was revoked. Sign the user in again.
+    #[error("unauthorized: {reason}")]
+    Unauthorized {
+        /// Why, for logs.
+        reason: String,
+    },
+
+    /// The write conflicts with the server's version of the document (a
+    /// `server_wins` or `manual` collection).
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// What conflicted, for logs.
+        reason: String,
+    },
+
+    /// The caller's input is not acceptable: invalid JSON, a fields value
+    /// that is not an object, a bad id, a query on a field without an
+    /// index, a write the collection's policy forbids. Nothing was written.
+    #[error("invalid input ({code}): {reason}")]
+    InvalidInput {
+        /// A stable machine-readable code (`invalid_json`, `not_an_object`,
+        /// `not_indexed`, `invalid_id`, …), the same the CLI prints.
+        code: String,
+        /// A sentence for people.
+        reason: String,
+    },
+
+    /// The device's database or data directory failed (disk full, damaged
+    /// or newer database, permissions).
+    #[error("storage ({code}): {reason}")]
+    Storage {
+        /// A stable machine-readable code (`storage`, `io`,
+        /// `corrupt_store`, `incompatible_database`).
+        code: String,
+        /// What failed, for logs.
+        reason: String,
+    },
+
+    /// The client was closed; open a new one.
+    #[error("the client is closed")]
+    Closed,
+
+    /// A bug: Rust panicked, or a foreign callback failed in a way it
+    /// should not. The client stays usable.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What happened, for the bug report.
+        reason: String,
+    },
+}
+
+impl From<CoreError> for TandemError {
+    fn from(error: CoreError) -> TandemError {
+        let code = error.code().to_owned();
+        let reason = error.to_string();
+        match error {
+            CoreError::InvalidJson(_)
+            | CoreError::NotAnObject { .. }
+            | CoreError::NotAnArray { .. }
+            | CoreError::DocumentTooLarge { .. }
+            | CoreError::InvalidId(_)
+            | CoreError::NotIndexed { .. }
+            | CoreError::InvalidIndex(_)
+            | CoreError::CursorNotFound { .. }
+            | CoreError::UnknownOperation(_)
+            | CoreError::InvalidPayload(_)
+            | CoreError::Rejected { .. }
+            // The app opened a data directory with another user's id: the
+            // pair it passed is wrong, and choosing another directory fixes it.
+            | CoreError::UserMismatch { .. } => TandemError::InvalidInput { code, reason },
+            CoreError::IncompatibleDatabase { .. }
+            | CoreError::CorruptStore(_)
+            | CoreError::Storage(_)
+            | CoreError::Io(_) => TandemError::Storage { code, reason },
+            CoreError::Closed => TandemError::Closed,
+            // The sync engine is adding variants to the core's error. Until
+            // each is listed above, it is placed by its stable code, so the
+            // bindings keep building while the core grows. Listing all of
+            // them makes this arm unreachable, hence the allow.
+            #[allow(unreachable_patterns)]
+            other => by_code(&code, reason, other.is_invalid_input()),
+        }
+    }
+}
+
+/// Places a core error the match above does not list yet, by its code.
+fn by_code(code: &str, reason: String, is_invalid_input: bool) -> TandemError {
+    match code {
+        // Not reaching the server, not connected to one, or a document that
+        // is only on the server: all mean "try again when online".
+        "network" | "timeout" | "not_syncing" | "not_local" => TandemError::Network { reason },
+        "unauthorized" | "forbidden" | "token" => TandemError::Unauthorized { reason },
+        "conflict" => TandemError::Conflict { reason },
+        "closed" => TandemError::Closed,
+        _ if is_invalid_input => TandemError::InvalidInput {
+            code: code.to_owned(),
+            reason,
+        },
+        _ => TandemError::Internal {
+            reason: format!("{code}: {reason}"),
+        },
+    }
+}
+
+/// A foreign callback that returns a `TandemError` threw something else
+/// (in Kotlin, any exception that is not a `TandemException`).
+impl From<uniffi::UnexpectedUniFFICallbackError> for TandemError {
+    fn from(error: uniffi::UnexpectedUniFFICallbackError) -> TandemError {
+        TandemError::Internal {
+            reason: format!("a callback failed: {}", error.reason),
+        }
+    }
+}
+
+/// Runs an exported call's body, turning a panic into
+/// [`TandemError::Internal`] so the host gets a typed error it can report,
+/// not an abort. (UniFFI would catch the panic too, but as an untyped
+/// exception outside `TandemError`.) Relies on `panic = "unwind"`, which the
+/// workspace's release profile keeps.
+pub(crate) fn guard<T, E: Into<TandemError>>(
+    call: impl FnOnce() -> Result<T, E>,
+) -> Result<T, TandemError> {
+    match catch_unwind(AssertUnwindSafe(call)) {
+        Ok(result) => result.map_err(Into::into),
+        Err(panic) => Err(panicked(panic.as_ref())),
+    }
+}
+
+/// Calls into the app (an observer, the logger) from a Rust thread. If the
+/// foreign code throws, UniFFI reports it by panicking on the Rust side; the
+/// panic is caught here and logged, so an app's bug in one callback does
+/// not take down the thread that serves every other observer.
+pub(crate) fn call_foreign(what: &str, call: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(call)) {
+        let message = panic_message(panic.as_ref());
+        tracing::warn!(target: "tandem_ffi", "{what} failed: {message}");
+    }
+}
+
+/// A panic, caught, as the error the host receives.
+pub(crate) fn panicked(payload: &(dyn Any + Send)) -> TandemError {
+    TandemError::Internal {
+        reason: format!("panic: {}", panic_message(payload)),
+    }
+}
+
+/// The message a panic was raised with.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid_input_code(error: CoreError) -> String {
+        match TandemError::from(error) {
+            TandemError::InvalidInput { code, .. } => code,
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn input_errors_keep_the_core_code_and_message() {
+        let error = TandemError::from(CoreError::InvalidJson("expected value".into()));
+        assert_eq!(
+            error,
+            TandemError::InvalidInput {
+                code: "invalid_json".into(),
+                reason: "invalid JSON: expected value".into(),
+            }
+        );
+        assert_eq!(
+            invalid_input_code(CoreError::NotAnObject { found: "array" }),
+            "not_an_object"
+        );
+        assert_eq!(
+            invalid_input_code(CoreError::NotIndexed {
+                collection: "tasks".into(),
+                field: "done".into(),
+            }),
+            "not_indexed"
+        );
+        assert_eq!(
+            invalid_input_code(CoreError::UserMismatch {
+                stored: "alice".into(),
+                requested: "bob".into(),
+            }),
+            "user_mismatch"
+        );
+    }
+
+    #[test]
+    fn device_state_errors_are_storage_or_closed() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        assert!(matches!(
+            TandemError::from(CoreError::Io(io)),
+            TandemError::Storage { code, .. } if code == "io"
+        ));
+        assert!(matches!(
+            TandemError::from(CoreError::CorruptStore("fields of t1".into())),
+            TandemError::Storage { code, .. } if code == "corrupt_store"
+        ));
+        assert!(matches!(
+            TandemError::from(CoreError::IncompatibleDatabase {
+                found: 9,
+                supported: 1
+            }),
+            TandemError::Storage { code, .. } if code == "incompatible_database"
+        ));
+        assert_eq!(TandemError::from(CoreError::Closed), TandemError::Closed);
+    }
+
+    #[test]
+    fn sync_errors_not_listed_yet_are_placed_by_code() {
+        let reason = || "r".to_owned();
+        assert_eq!(
+            by_code("network", reason(), false),
+            TandemError::Network { reason: reason() }
+        );
+        assert_eq!(
+            by_code("unauthorized", reason(), false),
+            TandemError::Unauthorized { reason: reason() }
+        );
+        assert_eq!(
+            by_code("conflict", reason(), false),
+            TandemError::Conflict { reason: reason() }
+        );
+        assert_eq!(
+            by_code("not_syncing", reason(), false),
+            TandemError::Network { reason: reason() }
+        );
+        assert!(matches!(
+            by_code("internal", reason(), false),
+            TandemError::Internal { reason } if reason.starts_with("internal")
+        ));
+        assert!(matches!(
+            by_code("invalid_space", reason(), true),
+            TandemError::InvalidInput { code, .. } if code == "invalid_space"
+        ));
+    }
+
+    #[test]
+    fn a_failed_callback_is_internal() {
+        let error = TandemError::from(uniffi::UnexpectedUniFFICallbackError::new(
+            "IllegalStateException",
+        ));
+        assert!(matches!(
+            error,
+            TandemError::Internal { reason } if reason.contains("IllegalStateException")
+        ));
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        let result: Result<(), TandemError> = guard(|| -> Result<(), CoreError> {
+            panic!("index out of bounds");
+        });
+        assert!(matches!(
+            result,
+            Err(TandemError::Internal { reason }) if reason.contains("index out of bounds")
+        ));
+        let formatted: Result<(), TandemError> = guard(|| -> Result<(), CoreError> {
+            panic!("{} is broken", "the store");
+        });
+        assert!(matches!(
+            formatted,
+            Err(TandemError::Internal { reason }) if reason.contains("the store is broken")
+        ));
+    }
+
+    #[test]
+    fn a_panicking_foreign_call_is_contained() {
+        let mut after = false;
+        call_foreign("an observer", || panic!("Callback interface failure"));
+        call_foreign("an observer", || after = true);
+        assert!(after);
+    }
+}

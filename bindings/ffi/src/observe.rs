@@ -1,0 +1,187 @@
+//! Observers the app implements, and the [`Subscription`] handle.
+//!
+//! A stream crosses the boundary as a listener the app implements plus a
+//! handle: the listener is called from a Rust thread (never the app's main
+//! thread), first with the current value, then with each new one; the
+//! handle stops it with [`Subscription::cancel`] or when it is released.
+//! Cancellation has to be explicit API because Swift task cancellation and
+//! Kotlin coroutine cancellation do not reach Rust; the Swift `AsyncStream`
+//! and Kotlin `Flow` conveniences call `cancel()` when their consumer goes
+//! away.
+//!
+//! An observer that throws does not stop the subscription or disturb other
+//! observers: the failure is logged (see [`set_logger`](crate::set_logger))
+//! and the next value is delivered as usual.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tandem_core::LocalDocument;
+
+use crate::document::{Document, documents};
+use crate::error::call_foreign;
+use crate::status::SyncStatus;
+
+/// Receives the results of a query.
+#[uniffi::export(callback_interface)]
+pub trait QueryObserver: Send + Sync {
+    /// The query's result: first the current one, then each new one.
+    /// Results are coalesced: after a burst of writes the latest result
+    /// arrives, not every intermediate one. Called on a Rust thread; calls
+    /// never overlap. Return quickly: move work to the app's own queue.
+    fn on_result(&self, documents: Vec<Document>);
+}
+
+/// Receives the local view of one document.
+#[uniffi::export(callback_interface)]
+pub trait DocumentObserver: Send + Sync {
+    /// The document (none if there is none): first its current view, then
+    /// each new one. Called on a Rust thread; calls never overlap.
+    fn on_document(&self, document: Option<Document>);
+}
+
+/// Receives the sync status.
+#[uniffi::export(callback_interface)]
+pub trait StatusObserver: Send + Sync {
+    /// The status: first the current one, then each change. Called on a
+    /// Rust thread; calls never overlap.
+    fn on_status(&self, status: SyncStatus);
+}
+
+/// An active observation. Cancelled by [`Subscription::cancel`] or when the
+/// handle is released (in Kotlin `close()`, or when it is garbage
+/// collected; in Swift when the last reference goes).
+#[derive(uniffi::Object)]
+pub struct Subscription {
+    /// The core's subscription; none for an observation that has no
+    /// updates to wait for (the status, until the sync engine reports it).
+    inner: Option<tandem_core::Subscription>,
+    cancelled: AtomicBool,
+    active: Arc<ActiveSubscriptions>,
+}
+
+#[uniffi::export]
+impl Subscription {
+    /// Stops the observation. When it returns the observer is not being
+    /// called and will not be called again (unless `cancel` is called from
+    /// inside the observer, where only that call is still running).
+    /// Calling it again does nothing.
+    pub fn cancel(&self) {
+        if let Some(inner) = &self.inner {
+            inner.cancel();
+        }
+        if !self.cancelled.swap(true, Ordering::SeqCst) {
+            self.active.count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the subscription has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+}
+
+impl Subscription {
+    /// Wraps a core subscription, counting it as active.
+    pub(crate) fn new(
+        inner: Option<tandem_core::Subscription>,
+        active: &Arc<ActiveSubscriptions>,
+    ) -> Arc<Subscription> {
+        active.count.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Subscription {
+            inner,
+            cancelled: AtomicBool::new(false),
+            active: Arc::clone(active),
+        })
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// How many of a client's subscriptions are neither cancelled nor
+/// released: what [`Client::active_subscriptions`](crate::Client::active_subscriptions)
+/// reports, so an app (and the tests) can see a leaked observer.
+#[derive(Debug, Default)]
+pub(crate) struct ActiveSubscriptions {
+    count: AtomicU64,
+}
+
+impl ActiveSubscriptions {
+    pub(crate) fn get(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// Adapts the app's query observer to the core's.
+pub(crate) struct QueryObserverBridge(pub(crate) Box<dyn QueryObserver>);
+
+impl tandem_core::QueryObserver for QueryObserverBridge {
+    fn on_result(&self, docs: Vec<LocalDocument>) {
+        let docs = documents(docs);
+        call_foreign("a query observer", || self.0.on_result(docs));
+    }
+
+    fn on_error(&self, error: tandem_core::Error) {
+        // Storage trouble while re-running the query; the core keeps the
+        // subscription and retries at the next commit.
+        tracing::warn!(target: "tandem_ffi", "re-running an observed query failed: {error}");
+    }
+}
+
+/// Adapts the app's document observer to the core's.
+pub(crate) struct DocumentObserverBridge(pub(crate) Box<dyn DocumentObserver>);
+
+impl tandem_core::DocumentObserver for DocumentObserverBridge {
+    fn on_document(&self, doc: Option<LocalDocument>) {
+        let doc = doc.map(Document::from);
+        call_foreign("a document observer", || self.0.on_document(doc));
+    }
+
+    fn on_error(&self, error: tandem_core::Error) {
+        tracing::warn!(target: "tandem_ffi", "reading an observed document failed: {error}");
+    }
+}
+
+/// Hands a status to the app's status observer.
+pub(crate) fn deliver_status(observer: &dyn StatusObserver, status: SyncStatus) {
+    call_foreign("a status observer", || observer.on_status(status));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_and_drop_each_count_once() {
+        let active = Arc::new(ActiveSubscriptions::default());
+        let first = Subscription::new(None, &active);
+        let second = Subscription::new(None, &active);
+        assert_eq!(active.get(), 2);
+
+        first.cancel();
+        first.cancel();
+        assert!(first.is_cancelled());
+        assert_eq!(active.get(), 1);
+
+        drop(first);
+        assert_eq!(
+            active.get(),
+            1,
+            "a cancelled subscription is not counted again"
+        );
+        drop(second);
+        assert_eq!(active.get(), 0, "releasing the handle cancels it");
+    }
+}

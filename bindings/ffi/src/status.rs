@@ -1,0 +1,117 @@
+//! Sync status and the outbox, as the app sees them.
+
+use std::collections::HashMap;
+
+/// The state of the link to the sync server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum ConnectionState {
+    /// Not connected.
+    Offline,
+    /// Connecting or handshaking.
+    Connecting,
+    /// Connected and syncing.
+    Online,
+}
+
+/// What the device knows about its sync state.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncStatus {
+    /// The link to the server.
+    pub connection: ConnectionState,
+    /// Writes waiting to reach the server (queued, in flight or retrying).
+    pub pending: u64,
+    /// Writes the server refused, waiting for the app to retry or discard
+    /// them.
+    pub failed: u64,
+    /// When the device last finished syncing, in ms since the Unix epoch.
+    pub last_synced_ms: Option<u64>,
+    /// Per space, the last server revision applied.
+    pub cursors: HashMap<String, u64>,
+}
+
+impl From<tandem_core::Status> for SyncStatus {
+    fn from(status: tandem_core::Status) -> SyncStatus {
+        SyncStatus {
+            connection: match status.connection {
+                tandem_core::ConnectionState::Offline => ConnectionState::Offline,
+                tandem_core::ConnectionState::Connecting => ConnectionState::Connecting,
+                tandem_core::ConnectionState::Online => ConnectionState::Online,
+            },
+            pending: status.pending,
+            failed: status.failed,
+            last_synced_ms: status.last_synced,
+            cursors: status.cursors.into_iter().collect(),
+        }
+    }
+}
+
+/// Where an outbox entry is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum OutboxState {
+    /// Waiting to be sent.
+    Queued,
+    /// Sent on the current connection, not answered yet.
+    InFlight,
+    /// A send failed and will be retried.
+    Retrying {
+        /// How many sends have failed.
+        attempt: u32,
+        /// When to send again, in ms since the Unix epoch.
+        next_attempt_at_ms: u64,
+    },
+    /// Refused for good; waits for the app to retry or discard it.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A write in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PendingMutation {
+    /// Position in the outbox; entries are sent in this order.
+    pub seq: u64,
+    /// The idempotency key.
+    pub mutation_id: String,
+    /// The document's space.
+    pub space: String,
+    /// The document's collection.
+    pub collection: String,
+    /// The document's id.
+    pub doc_id: String,
+    /// `put`, `patch`, `delete`, `set_add` or `set_remove`.
+    pub operation: String,
+    /// Where it is in its life.
+    pub state: OutboxState,
+    /// When the write was made, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The whole mutation as the protocol encodes it (JSON).
+    pub mutation_json: String,
+}
+
+impl From<tandem_core::PendingMutation> for PendingMutation {
+    fn from(m: tandem_core::PendingMutation) -> PendingMutation {
+        PendingMutation {
+            seq: m.seq,
+            mutation_id: m.mutation_id,
+            space: m.space,
+            collection: m.collection,
+            doc_id: m.doc_id,
+            operation: m.operation,
+            state: match m.state {
+                tandem_core::OutboxState::Queued => OutboxState::Queued,
+                tandem_core::OutboxState::InFlight => OutboxState::InFlight,
+                tandem_core::OutboxState::Retrying {
+                    attempt,
+                    next_attempt_at_ms,
+                } => OutboxState::Retrying {
+                    attempt,
+                    next_attempt_at_ms,
+                },
+                tandem_core::OutboxState::Failed { reason } => OutboxState::Failed { reason },
+            },
+            created_at_ms: m.created_at_ms,
+            mutation_json: m.mutation_json,
+        }
+    }
+}
