@@ -27,7 +27,7 @@ enum Command {
     /// Run the sync server.
     Serve(serve::ServeArgs),
     /// Act as a device: local writes, queries, sync.
-    Client(client::ClientArgs),
+    Client(Box<client::ClientArgs>),
     /// An embedded server and simulated devices, narrated.
     Demo,
     /// Run a benchmark scenario.
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Client(args) => client::run(args),
+        Command::Client(args) => client::run(*args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(args),
     };

@@ -105,7 +105,8 @@ fn status_reports_the_outbox() {
     status.as_object_mut().unwrap().remove("device");
     assert_eq!(
         status,
-        json!({"connection": "offline", "pending": 2, "failed": 0, "last_synced": null, "cursors": {}})
+        json!({"connection": "offline", "pending": 2, "failed": 0, "last_synced": null, "cursors": {},
+               "catching_up": {}, "checksum_mismatches": 0, "last_error": null})
     );
 }
 

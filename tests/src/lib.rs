@@ -11,8 +11,11 @@
 //!   cursors, checksums), so tests can compare what devices see.
 //! - [`Writer`] builds mutations with a hybrid logical clock.
 //! - [`tokens`] signs user tokens for servers that check JWTs.
+//! - [`Device`] is a real device: a `tandem_core::Client` with its own
+//!   SQLite database, syncing with a test server.
 
 mod client;
+mod device;
 mod http;
 mod replica;
 mod server;
@@ -20,6 +23,7 @@ pub mod tokens;
 mod writer;
 
 pub use client::{WsClient, WsError};
+pub use device::{Device, eventually, server_docs, test_tuning};
 pub use http::{Http, Response};
 pub use replica::Replica;
 pub use server::{TestServer, TestServerOptions};

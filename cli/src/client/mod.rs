@@ -3,31 +3,46 @@
 //! Each run opens the device in `--data DIR` (creating it on first use),
 //! runs one command and closes it. Documents print as one JSON object per
 //! line, in the document shape of the CLI contract.
+//!
+//! With `--server` and without `--offline` the device syncs: writes are
+//! followed by a bounded sync, reads by a bounded sync first, and `sync`,
+//! `watch`, `status` and the space commands talk to the server. The user
+//! token is `--token`, or `dev:USER` (what a `--dev-auth` server accepts).
+
+mod online;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Subcommand;
 use serde::Serialize;
 use serde_json::Value;
-use tandem_core::{Client, ClientConfig, DocKey, FilterOp, FilterValue, Query, Status};
+use tandem_core::{Client, ClientConfig, DocKey, FilterOp, FilterValue, Query, SyncStatus};
 
 use crate::failure::{EXIT_NOT_FOUND, Failure};
 
 /// Options of `tandem client`.
 #[derive(clap::Args)]
 #[command(after_help = "\
-Every command works on the local database in DIR and returns at once. \
-This build has no sync engine yet: with or without --offline nothing is \
-sent to --server, and the commands print nothing beyond their own output. \
-When the sync engine arrives, commands run without --offline will also sync.")]
+Every command works on the local database in DIR. With --server (and \
+without --offline) writes are then pushed and reads pulled with a bounded \
+sync; `sync` exits 0 only when nothing is left to send. Exit status 3: \
+no such document; 4: sync left mutations pending.")]
 pub struct ClientArgs {
     /// The device's directory: its database and identity. The same DIR is
     /// the same device across runs.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
-    /// The sync server (not contacted yet: see below).
+    /// The sync server, `http://host:port`.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// The user token to register with (default: `dev:USER`, for a
+    /// `--dev-auth` server).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// How long a write or read waits for its bounded sync, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub sync_timeout: f64,
     /// The user this device belongs to.
     #[arg(long, value_name = "USER")]
     pub user: String,
@@ -46,7 +61,7 @@ pub struct ClientArgs {
 }
 
 /// The client commands.
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum ClientCommand {
     /// Write a whole document (replacing it); prints it.
     Put {
@@ -103,6 +118,30 @@ pub enum ClientCommand {
     },
     /// Print the device's sync status as one JSON object.
     Status,
+    /// Push the outbox and pull until caught up; exit 0 only when nothing is
+    /// pending.
+    Sync {
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Print the collection's documents, then one line per document that
+    /// changes, live, until interrupted.
+    Watch {
+        /// The collection.
+        collection: String,
+    },
+    /// Print the conflict log, newest first, one JSON object per line.
+    Conflicts {
+        /// At most N entries.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+    /// Shared spaces: create one, add or remove a member.
+    #[command(subcommand)]
+    Space(SpaceCommand),
+    /// Print the user's spaces, one per line.
+    Spaces,
     /// Declare an index on fields of a collection, so queries can filter and
     /// order on them (kept in DIR).
     Index {
@@ -115,11 +154,35 @@ pub enum ClientCommand {
     },
 }
 
-/// `status` output: the core's status plus this device's id.
+/// `tandem client space ...`.
+#[derive(Subcommand, Clone)]
+pub enum SpaceCommand {
+    /// Create a shared space owned by this user.
+    Create {
+        /// Its name.
+        name: String,
+    },
+    /// Add a member (the owner only).
+    Add {
+        /// The space.
+        name: String,
+        /// The user to add.
+        user: String,
+    },
+    /// Remove a member.
+    Remove {
+        /// The space.
+        name: String,
+        /// The user to remove.
+        user: String,
+    },
+}
+
+/// `status` output: the sync status plus this device's id.
 #[derive(Serialize)]
 struct StatusLine {
     #[serde(flatten)]
-    status: Status,
+    status: SyncStatus,
     device: String,
 }
 
@@ -132,9 +195,24 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
     let mut config = ClientConfig::new(data, &args.user, &args.device);
     config.server_url = args.server.clone();
     let client = Client::open(config).map_err(core_failure)?;
-    let result = run_command(&client, args.space, args.command);
+    let result = match (&args.server, args.offline) {
+        (Some(server), false) => online::run(&client, server, &args),
+        _ => run_command(&client, args.space.clone(), args.command),
+    };
     client.close();
     result
+}
+
+impl ClientCommand {
+    /// A copy of the command, to run its local part.
+    fn clone_local(&self) -> ClientCommand {
+        self.clone()
+    }
+}
+
+/// How long the bounded syncs of reads and writes wait.
+fn sync_timeout(args: &ClientArgs) -> Duration {
+    Duration::from_secs_f64(args.sync_timeout.max(0.0))
 }
 
 fn run_command(
@@ -210,7 +288,7 @@ fn run_command(
             Ok(())
         }
         ClientCommand::Status => {
-            let status = client.status().map_err(core_failure)?;
+            let status = client.sync_status().map_err(core_failure)?;
             print_json(&StatusLine {
                 status,
                 device: client.device_id(),
@@ -219,6 +297,20 @@ fn run_command(
         ClientCommand::Index { collection, fields } => client
             .declare_index(&collection, fields)
             .map_err(core_failure),
+        ClientCommand::Conflicts { limit } => {
+            let mut out = std::io::stdout().lock();
+            for record in client.conflicts(limit).map_err(core_failure)? {
+                write_json(&mut out, &record)?;
+            }
+            Ok(())
+        }
+        ClientCommand::Sync { .. }
+        | ClientCommand::Watch { .. }
+        | ClientCommand::Space(_)
+        | ClientCommand::Spaces => Err(Failure::new(
+            "offline",
+            "this command needs the server: give --server URL and leave out --offline",
+        )),
     }
 }
 

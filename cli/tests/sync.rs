@@ -1,0 +1,380 @@
+//! `tandem client` against `tandem serve --dev-auth`, as processes: what a
+//! person does with three terminals, scripted.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tandem_core::{Client, ClientConfig, DocKey};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A `tandem serve --dev-auth` process on a free port; killed on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start() -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("server.db"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap();
+        Serve {
+            child,
+            addr: ready["listening"].as_str().unwrap().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `GET /metrics`, with a bare HTTP/1.0 request.
+    fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client_cmd(server: &Serve, dir: &Path, user: &str, device: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+    cmd.arg("client").arg("--data").arg(dir).args([
+        "--server",
+        &server.url(),
+        "--user",
+        user,
+        "--device",
+        device,
+    ]);
+    cmd
+}
+
+fn run(server: &Serve, dir: &Path, user: &str, args: &[&str]) -> Output {
+    client_cmd(server, dir, user, "dev")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout lines as JSON.
+fn ok(server: &Serve, dir: &Path, user: &str, args: &[&str]) -> Vec<Value> {
+    let out = run(server, dir, user, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// A background process whose stdout lines arrive on a channel; killed on
+/// drop.
+struct Background {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Background {
+    fn spawn(mut cmd: Command) -> Background {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(value) = serde_json::from_str(&line)
+                    && tx.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Background { child, lines: rx }
+    }
+
+    /// The next line that satisfies `wanted`.
+    fn until(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {what}"),
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn watch_shows_live_what_another_device_puts() {
+    let server = Serve::start();
+    let watcher_dir = tempfile::tempdir().unwrap();
+    let writer_dir = tempfile::tempdir().unwrap();
+    let mut watch = client_cmd(&server, watcher_dir.path(), "alice", "laptop");
+    watch.args(["watch", "tasks"]);
+    let watch = Background::spawn(watch);
+    // Wait until the watcher is connected (its device is registered), so
+    // the put below is live for it, not part of its catch-up.
+    let deadline = Instant::now() + PATIENCE;
+    while server.metric("tandem_connections ") == 0 {
+        assert!(Instant::now() < deadline, "the watcher never connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let put = ok(
+        &server,
+        writer_dir.path(),
+        "alice",
+        &["put", "tasks", "t1", r#"{"title": "milk"}"#],
+    );
+    assert_eq!(put[0]["fields"], json!({"title": "milk"}));
+    assert_eq!(put[0]["pending"], json!(false), "synced before printing");
+    let seen = watch.until("t1", |line| line["id"] == "t1");
+    assert_eq!(seen["fields"], json!({"title": "milk"}));
+    assert_eq!(seen["version"], json!(1));
+    // A delete shows as a tombstone line.
+    ok(
+        &server,
+        writer_dir.path(),
+        "alice",
+        &["delete", "tasks", "t1"],
+    );
+    let seen = watch.until("the delete", |line| line["deleted"] == json!(true));
+    assert_eq!(seen["id"], "t1");
+}
+
+#[test]
+fn sync_exits_zero_only_when_nothing_is_pending_and_status_shows_it() {
+    let server = Serve::start();
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        let out = client_cmd(&server, dir.path(), "bob", "phone")
+            .args(["--offline", "put", "notes", &format!("n{i}"), r#"{"x": 1}"#])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let status = ok(&server, dir.path(), "bob", &["--offline", "status"]);
+    assert_eq!(status[0]["pending"], json!(3));
+    assert_eq!(status[0]["connection"], json!("offline"));
+    let synced = ok(&server, dir.path(), "bob", &["sync", "--timeout", "30"]);
+    assert_eq!(synced[0]["outcome"]["result"], "caught_up");
+    let status = ok(&server, dir.path(), "bob", &["status"]);
+    assert_eq!(status[0]["pending"], json!(0));
+    assert_eq!(status[0]["connection"], json!("online"));
+    assert_eq!(status[0]["cursors"]["personal:bob"], json!(3));
+    assert!(status[0]["last_synced"].is_u64());
+
+    // A server that cannot be reached: exit non-zero, pending kept.
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["client", "--data"])
+        .arg(dir.path())
+        .args([
+            "--server",
+            "http://127.0.0.1:9",
+            "--user",
+            "bob",
+            "--device",
+            "phone",
+        ])
+        .args(["--sync-timeout", "1", "put", "notes", "late", "{}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the local write succeeds");
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["client", "--data"])
+        .arg(dir.path())
+        .args([
+            "--server",
+            "http://127.0.0.1:9",
+            "--user",
+            "bob",
+            "--device",
+            "phone",
+        ])
+        .args(["sync", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn shared_spaces_from_the_command_line() {
+    let server = Serve::start();
+    let alice = tempfile::tempdir().unwrap();
+    let bob = tempfile::tempdir().unwrap();
+    let created = ok(&server, alice.path(), "alice", &["space", "create", "team"]);
+    assert_eq!(created[0]["owner"], "alice");
+    // Bob must be known to the server before... no: any user id may be
+    // added.
+    let added = ok(
+        &server,
+        alice.path(),
+        "alice",
+        &["space", "add", "team", "bob"],
+    );
+    assert_eq!(added[0]["members"], json!(["alice", "bob"]));
+    ok(
+        &server,
+        alice.path(),
+        "alice",
+        &[
+            "--space",
+            "team",
+            "put",
+            "tasks",
+            "shared",
+            r#"{"by": "alice"}"#,
+        ],
+    );
+    let spaces = ok(&server, bob.path(), "bob", &["spaces"]);
+    let names: Vec<&str> = spaces
+        .iter()
+        .map(|s| s["space"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["personal:bob", "team"]);
+    let got = ok(
+        &server,
+        bob.path(),
+        "bob",
+        &["--space", "team", "get", "tasks", "shared"],
+    );
+    assert_eq!(got[0]["fields"], json!({"by": "alice"}));
+    let removed = ok(
+        &server,
+        alice.path(),
+        "alice",
+        &["space", "remove", "team", "bob"],
+    );
+    assert_eq!(removed[0]["members"], json!(["alice"]));
+    // Bob's next sync drops the space's documents.
+    ok(&server, bob.path(), "bob", &["sync"]);
+    let out = run(
+        &server,
+        bob.path(),
+        "bob",
+        &["--offline", "--space", "team", "get", "tasks", "shared"],
+    );
+    assert_eq!(out.status.code(), Some(3), "gone from bob's device");
+}
+
+#[test]
+fn a_client_killed_mid_push_applies_each_mutation_exactly_once_after_restart() {
+    let server = Serve::start();
+    let dir = tempfile::tempdir().unwrap();
+    // 1,000 writes queued offline.
+    {
+        let client = Client::open(ClientConfig::new(
+            dir.path().to_str().unwrap(),
+            "carol",
+            "phone",
+        ))
+        .unwrap();
+        for i in 0..1000 {
+            client
+                .put(
+                    DocKey::personal("items", &format!("i{i:04}")),
+                    &format!(r#"{{"n": {i}}}"#),
+                )
+                .unwrap();
+        }
+        client.close();
+    }
+    // Sync, and kill -9 once the server has applied some but not all.
+    let mut child = client_cmd(&server, dir.path(), "carol", "phone")
+        .args(["sync", "--timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let applied = server.metric("tandem_mutations_applied_total");
+        if applied > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing was pushed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let applied_at_kill = server.metric("tandem_mutations_applied_total");
+    // The device cannot know how much of its push the server applied.
+    let st = ok(&server, dir.path(), "carol", &["--offline", "status"]);
+    assert_eq!(st[0]["pending"], json!(1000));
+    // Restart: the same device finishes.
+    let synced = ok(&server, dir.path(), "carol", &["sync", "--timeout", "60"]);
+    assert_eq!(synced[0]["outcome"]["result"], "caught_up");
+    assert_eq!(synced[0]["status"]["pending"], json!(0));
+    // Each mutation applied once: 1,000 revisions, and every resend
+    // answered as a duplicate rather than applied again (the server counts
+    // an application when it answers it, so a batch committed just before
+    // the kill is counted as a duplicate on the resend).
+    assert_eq!(
+        synced[0]["status"]["cursors"]["personal:carol"],
+        json!(1000)
+    );
+    let applied = server.metric("tandem_mutations_total{outcome=\"applied\"}");
+    let duplicates = server.metric("tandem_mutations_total{outcome=\"duplicate\"}");
+    assert!(applied >= applied_at_kill && applied <= 1000, "{applied}");
+    assert!(applied + duplicates >= 1000);
+    // A fresh device sees all 1,000.
+    let fresh = tempfile::tempdir().unwrap();
+    let docs = ok(
+        &server,
+        fresh.path(),
+        "carol",
+        &["query", "items", "--limit", "5000"],
+    );
+    assert_eq!(docs.len(), 1000);
+}
