@@ -6,22 +6,27 @@
 //! Local operations (writes, reads, queries) are synchronous: they are
 //! SQLite transactions of a millisecond or less and the app wants their
 //! result at once. Opening is async because it may migrate the database
-//! and rebuild views. The sync engine's operations (`sync_now`,
-//! `sync_once`) will be async, running on the bindings' runtime.
+//! and rebuild views; the calls that talk to the server (`start_sync`,
+//! `sync_once`, spaces) are async and run on the bindings' runtime, where
+//! the sync engine's tasks live.
 
 use std::sync::Arc;
 
-use crate::auth::TokenProvider;
+use std::time::Duration;
+
+use crate::auth::{TokenProvider, TokenProviderBridge};
 use crate::config::{ClientConfig, CollectionPolicy};
+use crate::conflict::{ConflictHandler, ConflictHandlerBridge, ConflictRecord};
 use crate::document::{DocKey, Document, documents};
 use crate::error::{TandemError, guard};
 use crate::observe::{
     ActiveSubscriptions, DocumentObserver, DocumentObserverBridge, QueryObserver,
-    QueryObserverBridge, StatusObserver, Subscription, deliver_status,
+    QueryObserverBridge, StatusObserver, StatusObserverBridge, Subscription,
 };
 use crate::query::Query;
 use crate::runtime;
 use crate::status::{PendingMutation, SyncStatus};
+use crate::sync::{SpaceInfo, SyncConfig, SyncOutcome};
 
 /// A device's handle on Tandem. Open one per data directory and share it
 /// across the app; every method may be called from any thread.
@@ -29,29 +34,20 @@ use crate::status::{PendingMutation, SyncStatus};
 pub struct Client {
     pub(crate) inner: Arc<tandem_core::Client>,
     subscriptions: Arc<ActiveSubscriptions>,
-    #[expect(
-        dead_code,
-        reason = "handed to the core when its sync engine takes a token provider"
-    )]
-    token_provider: Option<Arc<dyn TokenProvider>>,
 }
 
 #[uniffi::export]
 impl Client {
-    /// Opens (creating if needed) the device in `config.data_dir`.
-    /// `token_provider` supplies the user token for syncing; none keeps the
-    /// device local. Runs on the bindings' runtime, off the caller's thread.
-    #[uniffi::constructor(default(token_provider = None))]
-    pub async fn open(
-        config: ClientConfig,
-        token_provider: Option<Arc<dyn TokenProvider>>,
-    ) -> Result<Arc<Client>, TandemError> {
+    /// Opens (creating if needed) the device in `config.data_dir`. The
+    /// device is local until [`Client::start_sync`]. Runs on the bindings'
+    /// runtime, off the caller's thread.
+    #[uniffi::constructor]
+    pub async fn open(config: ClientConfig) -> Result<Arc<Client>, TandemError> {
         let inner = runtime::blocking(move || tandem_core::Client::open(config.into())).await?;
         tracing::info!(target: "tandem_ffi", device = %inner.device_id(), "client opened");
         Ok(Arc::new(Client {
             inner: Arc::new(inner),
             subscriptions: Arc::default(),
-            token_provider,
         }))
     }
 
@@ -167,7 +163,7 @@ impl Client {
     ) -> Result<Arc<Subscription>, TandemError> {
         let observer = Arc::new(QueryObserverBridge(observer));
         guard(|| self.inner.observe_query(query.into(), observer))
-            .map(|inner| Subscription::new(Some(inner), &self.subscriptions))
+            .map(|inner| Subscription::new(inner, &self.subscriptions))
     }
 
     /// Calls `observer` with the document's local view now and after every
@@ -180,22 +176,19 @@ impl Client {
     ) -> Result<Arc<Subscription>, TandemError> {
         let observer = Arc::new(DocumentObserverBridge(observer));
         guard(|| self.inner.observe_document(key.into(), observer))
-            .map(|inner| Subscription::new(Some(inner), &self.subscriptions))
+            .map(|inner| Subscription::new(inner, &self.subscriptions))
     }
 
-    /// Calls `observer` with the sync status now and after each change,
-    /// until the subscription is cancelled or released.
-    ///
-    /// This build has no sync engine, so the status does not change by
-    /// itself: the observer receives the current status once. The
-    /// signature is the one the engine's status updates will use.
+    /// Calls `observer` with the sync status now and after each change, and
+    /// with each write that becomes failed, until the subscription is
+    /// cancelled or released.
     pub fn observe_status(
         &self,
         observer: Box<dyn StatusObserver>,
     ) -> Result<Arc<Subscription>, TandemError> {
-        let status = self.status()?;
-        deliver_status(observer.as_ref(), status);
-        Ok(Subscription::new(None, &self.subscriptions))
+        let observer = Arc::new(StatusObserverBridge(observer));
+        guard(|| self.inner.observe_status(observer))
+            .map(|inner| Subscription::new(inner, &self.subscriptions))
     }
 
     /// Declares an index on `fields` (in that order) of `collection`, so
@@ -231,9 +224,140 @@ impl Client {
         })
     }
 
-    /// Connection, outbox counts and cursors.
+    /// The sync status: connection, outbox counts, last synced time,
+    /// cursors, catch-up progress, the last error.
     pub fn status(&self) -> Result<SyncStatus, TandemError> {
-        guard(|| self.inner.status().map(SyncStatus::from))
+        guard(|| self.inner.sync_status().map(SyncStatus::from))
+    }
+
+    /// Starts syncing with the server in `config`: registers the device if
+    /// it has no credentials (with a user token from `token_provider`),
+    /// connects, catches up, pushes the outbox, and keeps doing so
+    /// (reconnecting with backoff) until [`Client::stop_sync`] or
+    /// [`Client::close`]. Starting again replaces the running sync.
+    pub async fn start_sync(
+        &self,
+        config: SyncConfig,
+        token_provider: Arc<dyn TokenProvider>,
+    ) -> Result<(), TandemError> {
+        let (inner, tokens) = (Arc::clone(&self.inner), TokenProviderBridge(token_provider));
+        runtime::spawn(async move { inner.start_sync(config.into(), Arc::new(tokens)).await }).await
+    }
+
+    /// Stops syncing (closing the connection). Local use goes on.
+    pub async fn stop_sync(&self) -> Result<(), TandemError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::spawn(async move {
+            inner.stop_sync().await;
+            Ok::<_, TandemError>(())
+        })
+        .await
+    }
+
+    /// Whether [`Client::start_sync`] is in effect.
+    pub fn is_syncing(&self) -> bool {
+        self.inner.is_syncing()
+    }
+
+    /// Connects now if offline (resetting the backoff) and sends what can
+    /// be sent. Does nothing if syncing is not started.
+    pub fn sync_now(&self) {
+        self.inner.sync_now();
+    }
+
+    /// Tells the engine whether the host has a network (from the platform's
+    /// connectivity callbacks). `false` closes the connection and stops
+    /// reconnect attempts; `true` connects at once with the backoff reset.
+    pub fn set_network_available(&self, available: bool) {
+        self.inner.set_network_available(available);
+    }
+
+    /// A bounded sync for background tasks (BGTaskScheduler, WorkManager):
+    /// connects if needed, pushes the outbox and pulls until caught up, and
+    /// returns when nothing more can be done now or after `timeout_ms`.
+    /// Needs [`Client::start_sync`] first.
+    pub async fn sync_once(&self, timeout_ms: u64) -> Result<SyncOutcome, TandemError> {
+        let inner = Arc::clone(&self.inner);
+        let timeout = Duration::from_millis(timeout_ms);
+        runtime::spawn(async move { inner.sync_once(timeout).await.map(SyncOutcome::from) }).await
+    }
+
+    /// The writes the server refused (or whose attempts ran out), in outbox
+    /// order.
+    pub fn failed_mutations(&self) -> Result<Vec<PendingMutation>, TandemError> {
+        guard(|| {
+            self.inner
+                .failed_mutations()
+                .map(|list| list.into_iter().map(PendingMutation::from).collect())
+        })
+    }
+
+    /// Queues a failed write again (its effect returns to the view).
+    /// Returns whether a failed write with this id existed.
+    pub fn retry_mutation(&self, mutation_id: String) -> Result<bool, TandemError> {
+        guard(|| self.inner.retry_mutation(&mutation_id))
+    }
+
+    /// Deletes an outbox entry, failed or not, and rebuilds its document's
+    /// view without it. Returns whether it existed.
+    pub fn discard_mutation(&self, mutation_id: String) -> Result<bool, TandemError> {
+        guard(|| self.inner.discard_mutation(&mutation_id))
+    }
+
+    /// The newest `limit` resolved conflicts, newest first.
+    pub fn conflicts(&self, limit: u32) -> Result<Vec<ConflictRecord>, TandemError> {
+        guard(|| {
+            self.inner
+                .conflicts(limit)
+                .map(|list| list.into_iter().map(ConflictRecord::from).collect())
+        })
+    }
+
+    /// Sets (or, with none, removes) the handler of conflicts in
+    /// `server_wins` and `manual` collections.
+    pub fn set_conflict_handler(&self, handler: Option<Box<dyn ConflictHandler>>) {
+        let handler = handler.map(|h| Arc::new(ConflictHandlerBridge(h)) as _);
+        self.inner.set_conflict_handler(handler);
+    }
+
+    /// Creates a shared space owned by this user.
+    pub async fn create_space(&self, name: String) -> Result<SpaceInfo, TandemError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::spawn(async move { inner.create_space(&name).await.map(SpaceInfo::from) }).await
+    }
+
+    /// Adds `user` to the shared space `space` (the owner only).
+    pub async fn add_member(&self, space: String, user: String) -> Result<SpaceInfo, TandemError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::spawn(async move { inner.add_member(&space, &user).await.map(SpaceInfo::from) })
+            .await
+    }
+
+    /// Removes `user` from `space` (the owner removes anyone else; a member
+    /// removes themself).
+    pub async fn remove_member(
+        &self,
+        space: String,
+        user: String,
+    ) -> Result<SpaceInfo, TandemError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::spawn(async move {
+            inner
+                .remove_member(&space, &user)
+                .await
+                .map(SpaceInfo::from)
+        })
+        .await
+    }
+
+    /// The spaces this user belongs to, personal space first.
+    pub async fn spaces(&self) -> Result<Vec<SpaceInfo>, TandemError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::spawn(async move {
+            let spaces = inner.spaces().await?;
+            Ok::<_, tandem_core::Error>(spaces.into_iter().map(SpaceInfo::from).collect())
+        })
+        .await
     }
 
     /// How many subscriptions of this client are neither cancelled nor
@@ -243,7 +367,7 @@ impl Client {
         self.subscriptions.get()
     }
 
-    /// Stops the observers and closes the database. Later calls fail with
+    /// Stops syncing and the observers and closes the database. Later calls fail with
     /// `Closed`; subscriptions still held stay inert until released.
     /// Idempotent. (In Kotlin this is `shutdown()`: `close()` there
     /// releases the object's handle, as for every UniFFI object.)

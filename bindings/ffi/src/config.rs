@@ -17,9 +17,6 @@ pub struct ClientConfig {
     pub user_id: String,
     /// A name for people ("Alice's iPad"); it may change between runs.
     pub device_name: String,
-    /// The sync server's URL (`wss://…`); none keeps the device local.
-    #[uniffi(default = None)]
-    pub server_url: Option<String>,
     /// Whether every commit is flushed to disk (an fsync per write), so a
     /// write that returned survives power loss too. By default a write
     /// survives the app being killed, which is what mobile OSes do all the
@@ -38,7 +35,8 @@ impl From<ClientConfig> for tandem_core::ClientConfig {
             data_dir: config.data_dir,
             user_id: config.user_id,
             device_name: config.device_name,
-            server_url: config.server_url,
+            // The server is named when syncing starts (`SyncConfig`).
+            server_url: None,
             durability: if config.durable_writes {
                 Durability::Full
             } else {

@@ -12,14 +12,16 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use tandem_core::Error as CoreError;
+use tandem_core::{Error as CoreError, TokenError};
+use tandem_protocol::ErrorCode;
 
 /// What went wrong in a Tandem call. In Kotlin this is `TandemException`
 /// (a sealed class); in Swift, `TandemError` (an `Error` enum).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 pub enum TandemError {
-    /// The sync server could not be reached or the connection broke. The
-    /// outbox keeps every write; it is sent when the link is back.
+    /// The sync server could not be reached, the connection broke, a
+    /// bounded sync ran out of time, or syncing is not started. The outbox
+    /// keeps every write; it is sent when the link is back.
     #[error("network: {reason}")]
     Network {
         /// What failed, for logs.
@@ -102,32 +104,44 @@ impl From<CoreError> for TandemError {
             | CoreError::Storage(_)
             | CoreError::Io(_) => TandemError::Storage { code, reason },
             CoreError::Closed => TandemError::Closed,
-            // The sync engine is adding variants to the core's error. Until
-            // each is listed above, it is placed by its stable code, so the
-            // bindings keep building while the core grows. Listing all of
-            // them makes this arm unreachable, hence the allow.
-            #[allow(unreachable_patterns)]
-            other => by_code(&code, reason, other.is_invalid_input()),
+            // Not reaching the server, not syncing with one, a bounded sync
+            // that ran out of time, a document only the server has: all
+            // mean "try again when online".
+            CoreError::Network(_)
+            | CoreError::NotSyncing
+            | CoreError::Timeout
+            | CoreError::NotLocal { .. } => TandemError::Network { reason },
+            CoreError::Token(TokenError::SignedOut(_)) => TandemError::Unauthorized { reason },
+            CoreError::Token(TokenError::Unavailable(_)) => TandemError::Network { reason },
+            CoreError::Server { code, .. } => from_server(code, reason),
         }
     }
 }
 
-/// Places a core error the match above does not list yet, by its code.
-fn by_code(code: &str, reason: String, is_invalid_input: bool) -> TandemError {
+/// An error the server answered an HTTP call with.
+fn from_server(code: ErrorCode, reason: String) -> TandemError {
     match code {
-        // Not reaching the server, not connected to one, or a document that
-        // is only on the server: all mean "try again when online".
-        "network" | "timeout" | "not_syncing" | "not_local" => TandemError::Network { reason },
-        "unauthorized" | "forbidden" | "token" => TandemError::Unauthorized { reason },
-        "conflict" => TandemError::Conflict { reason },
-        "closed" => TandemError::Closed,
-        _ if is_invalid_input => TandemError::InvalidInput {
-            code: code.to_owned(),
+        ErrorCode::Unauthorized | ErrorCode::Revoked | ErrorCode::Forbidden => {
+            TandemError::Unauthorized { reason }
+        }
+        ErrorCode::NotFound
+        | ErrorCode::AlreadyExists
+        | ErrorCode::InvalidRequest
+        | ErrorCode::FrameTooLarge
+        | ErrorCode::BatchTooLarge => TandemError::InvalidInput {
+            code: code.as_str().to_owned(),
             reason,
         },
-        _ => TandemError::Internal {
-            reason: format!("{code}: {reason}"),
-        },
+        // Transient: the engine, or a later call, tries again.
+        ErrorCode::RateLimited
+        | ErrorCode::HandshakeTimeout
+        | ErrorCode::SlowConsumer
+        | ErrorCode::ShuttingDown
+        | ErrorCode::Internal => TandemError::Network { reason },
+        // The device spoke the protocol wrongly: a bug on this side.
+        ErrorCode::BadFrame | ErrorCode::HelloRequired | ErrorCode::UnsupportedProtocol => {
+            TandemError::Internal { reason }
+        }
     }
 }
 
@@ -160,10 +174,17 @@ pub(crate) fn guard<T, E: Into<TandemError>>(
 /// panic is caught here and logged, so an app's bug in one callback does
 /// not take down the thread that serves every other observer.
 pub(crate) fn call_foreign(what: &str, call: impl FnOnce()) {
-    if let Err(panic) = catch_unwind(AssertUnwindSafe(call)) {
+    call_foreign_or(what, (), call);
+}
+
+/// [`call_foreign`] for a callback that answers: `fallback` stands in for
+/// the answer of a callback that threw.
+pub(crate) fn call_foreign_or<T>(what: &str, fallback: T, call: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
         let message = panic_message(panic.as_ref());
         tracing::warn!(target: "tandem_ffi", "{what} failed: {message}");
-    }
+        fallback
+    })
 }
 
 /// A panic, caught, as the error the host receives.
@@ -247,31 +268,42 @@ mod tests {
     }
 
     #[test]
-    fn sync_errors_not_listed_yet_are_placed_by_code() {
-        let reason = || "r".to_owned();
-        assert_eq!(
-            by_code("network", reason(), false),
-            TandemError::Network { reason: reason() }
-        );
-        assert_eq!(
-            by_code("unauthorized", reason(), false),
-            TandemError::Unauthorized { reason: reason() }
-        );
-        assert_eq!(
-            by_code("conflict", reason(), false),
-            TandemError::Conflict { reason: reason() }
-        );
-        assert_eq!(
-            by_code("not_syncing", reason(), false),
-            TandemError::Network { reason: reason() }
-        );
+    fn sync_errors_are_what_the_app_acts_on() {
         assert!(matches!(
-            by_code("internal", reason(), false),
-            TandemError::Internal { reason } if reason.starts_with("internal")
+            TandemError::from(CoreError::Network("connection refused".into())),
+            TandemError::Network { reason } if reason.contains("connection refused")
         ));
         assert!(matches!(
-            by_code("invalid_space", reason(), true),
-            TandemError::InvalidInput { code, .. } if code == "invalid_space"
+            TandemError::from(CoreError::NotSyncing),
+            TandemError::Network { .. }
+        ));
+        assert!(matches!(
+            TandemError::from(CoreError::Token(TokenError::SignedOut("no session".into()))),
+            TandemError::Unauthorized { reason } if reason.contains("no session")
+        ));
+        assert!(matches!(
+            TandemError::from(CoreError::Token(TokenError::Unavailable("offline".into()))),
+            TandemError::Network { .. }
+        ));
+        let server = |code| CoreError::Server {
+            code,
+            message: "m".into(),
+        };
+        assert!(matches!(
+            TandemError::from(server(ErrorCode::Revoked)),
+            TandemError::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            TandemError::from(server(ErrorCode::AlreadyExists)),
+            TandemError::InvalidInput { code, .. } if code == "already_exists"
+        ));
+        assert!(matches!(
+            TandemError::from(server(ErrorCode::ShuttingDown)),
+            TandemError::Network { .. }
+        ));
+        assert!(matches!(
+            TandemError::from(server(ErrorCode::UnsupportedProtocol)),
+            TandemError::Internal { .. }
         ));
     }
 

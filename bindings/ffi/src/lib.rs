@@ -14,8 +14,8 @@
 //! - [`runtime`] is the one tokio runtime of the bindings.
 //! - [`set_logger`] sends the engine's `tracing` records to the app's
 //!   [`Logger`].
-//! - [`TokenProvider`] and [`ConflictHandler`] are the host hooks of the
-//!   sync engine.
+//! - [`Client::start_sync`] and the calls after it drive the sync engine;
+//!   [`TokenProvider`] and [`ConflictHandler`] are its host hooks.
 //!
 //! Everything is exported with UniFFI's proc-macros; `scripts/gen-bindings.sh`
 //! generates the Swift and Kotlin sources from the built library.
@@ -33,14 +33,18 @@ pub mod observe;
 pub mod query;
 pub mod runtime;
 pub mod status;
+pub mod sync;
 
 pub use auth::TokenProvider;
 pub use client::Client;
 pub use config::{ClientConfig, CollectionPolicy, MergePolicy};
-pub use conflict::{Conflict, ConflictHandler, ConflictResolution};
+pub use conflict::{Conflict, ConflictHandler, ConflictRecord, Resolution};
 pub use document::{DocKey, Document};
 pub use error::TandemError;
 pub use logging::{LogLevel, Logger, set_logger};
 pub use observe::{DocumentObserver, QueryObserver, StatusObserver, Subscription};
 pub use query::{Filter, FilterOp, FilterValue, Query};
-pub use status::{ConnectionState, OutboxState, PendingMutation, SyncStatus};
+pub use status::{
+    ConnectionState, MutationFailure, OutboxState, PendingMutation, SpaceProgress, SyncStatus,
+};
+pub use sync::{SpaceInfo, SyncConfig, SyncOutcome};

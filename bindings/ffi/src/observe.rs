@@ -20,7 +20,7 @@ use tandem_core::LocalDocument;
 
 use crate::document::{Document, documents};
 use crate::error::call_foreign;
-use crate::status::SyncStatus;
+use crate::status::{MutationFailure, SyncStatus};
 
 /// Receives the results of a query.
 #[uniffi::export(callback_interface)]
@@ -40,12 +40,17 @@ pub trait DocumentObserver: Send + Sync {
     fn on_document(&self, document: Option<Document>);
 }
 
-/// Receives the sync status.
+/// Receives the sync status, and the writes the server refuses.
 #[uniffi::export(callback_interface)]
 pub trait StatusObserver: Send + Sync {
     /// The status: first the current one, then each change. Called on a
-    /// Rust thread; calls never overlap.
+    /// Rust thread.
     fn on_status(&self, status: SyncStatus);
+
+    /// A write became failed (the server refused it for good, or its
+    /// attempts ran out) and was rolled back from the view; the app may
+    /// retry or discard it.
+    fn on_mutation_failed(&self, failure: MutationFailure);
 }
 
 /// An active observation. Cancelled by [`Subscription::cancel`] or when the
@@ -53,9 +58,7 @@ pub trait StatusObserver: Send + Sync {
 /// collected; in Swift when the last reference goes).
 #[derive(uniffi::Object)]
 pub struct Subscription {
-    /// The core's subscription; none for an observation that has no
-    /// updates to wait for (the status, until the sync engine reports it).
-    inner: Option<tandem_core::Subscription>,
+    inner: tandem_core::Subscription,
     cancelled: AtomicBool,
     active: Arc<ActiveSubscriptions>,
 }
@@ -67,9 +70,7 @@ impl Subscription {
     /// inside the observer, where only that call is still running).
     /// Calling it again does nothing.
     pub fn cancel(&self) {
-        if let Some(inner) = &self.inner {
-            inner.cancel();
-        }
+        self.inner.cancel();
         if !self.cancelled.swap(true, Ordering::SeqCst) {
             self.active.count.fetch_sub(1, Ordering::SeqCst);
         }
@@ -84,7 +85,7 @@ impl Subscription {
 impl Subscription {
     /// Wraps a core subscription, counting it as active.
     pub(crate) fn new(
-        inner: Option<tandem_core::Subscription>,
+        inner: tandem_core::Subscription,
         active: &Arc<ActiveSubscriptions>,
     ) -> Arc<Subscription> {
         active.count.fetch_add(1, Ordering::SeqCst);
@@ -154,34 +155,17 @@ impl tandem_core::DocumentObserver for DocumentObserverBridge {
     }
 }
 
-/// Hands a status to the app's status observer.
-pub(crate) fn deliver_status(observer: &dyn StatusObserver, status: SyncStatus) {
-    call_foreign("a status observer", || observer.on_status(status));
-}
+/// Adapts the app's status observer to the core's.
+pub(crate) struct StatusObserverBridge(pub(crate) Box<dyn StatusObserver>);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl tandem_core::StatusObserver for StatusObserverBridge {
+    fn on_status(&self, status: tandem_core::SyncStatus) {
+        let status = SyncStatus::from(status);
+        call_foreign("a status observer", || self.0.on_status(status));
+    }
 
-    #[test]
-    fn cancel_and_drop_each_count_once() {
-        let active = Arc::new(ActiveSubscriptions::default());
-        let first = Subscription::new(None, &active);
-        let second = Subscription::new(None, &active);
-        assert_eq!(active.get(), 2);
-
-        first.cancel();
-        first.cancel();
-        assert!(first.is_cancelled());
-        assert_eq!(active.get(), 1);
-
-        drop(first);
-        assert_eq!(
-            active.get(),
-            1,
-            "a cancelled subscription is not counted again"
-        );
-        drop(second);
-        assert_eq!(active.get(), 0, "releasing the handle cancels it");
+    fn on_mutation_failed(&self, failure: tandem_core::MutationFailure) {
+        let failure = MutationFailure::from(failure);
+        call_foreign("a status observer", || self.0.on_mutation_failed(failure));
     }
 }

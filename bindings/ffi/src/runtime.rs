@@ -50,6 +50,24 @@ where
         .map_err(Into::into)
 }
 
+/// Runs `work` (a call into the sync engine, which spawns its tasks on the
+/// current runtime) as a task of the runtime and awaits it from whatever
+/// executor polls the export. A panic comes back as
+/// [`TandemError::Internal`].
+pub(crate) async fn spawn<T, E>(
+    work: impl Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, TandemError>
+where
+    T: Send + 'static,
+    E: Into<TandemError> + Send + 'static,
+{
+    runtime()
+        .spawn(work)
+        .await
+        .map_err(joined)?
+        .map_err(Into::into)
+}
+
 /// A task that did not finish: it panicked, or the runtime shut down.
 fn joined(error: JoinError) -> TandemError {
     match error.try_into_panic() {

@@ -18,19 +18,39 @@ pub enum ConnectionState {
 pub struct SyncStatus {
     /// The link to the server.
     pub connection: ConnectionState,
-    /// Writes waiting to reach the server (queued, in flight or retrying).
+    /// Writes not yet confirmed by the server (queued, in flight, retrying,
+    /// or acknowledged and waiting for their change).
     pub pending: u64,
-    /// Writes the server refused, waiting for the app to retry or discard
-    /// them.
+    /// Writes the server refused or whose attempts ran out, waiting for the
+    /// app to retry or discard them.
     pub failed: u64,
-    /// When the device last finished syncing, in ms since the Unix epoch.
+    /// When the device was last caught up with every space, in ms since the
+    /// Unix epoch.
     pub last_synced_ms: Option<u64>,
     /// Per space, the last server revision applied.
     pub cursors: HashMap<String, u64>,
+    /// Spaces still catching up on this connection, with their progress
+    /// (for a first-sync progress bar).
+    pub catching_up: HashMap<String, SpaceProgress>,
+    /// How many times a space's checksum did not match the server's (each
+    /// one re-synced the space).
+    pub checksum_mismatches: u64,
+    /// The last connection or credential error, until the next successful
+    /// connection.
+    pub last_error: Option<String>,
 }
 
-impl From<tandem_core::Status> for SyncStatus {
-    fn from(status: tandem_core::Status) -> SyncStatus {
+/// How far a space has caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct SpaceProgress {
+    /// The revision applied so far.
+    pub applied: u64,
+    /// The space's latest revision, as the server last said.
+    pub head: Option<u64>,
+}
+
+impl From<tandem_core::SyncStatus> for SyncStatus {
+    fn from(status: tandem_core::SyncStatus) -> SyncStatus {
         SyncStatus {
             connection: match status.connection {
                 tandem_core::ConnectionState::Offline => ConnectionState::Offline,
@@ -41,6 +61,47 @@ impl From<tandem_core::Status> for SyncStatus {
             failed: status.failed,
             last_synced_ms: status.last_synced,
             cursors: status.cursors.into_iter().collect(),
+            catching_up: status
+                .catching_up
+                .into_iter()
+                .map(|(space, p)| {
+                    let progress = SpaceProgress {
+                        applied: p.applied,
+                        head: p.head,
+                    };
+                    (space, progress)
+                })
+                .collect(),
+            checksum_mismatches: status.checksum_mismatches,
+            last_error: status.last_error,
+        }
+    }
+}
+
+/// A write that the server refused for good (or whose attempts ran out):
+/// it is now failed and rolled back from the view.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct MutationFailure {
+    /// The mutation's id (for `retry_mutation` or `discard_mutation`).
+    pub mutation_id: String,
+    /// Its document's space.
+    pub space: String,
+    /// Its document's collection.
+    pub collection: String,
+    /// Its document's id.
+    pub doc_id: String,
+    /// Why, as `code: reason`.
+    pub reason: String,
+}
+
+impl From<tandem_core::MutationFailure> for MutationFailure {
+    fn from(f: tandem_core::MutationFailure) -> MutationFailure {
+        MutationFailure {
+            mutation_id: f.mutation_id,
+            space: f.space,
+            collection: f.collection,
+            doc_id: f.doc_id,
+            reason: f.reason,
         }
     }
 }

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tandem_ffi::{
-    Client, ClientConfig, DocKey, Document, DocumentObserver, Filter, FilterOp, FilterValue, Query,
-    QueryObserver, StatusObserver, SyncStatus, TandemError,
+    Client, ClientConfig, DocKey, Document, DocumentObserver, Filter, FilterOp, FilterValue,
+    MutationFailure, Query, QueryObserver, StatusObserver, SyncConfig, SyncStatus, TandemError,
+    TokenProvider,
 };
 
 /// Long enough for the observer thread to deliver, on a loaded machine.
@@ -22,15 +23,19 @@ fn open(dir: &tempfile::TempDir) -> Arc<Client> {
         data_dir: dir.path().to_str().unwrap().to_owned(),
         user_id: "alice".into(),
         device_name: "test".into(),
-        server_url: None,
         durable_writes: false,
         max_document_bytes: None,
     };
+    block_on(Client::open(config)).unwrap()
+}
+
+/// Polls an async export the way a host executor does: from a thread
+/// outside the bindings' runtime.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(Client::open(config, None))
-        .unwrap()
+        .block_on(future)
 }
 
 fn key(id: &str) -> DocKey {
@@ -149,7 +154,13 @@ fn an_observer_stops_after_cancel_and_after_release() {
     assert_eq!(released.recv_timeout(DELIVERY).unwrap(), vec!["t1"]);
 
     cancel_me.cancel();
+    cancel_me.cancel();
     assert!(cancel_me.is_cancelled());
+    assert_eq!(
+        client.active_subscriptions(),
+        1,
+        "a second cancel counts nothing"
+    );
     drop(release_me);
     assert_eq!(client.active_subscriptions(), 0);
     client.put(key("t2"), "{}".into()).unwrap();
@@ -163,6 +174,12 @@ fn an_observer_stops_after_cancel_and_after_release() {
         released.recv_timeout(SILENCE),
         Err(RecvTimeoutError::Disconnected),
         "the released subscription dropped its observer"
+    );
+    drop(cancel_me);
+    assert_eq!(
+        client.active_subscriptions(),
+        0,
+        "releasing a cancelled one counts nothing"
     );
 }
 
@@ -220,6 +237,8 @@ impl StatusObserver for Statuses {
     fn on_status(&self, status: SyncStatus) {
         let _ = self.0.lock().unwrap().send(status);
     }
+
+    fn on_mutation_failed(&self, _: MutationFailure) {}
 }
 
 #[test]
@@ -259,4 +278,41 @@ fn a_closed_client_says_closed_and_its_subscriptions_release_cleanly() {
     subscription.cancel();
     drop(subscription);
     assert_eq!(client.active_subscriptions(), 0);
+}
+
+struct DevToken;
+
+#[async_trait::async_trait]
+impl TokenProvider for DevToken {
+    async fn user_token(&self) -> Result<String, TandemError> {
+        Ok("dev:alice".into())
+    }
+}
+
+#[test]
+fn syncing_runs_on_the_bindings_runtime_and_reports_an_unreachable_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = open(&dir);
+    assert!(
+        matches!(
+            block_on(client.sync_once(100)),
+            Err(TandemError::Network { .. })
+        ),
+        "not syncing yet"
+    );
+
+    // Port 1 on loopback refuses connections at once.
+    let config = SyncConfig {
+        server_url: "http://127.0.0.1:1".into(),
+        platform: None,
+        app_version: None,
+    };
+    block_on(client.start_sync(config, Arc::new(DevToken))).unwrap();
+    assert!(client.is_syncing());
+    client.put(key("t1"), "{}".into()).unwrap();
+    let error = block_on(client.sync_once(2_000)).unwrap_err();
+    assert!(matches!(error, TandemError::Network { .. }), "{error:?}");
+    assert_eq!(client.status().unwrap().pending, 1);
+    block_on(client.stop_sync()).unwrap();
+    assert!(!client.is_syncing());
 }
