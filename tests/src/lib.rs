@@ -11,12 +11,14 @@
 //!   cursors, checksums), so tests can compare what devices see.
 //! - [`Writer`] builds mutations with a hybrid logical clock.
 //! - [`tokens`] signs user tokens for servers that check JWTs.
+//! - [`Proxy`] is a TCP proxy that cuts and delays connections.
 //! - [`Device`] is a real device: a `tandem_core::Client` with its own
 //!   SQLite database, syncing with a test server.
 
 mod client;
 mod device;
 mod http;
+mod proxy;
 mod replica;
 mod server;
 pub mod tokens;
@@ -25,6 +27,7 @@ mod writer;
 pub use client::{WsClient, WsError};
 pub use device::{Device, eventually, server_docs, test_tuning};
 pub use http::{Http, Response};
+pub use proxy::Proxy;
 pub use replica::Replica;
 pub use server::{TestServer, TestServerOptions};
 pub use writer::Writer;

@@ -1,11 +1,41 @@
 //! The client sync engine against a real server: devices with real SQLite
-//! databases, over real sockets.
+//! databases, over real sockets (some through a proxy that cuts and delays
+//! them).
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use serde_json::json;
-use tandem_core::DocKey;
-use tandem_e2e::{Device, TestServer, server_docs};
+use tandem_core::{Conflict, ConflictHandler, DocKey, Resolution, SyncOutcome};
+use tandem_e2e::{Device, Proxy, TestServer, TestServerOptions, eventually, server_docs};
+
+fn key(collection: &str, id: &str) -> DocKey {
+    DocKey::personal(collection, id)
+}
+
+/// Settles every device twice: once to push, once more to receive what
+/// the others pushed after it.
+async fn settle_all(devices: &[&Device]) {
+    for _ in 0..2 {
+        for d in devices {
+            d.settle().await;
+        }
+    }
+}
+
+/// Every device holds exactly what the server holds.
+async fn assert_converged(url: &str, user: &str, collection: &str, devices: &[&Device]) {
+    let server = server_docs(url, user, &format!("personal:{user}"), collection).await;
+    for d in devices {
+        assert_eq!(
+            d.docs(None, collection),
+            server,
+            "a device differs from the server"
+        );
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_device_reaches_another() {
@@ -15,15 +45,272 @@ async fn a_write_on_one_device_reaches_another() {
     let laptop = Device::online(&url, "alice", "laptop").await;
     phone
         .client
-        .put(DocKey::personal("tasks", "t1"), r#"{"title":"milk"}"#)
+        .put(key("tasks", "t1"), r#"{"title":"milk"}"#)
         .unwrap();
     phone.settle().await;
     laptop.settle().await;
     let docs = laptop.docs(None, "tasks");
     assert_eq!(docs["t1"].0, json!({"title": "milk"}));
-    assert_eq!(docs, phone.docs(None, "tasks"));
+    assert_converged(&url, "alice", "tasks", &[&phone, &laptop]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_on_three_devices_converge_to_the_server_state() {
+    let server = TestServer::dev().await;
+    let url = server.http_url();
+    let devices = [
+        Device::offline("alice", "phone"),
+        Device::offline("alice", "tablet"),
+        Device::offline("alice", "laptop"),
+    ];
+    // Each device, offline, creates its own documents, edits a shared one
+    // (different fields), and deletes one of its own.
+    for (n, d) in devices.iter().enumerate() {
+        for i in 0..20 {
+            d.client
+                .put(
+                    key("tasks", &format!("d{n}-{i}")),
+                    &format!(r#"{{"n":{i}}}"#),
+                )
+                .unwrap();
+        }
+        d.client
+            .patch(key("tasks", "shared"), &format!(r#"{{"field{n}": {n}}}"#))
+            .unwrap();
+        d.client.delete(key("tasks", &format!("d{n}-0"))).unwrap();
+    }
+    for d in &devices {
+        d.start_sync(&url).await;
+    }
+    let refs: Vec<&Device> = devices.iter().collect();
+    settle_all(&refs).await;
+    assert_converged(&url, "alice", "tasks", &refs).await;
+    let docs = devices[0].docs(None, "tasks");
+    assert_eq!(docs.len(), 3 * 19 + 1);
     assert_eq!(
-        docs,
-        server_docs(&url, "alice", "personal:alice", "tasks").await
+        docs["shared"].0,
+        json!({"field0": 0, "field1": 1, "field2": 2}),
+        "field-level merge keeps every device's edit"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_of_one_field_pick_the_same_winner_everywhere() {
+    let server = TestServer::dev().await;
+    let url = server.http_url();
+    let a = Device::online(&url, "alice", "a").await;
+    let b = Device::online(&url, "alice", "b").await;
+    a.client
+        .put(key("tasks", "t"), r#"{"title":"start"}"#)
+        .unwrap();
+    settle_all(&[&a, &b]).await;
+    a.client.set_network_available(false);
+    b.client.set_network_available(false);
+    a.client
+        .patch(key("tasks", "t"), r#"{"title":"from a"}"#)
+        .unwrap();
+    b.client
+        .patch(key("tasks", "t"), r#"{"title":"from b"}"#)
+        .unwrap();
+    // b wrote last (its clock is later): b wins, whoever syncs first.
+    b.client.set_network_available(true);
+    b.settle().await;
+    a.client.set_network_available(true);
+    settle_all(&[&a, &b]).await;
+    assert_converged(&url, "alice", "tasks", &[&a, &b]).await;
+    assert_eq!(a.docs(None, "tasks")["t"].0, json!({"title": "from b"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_only_ids_are_deduplicated() {
+    let server = TestServer::start(
+        TestServerOptions::dev()
+            .schema(r#"{"collections": {"messages": {"policy": "append_only"}}}"#),
+    )
+    .await;
+    let url = server.http_url();
+    let a = Device::offline("alice", "a");
+    let b = Device::offline("alice", "b");
+    a.client
+        .put(key("messages", "m1"), r#"{"text":"hi from a"}"#)
+        .unwrap();
+    b.client
+        .put(key("messages", "m1"), r#"{"text":"hi from b"}"#)
+        .unwrap();
+    a.start_sync(&url).await;
+    a.settle().await;
+    b.start_sync(&url).await;
+    settle_all(&[&a, &b]).await;
+    assert_converged(&url, "alice", "messages", &[&a, &b]).await;
+    let docs = b.docs(None, "messages");
+    assert_eq!(docs.len(), 1);
+    assert_eq!(
+        docs["m1"].0,
+        json!({"text": "hi from a"}),
+        "the first create stands"
+    );
+    assert!(
+        b.client.failed_mutations().unwrap().is_empty(),
+        "a duplicate is not a failure"
+    );
+}
+
+struct Recorder(Mutex<Vec<Conflict>>);
+
+impl ConflictHandler for Recorder {
+    fn resolve(&self, conflict: Conflict) -> Resolution {
+        self.0.lock().unwrap().push(conflict);
+        Resolution::KeepRemote
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_wins_conflict_reaches_the_handler_and_the_log() {
+    let server = TestServer::start(
+        TestServerOptions::dev()
+            .schema(r#"{"collections": {"contacts": {"policy": "server_wins"}}}"#),
+    )
+    .await;
+    let url = server.http_url();
+    let a = Device::online(&url, "alice", "a").await;
+    let b = Device::online(&url, "alice", "b").await;
+    let handler = Arc::new(Recorder(Mutex::new(Vec::new())));
+    b.client.set_conflict_handler(Some(handler.clone()));
+    a.client
+        .put(key("contacts", "c1"), r#"{"name":"Ann"}"#)
+        .unwrap();
+    settle_all(&[&a, &b]).await;
+    b.client.set_network_available(false);
+    a.client
+        .patch(key("contacts", "c1"), r#"{"name":"Ann A"}"#)
+        .unwrap();
+    a.settle().await;
+    b.client
+        .patch(key("contacts", "c1"), r#"{"name":"Ann B"}"#)
+        .unwrap();
+    b.client.set_network_available(true);
+    settle_all(&[&a, &b]).await;
+    let seen = handler.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].policy, "server_wins");
+    assert_eq!(seen[0].local_json.as_deref(), Some(r#"{"name":"Ann B"}"#));
+    assert_eq!(seen[0].remote_json.as_deref(), Some(r#"{"name":"Ann A"}"#));
+    assert_converged(&url, "alice", "contacts", &[&a, &b]).await;
+    assert_eq!(b.docs(None, "contacts")["c1"].0, json!({"name": "Ann A"}));
+    let log = b.client.conflicts(10).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].winner, "remote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_restarting_mid_sync_is_survived() {
+    let mut server = TestServer::dev().await;
+    let proxy = Proxy::start(server.addr()).await;
+    let url = proxy.http_url();
+    let a = Device::offline("alice", "a");
+    for i in 0..2000 {
+        a.client
+            .put(
+                key("tasks", &format!("t{i:04}")),
+                &format!(r#"{{"n":{i}}}"#),
+            )
+            .unwrap();
+    }
+    a.start_sync(&url).await;
+    // Once the server has applied some, restart it on the same database.
+    let metrics = server.metrics();
+    eventually("a first batch applied", || metrics.mutations_applied() > 0).await;
+    server.restart().await;
+    proxy.set_upstream(server.addr());
+    proxy.cut();
+    let outcome = a.client.sync_once(tandem_e2e::PATIENCE).await.unwrap();
+    assert_eq!(outcome, SyncOutcome::CaughtUp);
+    let b = Device::online(&url, "alice", "b").await;
+    b.settle().await;
+    let docs = server_docs(&url, "alice", "personal:alice", "tasks").await;
+    assert_eq!(docs.len(), 2000);
+    assert_eq!(a.docs(None, "tasks"), docs);
+    assert_eq!(b.docs(None, "tasks"), docs);
+    assert_eq!(
+        a.client.status().unwrap().cursors["personal:alice"],
+        2000,
+        "one revision per mutation: nothing applied twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_delayed_connections_lose_nothing_and_duplicate_nothing() {
+    let server = TestServer::dev().await;
+    let proxy = Proxy::start(server.addr()).await;
+    let url = proxy.http_url();
+    let writer = Device::online(&url, "alice", "writer").await;
+    let reader = Device::online(&url, "alice", "reader").await;
+    proxy.set_delay(Duration::from_millis(2));
+    for round in 0..5 {
+        for i in 0..100 {
+            let id = format!("r{round}-{i:03}");
+            writer
+                .client
+                .put(
+                    key("tasks", &id),
+                    &format!(r#"{{"round":{round},"i":{i}}}"#),
+                )
+                .unwrap();
+            if i % 25 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // Cut everything while batches and changes are on the wire.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        proxy.cut();
+    }
+    proxy.set_delay(Duration::ZERO);
+    settle_all(&[&writer, &reader]).await;
+    let docs = server_docs(&url, "alice", "personal:alice", "tasks").await;
+    assert_eq!(docs.len(), 500, "nothing lost");
+    assert_eq!(writer.docs(None, "tasks"), docs);
+    assert_eq!(reader.docs(None, "tasks"), docs);
+    assert_eq!(
+        writer.client.status().unwrap().cursors["personal:alice"],
+        500,
+        "one revision per mutation: nothing applied twice"
+    );
+    assert!(
+        proxy.accepted() > 5,
+        "the devices reconnected after the cuts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_access_token_is_refreshed_without_losing_or_reordering_the_outbox() {
+    let server = TestServer::start(TestServerOptions::dev().with(|c| {
+        c.credentials.access = Duration::from_secs(2);
+    }))
+    .await;
+    let url = server.http_url();
+    let a = Device::online(&url, "alice", "a").await;
+    let b = Device::online(&url, "alice", "b").await;
+    a.settle().await;
+    // Writes spread over several access-token lifetimes, the connection cut
+    // in between so each reconnect needs a current token.
+    let proxy_free_rounds = 3;
+    for round in 0..proxy_free_rounds {
+        a.client.set_network_available(false);
+        for i in 0..10 {
+            a.client
+                .patch(
+                    key("tasks", "counter"),
+                    &format!(r#"{{"value":{}}}"#, round * 10 + i),
+                )
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        a.client.set_network_available(true);
+        a.settle().await;
+    }
+    settle_all(&[&a, &b]).await;
+    // The last write is the value everywhere: the outbox went in order.
+    assert_eq!(b.docs(None, "tasks")["counter"].0, json!({"value": 29}));
+    assert_converged(&url, "alice", "tasks", &[&a, &b]).await;
+    assert!(a.client.sync_status().unwrap().last_error.is_none());
 }
