@@ -1,5 +1,9 @@
 //! `tandem serve`: the reference sync server.
 //!
+//! With `--postgres URL` the state lives in PostgreSQL and any number of
+//! `tandem serve` processes on the same database and `--postgres-schema`
+//! serve the same devices (see docs/POSTGRES.md).
+//!
 //! Prints one JSON line once it listens, `{"listening": "<addr>", ...}`;
 //! logs go to stderr (`RUST_LOG` filters them, `info` by default). Stops
 //! gracefully on SIGINT or SIGTERM: every batch being applied is committed
@@ -10,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tandem_server::auth::UserTokenVerifier;
+use tandem_server::store::PostgresOptions;
 use tandem_server::{Schema, Server, ServerConfig};
 
 use crate::failure::Failure;
@@ -31,6 +36,22 @@ pub struct ServeOptions {
     /// The SQLite database file (created if missing).
     #[arg(long, value_name = "PATH", default_value = "tandem-server.db")]
     pub db: PathBuf,
+    /// Store everything in PostgreSQL instead (a URL or a key=value
+    /// connection string). Several servers started with the same database
+    /// and schema are instances of one service, behind one load balancer.
+    #[arg(long, value_name = "URL", conflicts_with = "db")]
+    pub postgres: Option<String>,
+    /// The PostgreSQL schema holding Tandem's tables (created if missing).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "tandem",
+        requires = "postgres"
+    )]
+    pub postgres_schema: String,
+    /// Connections each instance keeps to PostgreSQL.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "postgres")]
+    pub postgres_pool: usize,
     /// The schema file (JSON): collection policies, set fields, field rules.
     #[arg(long, value_name = "FILE")]
     pub schema: Option<PathBuf>,
@@ -152,6 +173,12 @@ fn config(args: &ServeOptions) -> Result<ServerConfig, Failure> {
     config.feed.tombstone_retention = (args.tombstone_retention_days > 0)
         .then(|| Duration::from_secs(args.tombstone_retention_days * 24 * 3600));
     config.durable_commits = args.durable;
+    if let Some(url) = &args.postgres {
+        let mut options = PostgresOptions::new(url.clone());
+        options.schema = args.postgres_schema.clone();
+        options.pool_size = args.postgres_pool.max(4);
+        config.postgres = Some(options);
+    }
     Ok(config)
 }
 
@@ -175,7 +202,11 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         } else {
             "jwt"
         };
-        let database = config.database.display().to_string();
+        // The connection string may carry a password: print only the schema.
+        let database = match &config.postgres {
+            Some(options) => format!("postgresql schema {}", options.schema),
+            None => config.database.display().to_string(),
+        };
         let server = Server::start(config)
             .await
             .map_err(|e| Failure::new("start_failed", e))?;

@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use crate::auth::UserTokenVerifier;
 use crate::schema::Schema;
+use crate::store::PostgresOptions;
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Where to listen; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// The SQLite database file.
+    /// The SQLite database file (unused when `postgres` is set).
     pub database: PathBuf,
+    /// Store everything in PostgreSQL instead of SQLite. Several servers
+    /// with the same URL and schema are instances of one service.
+    pub postgres: Option<PostgresOptions>,
     /// Collections' policies and field rules.
     pub schema: Schema,
     /// How user tokens are checked at device registration.
@@ -24,9 +28,10 @@ pub struct ServerConfig {
     pub credentials: CredentialLifetimes,
     /// Change feed and fan-out settings.
     pub feed: FeedConfig,
-    /// Durability of commits: `false` (the default) syncs the SQLite WAL at
+    /// Durability of SQLite commits: `false` (the default) syncs the WAL at
     /// checkpoints only, so a commit survives a crash of the server process
-    /// but not of the machine; `true` syncs every commit.
+    /// but not of the machine; `true` syncs every commit. (PostgreSQL
+    /// commits are as durable as the database's `synchronous_commit`.)
     pub durable_commits: bool,
 }
 
@@ -37,6 +42,7 @@ impl ServerConfig {
         ServerConfig {
             listen,
             database,
+            postgres: None,
             schema: Schema::default(),
             user_tokens,
             limits: Limits::default(),

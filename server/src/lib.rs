@@ -18,6 +18,12 @@
 //! Devices that were offline read the same changes from the documents table
 //! ([`feed`]) when they reconnect.
 //!
+//! With [`ServerConfig::postgres`] set, the store is PostgreSQL and several
+//! servers on the same database and schema are instances of one service: a
+//! device may connect to any of them. Each instance's hub hears every
+//! instance's commits through the store (`LISTEN`/`NOTIFY`, see
+//! [`store::postgres`]); nothing else is shared between instances.
+//!
 //! `docs/PROTOCOL.md` describes the protocol for client implementers.
 
 pub mod apply;
@@ -51,7 +57,7 @@ use crate::metrics::Metrics;
 use crate::rate_limit::DeviceRateLimit;
 use crate::state::{ServerState, now_ms};
 use crate::store::sqlite::SqliteOptions;
-use crate::store::{CompactionRule, PushRules, SqliteStore, Store, StoreError};
+use crate::store::{CompactionRule, PostgresStore, PushRules, SqliteStore, Store, StoreError};
 
 /// How long shutdown waits for sessions to finish their last batch.
 const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,16 +103,24 @@ impl Server {
             schema: Arc::new(config.schema.clone()),
             max_document_bytes: config.limits.max_document_bytes,
         };
-        let store = SqliteStore::open(
-            &config.database,
-            rules,
-            fanout.clone(),
-            SqliteOptions {
-                durable: config.durable_commits,
-                ..SqliteOptions::default()
-            },
-        )?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let (store, database): (Arc<dyn Store>, String) = match &config.postgres {
+            Some(options) => (
+                Arc::new(PostgresStore::open(options.clone(), rules, fanout.clone()).await?),
+                format!("postgresql (schema {})", options.schema),
+            ),
+            None => (
+                Arc::new(SqliteStore::open(
+                    &config.database,
+                    rules,
+                    fanout.clone(),
+                    SqliteOptions {
+                        durable: config.durable_commits,
+                        ..SqliteOptions::default()
+                    },
+                )?),
+                config.database.display().to_string(),
+            ),
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -146,7 +160,7 @@ impl Server {
             }
         });
         let compaction = tokio::spawn(compact_periodically(state.clone()));
-        info!(addr = %local_addr, database = %state.config.database.display(), "tandem server listening");
+        info!(addr = %local_addr, %database, "tandem server listening");
         Ok(RunningServer {
             local_addr,
             state,

@@ -4,7 +4,7 @@
 //! **What a notification says.** One JSON payload per commit (split in parts
 //! under PostgreSQL's 8,000-byte limit): the instance and a commit token,
 //! then one entry per event — `c`: a space and the first and last revision
-//! the commit gave it; `m`: a user whose membership of a space changed; `r`:
+//! the commit gave it; `m`: a user who joined or left a space; `r`:
 //! a user's device that was revoked. Document contents never travel in a
 //! notification.
 //!
@@ -72,9 +72,9 @@ pub(crate) enum Notice {
     /// Changes committed to a space: first and last revision.
     #[serde(rename = "c")]
     Changes(String, u64, u64),
-    /// A user's membership of a space changed.
+    /// A user joined (`true`) or left a space.
     #[serde(rename = "m")]
-    Membership(String, String),
+    Membership(String, String, bool),
     /// A device was revoked.
     #[serde(rename = "r")]
     Revoked(String, String),
@@ -88,9 +88,16 @@ impl Notice {
                 let last = batch.changes.last()?.rev;
                 Some(Notice::Changes(batch.space.to_string(), first, last))
             }
-            StoreEvent::MembershipChanged { user, space, .. } => {
-                Some(Notice::Membership(user.to_string(), space.to_string()))
-            }
+            StoreEvent::MembershipChanged {
+                user,
+                space,
+                member,
+                ..
+            } => Some(Notice::Membership(
+                user.to_string(),
+                space.to_string(),
+                *member,
+            )),
             StoreEvent::DeviceRevoked(id) => {
                 Some(Notice::Revoked(id.user.to_string(), id.device.to_string()))
             }
@@ -211,13 +218,14 @@ pub(crate) struct Announcer {
 impl Announcer {
     /// Connects the listener (waiting until it listens) and starts its task.
     pub async fn start(
+        instance: Uuid,
         config: tokio_postgres::Config,
         pool: Pool,
         channel: String,
         listener: Arc<dyn CommitListener>,
     ) -> Result<(Arc<Announcer>, JoinHandle<()>), StoreError> {
         let announcer = Arc::new(Announcer {
-            instance: Uuid::now_v7(),
+            instance,
             channel,
             next_token: AtomicU64::new(1),
             pending: Mutex::new(BTreeMap::new()),
@@ -232,6 +240,11 @@ impl Announcer {
         };
         let handle = tokio::spawn(task.run(connection));
         Ok((announcer, handle))
+    }
+
+    /// The instance's id.
+    pub fn instance(&self) -> Uuid {
+        self.instance
     }
 
     /// Asks the listener to stop once the instance's own events are handed
@@ -258,7 +271,7 @@ impl Announcer {
         let mut devices = Vec::new();
         for notice in &notices {
             match notice {
-                Notice::Membership(user, space) => {
+                Notice::Membership(user, space, _) => {
                     kinds.push("m");
                     users.push(user.as_str());
                     spaces.push(Some(space.as_str()));
@@ -502,9 +515,9 @@ impl ListenerTask {
                         Ok(space) => run.push(Item::Remote(space, first, last)),
                         Err(e) => warn!(error = %e, "a notification named a bad space"),
                     },
-                    Notice::Membership(user, space) => {
+                    Notice::Membership(user, space, member) => {
                         self.flush(&mut run, &mut out).await;
-                        if let Some(event) = self.membership_event(&user, &space).await {
+                        if let Some(event) = self.membership_event(&user, &space, member).await {
                             out.push(event);
                         }
                     }
@@ -661,7 +674,9 @@ impl ListenerTask {
         Ok(out)
     }
 
-    async fn membership_event(&self, user: &str, space: &str) -> Option<StoreEvent> {
+    /// The event of a membership change announced by another instance; the
+    /// user's spaces are read now (a later change may already show).
+    async fn membership_event(&self, user: &str, space: &str, member: bool) -> Option<StoreEvent> {
         let (Ok(user), Ok(space)) = (UserId::new(user), SpaceId::new(space)) else {
             warn!("a notification named a bad user or space");
             return None;
@@ -674,7 +689,7 @@ impl ListenerTask {
             }
         };
         match reads::membership_now(&client, &user, &space).await {
-            Ok((member, spaces)) => Some(StoreEvent::MembershipChanged {
+            Ok((_, spaces)) => Some(StoreEvent::MembershipChanged {
                 user,
                 space,
                 member,

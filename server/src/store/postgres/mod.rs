@@ -260,9 +260,10 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Backend(e.to_string()))?;
         let channel = format!("tandem_{:x}", lock_key);
-        let listen_config = connection_config(&options, "tandem-listener")?;
+        let instance = uuid::Uuid::now_v7();
+        let listen_config = connection_config(&options, &format!("tandem-listener {instance}"))?;
         let (announcer, listener_task) =
-            Announcer::start(listen_config, pool.clone(), channel, listener).await?;
+            Announcer::start(instance, listen_config, pool.clone(), channel, listener).await?;
         let inner = Arc::new(Inner {
             pool,
             rules,
@@ -298,6 +299,12 @@ impl PostgresStore {
         drop(client);
         let _ = driver.await;
         Ok(())
+    }
+
+    /// This instance's id: it names the instance's notifications and its
+    /// listening connection (`application_name` `tandem-listener <id>`).
+    pub fn instance_id(&self) -> uuid::Uuid {
+        self.inner.announcer.instance()
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
