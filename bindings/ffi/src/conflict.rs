@@ -8,7 +8,7 @@
 //! Every decision goes into the device's conflict log
 //! ([`Client::conflicts`](crate::Client::conflicts)).
 
-use crate::error::call_foreign_or;
+use crate::error::{TandemError, call_foreign_or};
 
 /// A write of this device that conflicts with the server's document.
 /// Fields are JSON object text; none means that side has no live document
@@ -79,7 +79,7 @@ pub trait ConflictHandler: Send + Sync {
     /// Decides one conflict. Called on the sync engine's thread, one
     /// conflict at a time: return quickly. If it throws, the server's
     /// document is kept (and the failure logged).
-    fn resolve(&self, conflict: Conflict) -> Resolution;
+    fn resolve(&self, conflict: Conflict) -> Result<Resolution, TandemError>;
 }
 
 /// Adapts the app's conflict handler to the core's.

@@ -169,22 +169,29 @@ pub(crate) fn guard<T, E: Into<TandemError>>(
     }
 }
 
-/// Calls into the app (an observer, the logger) from a Rust thread. If the
-/// foreign code throws, UniFFI reports it by panicking on the Rust side; the
-/// panic is caught here and logged, so an app's bug in one callback does
-/// not take down the thread that serves every other observer.
-pub(crate) fn call_foreign(what: &str, call: impl FnOnce()) {
+/// Calls into the app (an observer, the conflict handler, the logger) from
+/// a Rust thread. Callbacks return `Result`, so an exception the app's code
+/// throws comes back as an error (Kotlin: any exception; Swift: any error)
+/// rather than as a panic; it is logged, and it does not take down the
+/// thread that serves every other observer. A panic is caught too.
+pub(crate) fn call_foreign(what: &str, call: impl FnOnce() -> Result<(), TandemError>) {
     call_foreign_or(what, (), call);
 }
 
 /// [`call_foreign`] for a callback that answers: `fallback` stands in for
-/// the answer of a callback that threw.
-pub(crate) fn call_foreign_or<T>(what: &str, fallback: T, call: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
-        let message = panic_message(panic.as_ref());
-        tracing::warn!(target: "tandem_ffi", "{what} failed: {message}");
-        fallback
-    })
+/// the answer of a callback that failed.
+pub(crate) fn call_foreign_or<T>(
+    what: &str,
+    fallback: T,
+    call: impl FnOnce() -> Result<T, TandemError>,
+) -> T {
+    let error = match catch_unwind(AssertUnwindSafe(call)) {
+        Ok(Ok(answer)) => return answer,
+        Ok(Err(error)) => error,
+        Err(panic) => panicked(panic.as_ref()),
+    };
+    tracing::warn!(target: "tandem_ffi", "{what} failed: {error}");
+    fallback
 }
 
 /// A panic, caught, as the error the host receives.
@@ -337,10 +344,22 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_foreign_call_is_contained() {
+    fn a_failing_or_panicking_foreign_call_is_contained() {
         let mut after = false;
-        call_foreign("an observer", || panic!("Callback interface failure"));
-        call_foreign("an observer", || after = true);
+        call_foreign("an observer", || {
+            Err(TandemError::Internal {
+                reason: "IllegalStateException".into(),
+            })
+        });
+        call_foreign("an observer", || panic!("a bug"));
+        call_foreign("an observer", || {
+            after = true;
+            Ok(())
+        });
         assert!(after);
+        assert_eq!(
+            call_foreign_or("the conflict handler", 0, || Err(TandemError::Closed)),
+            0
+        );
     }
 }

@@ -16,7 +16,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::error::call_foreign;
+use crate::error::TandemError;
 
 /// How severe a log record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, uniffi::Enum)]
@@ -50,8 +50,9 @@ impl LogLevel {
 pub trait Logger: Send + Sync {
     /// One record. `target` is the Rust module it comes from (for example
     /// `tandem_ffi` or `tandem_core::sync`). Called on whatever thread
-    /// logged; must not block.
-    fn log(&self, level: LogLevel, target: String, message: String);
+    /// logged; must not block. An error it returns is dropped (there is
+    /// nowhere left to log it).
+    fn log(&self, level: LogLevel, target: String, message: String) -> Result<(), TandemError>;
 }
 
 /// The app's logger; none until [`set_logger`] is called.
@@ -83,15 +84,14 @@ pub fn set_logger(logger: Box<dyn Logger>, max_level: LogLevel) {
             .is_ok()
     });
     if !installed {
-        call_foreign("the logger", || {
-            logger.log(
-                LogLevel::Warn,
-                "tandem_ffi".to_owned(),
-                "another tracing subscriber is installed in this process; \
-                 Tandem's log records go to it"
-                    .to_owned(),
-            );
-        });
+        deliver(
+            logger.as_ref(),
+            LogLevel::Warn,
+            "tandem_ffi".to_owned(),
+            "another tracing subscriber is installed in this process; \
+             Tandem's log records go to it"
+                .to_owned(),
+        );
     }
 }
 
@@ -115,14 +115,21 @@ impl<S: Subscriber> Layer<S> for ForeignLogLayer {
         let mut message = MessageText::default();
         event.record(&mut message);
         // The lock is released: a logger may call `set_logger` itself.
-        call_foreign("the logger", || {
-            logger.log(
-                LogLevel::of(*metadata.level()),
-                metadata.target().to_owned(),
-                message.0,
-            );
-        });
+        deliver(
+            logger.as_ref(),
+            LogLevel::of(*metadata.level()),
+            metadata.target().to_owned(),
+            message.0,
+        );
     }
+}
+
+/// Hands one record to the app's logger. Its failures are dropped, not
+/// logged: logging them would call the failing logger again.
+fn deliver(logger: &dyn Logger, level: LogLevel, target: String, message: String) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        logger.log(level, target, message)
+    }));
 }
 
 /// An event's message followed by its other fields as `name=value`.
@@ -163,8 +170,9 @@ mod tests {
     struct RecordingLogger(Arc<Recorded>);
 
     impl Logger for RecordingLogger {
-        fn log(&self, level: LogLevel, target: String, message: String) {
+        fn log(&self, level: LogLevel, target: String, message: String) -> Result<(), TandemError> {
             self.0.0.lock().unwrap().push((level, target, message));
+            Ok(())
         }
     }
 

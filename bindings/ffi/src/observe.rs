@@ -9,9 +9,11 @@
 //! and Kotlin `Flow` conveniences call `cancel()` when their consumer goes
 //! away.
 //!
-//! An observer that throws does not stop the subscription or disturb other
-//! observers: the failure is logged (see [`set_logger`](crate::set_logger))
-//! and the next value is delivered as usual.
+//! Observer methods return `Result` so that an observer that throws does
+//! not stop the subscription or disturb other observers: the failure is
+//! logged (see [`set_logger`](crate::set_logger)) and the next value is
+//! delivered as usual. (Kotlin implementations need not declare anything;
+//! Swift implementations may be non-throwing.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tandem_core::LocalDocument;
 
 use crate::document::{Document, documents};
-use crate::error::call_foreign;
+use crate::error::{TandemError, call_foreign};
 use crate::status::{MutationFailure, SyncStatus};
 
 /// Receives the results of a query.
@@ -29,7 +31,10 @@ pub trait QueryObserver: Send + Sync {
     /// Results are coalesced: after a burst of writes the latest result
     /// arrives, not every intermediate one. Called on a Rust thread; calls
     /// never overlap. Return quickly: move work to the app's own queue.
-    fn on_result(&self, documents: Vec<Document>);
+    ///
+    /// An error (in Kotlin any exception, in Swift any error) is logged;
+    /// the subscription goes on.
+    fn on_result(&self, documents: Vec<Document>) -> Result<(), TandemError>;
 }
 
 /// Receives the local view of one document.
@@ -37,20 +42,22 @@ pub trait QueryObserver: Send + Sync {
 pub trait DocumentObserver: Send + Sync {
     /// The document (none if there is none): first its current view, then
     /// each new one. Called on a Rust thread; calls never overlap.
-    fn on_document(&self, document: Option<Document>);
+    /// An error is logged; the subscription goes on.
+    fn on_document(&self, document: Option<Document>) -> Result<(), TandemError>;
 }
 
 /// Receives the sync status, and the writes the server refuses.
 #[uniffi::export(callback_interface)]
 pub trait StatusObserver: Send + Sync {
     /// The status: first the current one, then each change. Called on a
-    /// Rust thread.
-    fn on_status(&self, status: SyncStatus);
+    /// Rust thread (the sync engine's): return quickly. An error is logged;
+    /// the subscription goes on.
+    fn on_status(&self, status: SyncStatus) -> Result<(), TandemError>;
 
     /// A write became failed (the server refused it for good, or its
     /// attempts ran out) and was rolled back from the view; the app may
     /// retry or discard it.
-    fn on_mutation_failed(&self, failure: MutationFailure);
+    fn on_mutation_failed(&self, failure: MutationFailure) -> Result<(), TandemError>;
 }
 
 /// An active observation. Cancelled by [`Subscription::cancel`] or when the

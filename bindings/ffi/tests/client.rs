@@ -62,9 +62,10 @@ fn tasks() -> Query {
 struct Ids(Mutex<Sender<Vec<String>>>);
 
 impl QueryObserver for Ids {
-    fn on_result(&self, documents: Vec<Document>) {
+    fn on_result(&self, documents: Vec<Document>) -> Result<(), TandemError> {
         let ids = documents.into_iter().map(|d| d.id).collect();
         let _ = self.0.lock().unwrap().send(ids);
+        Ok(())
     }
 }
 
@@ -183,12 +184,23 @@ fn an_observer_stops_after_cancel_and_after_release() {
     );
 }
 
-/// Panics the way a UniFFI callback does when the foreign code throws.
+/// Fails the way a Kotlin observer that throws does.
 struct Throwing;
 
 impl QueryObserver for Throwing {
-    fn on_result(&self, _: Vec<Document>) {
-        panic!("Callback interface failure: IllegalStateException");
+    fn on_result(&self, _: Vec<Document>) -> Result<(), TandemError> {
+        Err(TandemError::Internal {
+            reason: "a callback failed: java.lang.IllegalStateException".into(),
+        })
+    }
+}
+
+/// Panics: a bug on the Rust side of a callback.
+struct Panicking;
+
+impl QueryObserver for Panicking {
+    fn on_result(&self, _: Vec<Document>) -> Result<(), TandemError> {
+        panic!("a bug in a callback");
     }
 }
 
@@ -197,6 +209,7 @@ fn a_failing_observer_does_not_stop_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let client = open(&dir);
     let _throwing = client.observe_query(tasks(), Box::new(Throwing)).unwrap();
+    let _panicking = client.observe_query(tasks(), Box::new(Panicking)).unwrap();
     let (observer, results) = ids_observer();
     let _working = client.observe_query(tasks(), observer).unwrap();
     assert_eq!(
@@ -210,8 +223,9 @@ fn a_failing_observer_does_not_stop_the_others() {
 struct Latest(Mutex<Sender<Option<Document>>>);
 
 impl DocumentObserver for Latest {
-    fn on_document(&self, document: Option<Document>) {
+    fn on_document(&self, document: Option<Document>) -> Result<(), TandemError> {
         let _ = self.0.lock().unwrap().send(document);
+        Ok(())
     }
 }
 
@@ -234,11 +248,14 @@ fn a_document_observer_sees_its_document_and_its_delete() {
 struct Statuses(Mutex<Sender<SyncStatus>>);
 
 impl StatusObserver for Statuses {
-    fn on_status(&self, status: SyncStatus) {
+    fn on_status(&self, status: SyncStatus) -> Result<(), TandemError> {
         let _ = self.0.lock().unwrap().send(status);
+        Ok(())
     }
 
-    fn on_mutation_failed(&self, _: MutationFailure) {}
+    fn on_mutation_failed(&self, _: MutationFailure) -> Result<(), TandemError> {
+        Ok(())
+    }
 }
 
 #[test]

@@ -1,0 +1,196 @@
+package dev.tandem
+
+import dev.tandem.ffi.Conflict
+import dev.tandem.ffi.ConflictHandler
+import dev.tandem.ffi.ConnectionState
+import dev.tandem.ffi.DocKey
+import dev.tandem.ffi.Document
+import dev.tandem.ffi.Query
+import dev.tandem.ffi.Resolution
+import dev.tandem.ffi.SyncConfig
+import dev.tandem.ffi.SyncOutcome
+import dev.tandem.ffi.TandemException
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.flow.first
+import kotlinx.coroutines.launch
+import kotlinx.coroutines.runBlocking
+import kotlinx.coroutines.withContext
+import kotlinx.coroutines.withTimeout
+import java.util.concurrent.CopyOnWriteArrayList
+import kotlin.test.AfterTest
+import kotlin.test.Test
+import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
+import kotlin.test.assertTrue
+
+/** Two and more devices syncing through a real `tandem serve`, driven from Kotlin. */
+class SyncTest {
+    private val server = TandemServer(
+        schema = """{"collections": {"contacts": {"policy": "manual"}}}""",
+    )
+
+    @AfterTest
+    fun stopServer() = server.close()
+
+    @Test
+    fun `an offline write on one device reaches the other device's Flow after sync`() = runBlocking {
+        val phone = openClient("alice", "phone")
+        val laptop = openClient("alice", "laptop")
+        server.connect(laptop)
+        val seen = Channel<List<Document>>(Channel.UNLIMITED)
+        val collector = launch(Dispatchers.Default) {
+            laptop.observe(Query("notes")).collect { seen.send(it) }
+        }
+        withTimeout(DELIVERY_MS) { assertEquals(emptyList(), seen.receive()) }
+
+        // Written before the phone has ever synced: it waits in the outbox.
+        phone.put(DocKey("notes", "n1"), """{"text":"written offline"}""")
+        assertEquals(1uL, phone.status().pending)
+        server.connect(phone)
+        assertEquals(0uL, phone.status().pending)
+
+        val received = withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+            var docs = seen.receive()
+            while (docs.isEmpty()) docs = seen.receive()
+            docs
+        }
+        assertEquals(listOf("n1"), received.map { it.id })
+        assertEquals("""{"text":"written offline"}""", received[0].fieldsJson)
+        assertTrue(received[0].version != null && !received[0].pending, "confirmed by the server")
+
+        collector.cancel()
+        collector.join()
+        assertEquals(0uL, laptop.activeSubscriptions())
+        phone.shutdown()
+        laptop.shutdown()
+    }
+
+    @Test
+    fun `the status Flow goes from offline to online`() = runBlocking {
+        val client = openClient("bob")
+        val states = Channel<ConnectionState>(Channel.UNLIMITED)
+        val collector = launch(Dispatchers.Default) {
+            client.statusUpdates().collect { states.send(it.connection) }
+        }
+        withTimeout(DELIVERY_MS) { assertEquals(ConnectionState.OFFLINE, states.receive()) }
+        client.startSync(SyncConfig(serverUrl = server.url), tokenProvider { "dev:bob" })
+        withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+            while (states.receive() != ConnectionState.ONLINE) Unit
+        }
+        assertEquals(ConnectionState.ONLINE, client.status().connection)
+
+        client.setNetworkAvailable(false)
+        withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+            while (states.receive() != ConnectionState.OFFLINE) Unit
+        }
+        collector.cancel()
+        collector.join()
+        assertEquals(0uL, client.activeSubscriptions())
+        client.shutdown()
+    }
+
+    @Test
+    fun `a token the server refuses is Unauthorized`() = runBlocking {
+        val client = openClient("carol")
+        client.startSync(SyncConfig(serverUrl = server.url), tokenProvider { "not-a-dev-token" })
+        assertFailsWith<TandemException.Unauthorized> { client.spaces() }
+        client.shutdown()
+    }
+
+    @Test
+    fun `a token provider that signs the user out is Unauthorized`() = runBlocking {
+        val client = openClient("dave")
+        client.startSync(
+            SyncConfig(serverUrl = server.url),
+            tokenProvider { throw TandemException.Unauthorized("signed out") },
+        )
+        val error = assertFailsWith<TandemException.Unauthorized> { client.spaces() }
+        assertTrue(error.reason.contains("signed out"), error.reason)
+        client.shutdown()
+    }
+
+    @Test
+    fun `a conflict handler written in Kotlin is called and its choice wins`() = runBlocking {
+        val contact = DocKey("contacts", "c1")
+        val first = openClient("erin", "first")
+        val second = openClient("erin", "second")
+        server.connect(first)
+        server.connect(second)
+        first.put(contact, """{"name":"Ann","phone":"1"}""")
+        assertEquals(SyncOutcome.CaughtUp, first.syncOnce(SYNC_TIMEOUT_MS))
+        assertEquals(SyncOutcome.CaughtUp, second.syncOnce(SYNC_TIMEOUT_MS))
+        assertEquals("""{"name":"Ann","phone":"1"}""", second.get(contact)?.fieldsJson)
+
+        // The second device goes offline and edits the name while the first
+        // changes the phone number.
+        second.setNetworkAvailable(false)
+        first.patch(contact, """{"phone":"2"}""")
+        assertEquals(SyncOutcome.CaughtUp, first.syncOnce(SYNC_TIMEOUT_MS))
+        second.patch(contact, """{"name":"Anna"}""")
+
+        val conflicts = CopyOnWriteArrayList<Conflict>()
+        second.setConflictHandler(object : ConflictHandler {
+            override fun resolve(conflict: Conflict): Resolution {
+                conflicts.add(conflict)
+                return Resolution.Merged("""{"name":"Anna (merged)","phone":"2"}""")
+            }
+        })
+        second.setNetworkAvailable(true)
+        withContext(Dispatchers.Default) {
+            withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+                while (second.syncOnce(SYNC_TIMEOUT_MS) != SyncOutcome.CaughtUp) Unit
+            }
+        }
+
+        assertEquals(1, conflicts.size, "the handler was called once")
+        assertEquals("manual", conflicts[0].policy)
+        // The local view is the pending edit on top of the server's
+        // document (the engine rebased it when the change arrived).
+        assertEquals("""{"name":"Anna","phone":"2"}""", conflicts[0].localJson)
+        assertEquals("""{"name":"Ann","phone":"2"}""", conflicts[0].remoteJson)
+        assertEquals("""{"name":"Anna (merged)","phone":"2"}""", second.get(contact)?.fieldsJson)
+        assertEquals("merged", second.conflicts(10u).first().winner)
+
+        withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+            first.observe(contact).first { it?.fieldsJson == """{"name":"Anna (merged)","phone":"2"}""" }
+        }
+        first.shutdown()
+        second.shutdown()
+    }
+
+    @Test
+    fun `status callbacks come from the engine's thread and may call back into the client`() = runBlocking {
+        val client = openClient("frank")
+        val pendingSeen = CopyOnWriteArrayList<ULong>()
+        val subscription = client.observeStatus(object : dev.tandem.ffi.StatusObserver {
+            override fun onStatus(status: dev.tandem.ffi.SyncStatus) {
+                // Re-entering the client from the engine's callback must not deadlock.
+                pendingSeen.add(client.status().pending)
+            }
+
+            override fun onMutationFailed(failure: dev.tandem.ffi.MutationFailure) = Unit
+        })
+        client.put(DocKey("notes", "n1"), "{}")
+        server.connect(client)
+        assertTrue(pendingSeen.isNotEmpty())
+        assertEquals(0uL, client.status().pending)
+        subscription.cancel()
+        subscription.close()
+        client.shutdown()
+    }
+
+    @Test
+    fun `closing a syncing client with live subscriptions is clean`() = runBlocking {
+        val client = openClient("grace")
+        server.connect(client)
+        val flows = List(3) { launch(Dispatchers.Default) { client.observe(Query("notes")).collect { } } }
+        val status = launch(Dispatchers.Default) { client.statusUpdates().collect { } }
+        withTimeout(DELIVERY_MS) { while (client.activeSubscriptions() < 4uL) kotlinx.coroutines.delay(10) }
+        client.shutdown()
+        assertFailsWith<TandemException.Closed> { client.put(DocKey("notes", "n1"), "{}") }
+        (flows + status).forEach { it.cancel(); it.join() }
+        assertEquals(0uL, client.activeSubscriptions())
+        assertTrue(!client.isSyncing())
+    }
+}
