@@ -18,8 +18,8 @@ android {
     compileSdk = 35
 
     defaultConfig {
-        // The bindings' cleaner falls back to JNA's below API 33; JNA itself
-        // needs API 24 for the Android AAR used here.
+        // The oldest Android the libraries are built for (cargo-ndk
+        // --platform in scripts/build-android.sh); keep the two equal.
         minSdk = 24
         consumerProguardFiles("consumer-rules.pro")
     }

@@ -4,6 +4,7 @@
 # Parts whose tools are missing fail with a message saying what to install.
 # A caller may opt out of a part explicitly, and the output says so:
 #   TANDEM_SKIP_KOTLIN=1    skip the Kotlin bindings tests on the JVM
+#   TANDEM_SKIP_SWIFT_CHECKS=1  skip the Swift bindings checks (header, symbols, API)
 #   TANDEM_SKIP_POSTGRES=1  skip the PostgreSQL tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +24,59 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 section "cargo test"
 cargo test --workspace --locked
+
+# ---- Kotlin and Swift bindings ---------------------------------------------
+# The generated bindings, checked where Linux can check them: the Kotlin
+# bindings (host-JVM flavour) compiled with android-lib's conveniences and
+# tested with JUnit against the host library and a real `tandem serve`; the
+# Swift bindings' C header, exported symbols and public API. The Swift
+# package itself is compiled and tested only on macOS (swift test).
+bindings_started=$SECONDS
+skip_kotlin="${TANDEM_SKIP_KOTLIN:-}"
+skip_swift="${TANDEM_SKIP_SWIFT_CHECKS:-}"
+if [[ "$skip_kotlin" == 1 && "$skip_swift" == 1 ]]; then
+  section "bindings: SKIPPED (TANDEM_SKIP_KOTLIN=1, TANDEM_SKIP_SWIFT_CHECKS=1)"
+else
+  target_dir="$(realpath "${CARGO_TARGET_DIR:-target}")"
+
+  section "bindings: generate Swift and Kotlin from the host library"
+  scripts/gen-bindings.sh
+
+  if [[ "$skip_kotlin" == 1 ]]; then
+    section "Kotlin bindings on the JVM: SKIPPED (TANDEM_SKIP_KOTLIN=1)"
+  else
+    section "Kotlin bindings on the JVM (JUnit via Maven, against a real tandem serve)"
+    need java "install a JDK 17 or newer (Debian: apt-get install -y openjdk-17-jdk-headless)"
+    need mvn "install Maven (Debian: apt-get install -y maven)"
+    java_version="$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')"
+    if [[ "${java_version%%.*}" -lt 17 ]]; then
+      echo "error: java is version $java_version: install a JDK 17 or newer" >&2
+      exit 1
+    fi
+    # The server the tests start; `cargo test` has built it already.
+    cargo build --locked -p tandem-cli
+    rm -rf android-lib/jvm-test/target/surefire-reports
+    (cd android-lib/jvm-test && mvn -B -q -Dstyle.color=never test \
+      -Djna.library.path="$target_dir/debug" -Dtandem.cli="$target_dir/debug/tandem")
+    # `mvn -q` prints only failures; say what ran.
+    cat android-lib/jvm-test/target/surefire-reports/TEST-*.xml | awk '
+      /<testsuite / {
+        for (i = 1; i <= NF; i++) if (split($i, kv, "=") == 2) { gsub(/"/, "", kv[2]); n[kv[1]] += kv[2] }
+      }
+      END {
+        failed = n["failures"] + n["errors"]
+        printf "JUnit: %d passed, %d failed, %d skipped\n", n["tests"] - failed - n["skipped"], failed, n["skipped"]
+      }'
+  fi
+
+  if [[ "$skip_swift" == 1 ]]; then
+    section "Swift bindings checks: SKIPPED (TANDEM_SKIP_SWIFT_CHECKS=1)"
+  else
+    section "Swift bindings: header, symbols and API (no Swift compiler on Linux)"
+    scripts/check-swift-bindings.sh
+  fi
+  echo "bindings: $((SECONDS - bindings_started)) s"
+fi
+# ---- end of Kotlin and Swift bindings ----------------------------------------
 
 section "done"
