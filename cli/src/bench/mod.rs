@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// scenario's default otherwise).
     #[arg(long, value_name = "N")]
     pub repeat: Option<u64>,
+    /// Options of the server-ingest scenario.
+    #[command(flatten)]
+    pub server: server_ingest::ServerOptions,
 }
 
 /// A scenario: runs with the options and reports.

@@ -11,6 +11,12 @@
 //! reads it. Reported: acked mutations per second over the whole run and the
 //! ack latency (push sent to ack read).
 //!
+//! With `--postgres URL` the store is PostgreSQL (a fresh schema, dropped
+//! at the end) and `--instances N` servers share it; a user's two devices
+//! connect to different instances (device `d` to instance `d mod N`), so
+//! with two instances every change reaches the user's other device through
+//! the other instance (`LISTEN`/`NOTIFY` and a read of the store).
+//!
 //! The floor, measured in the same run: a plain tokio-tungstenite echo
 //! server, with as many clients as pushers doing the same number of round
 //! trips with a frame of the same size.
@@ -26,7 +32,9 @@ use tandem_protocol::{
     PROTOCOL_VERSION, ServerMessage, SpaceId, UserId,
 };
 use tandem_server::auth::{UserTokenVerifier, new_access_token, new_refresh_token};
-use tandem_server::store::{DeviceIdentity, DeviceRegistration, NewCredentials};
+use tandem_server::store::{
+    DeviceIdentity, DeviceRegistration, NewCredentials, PostgresOptions, PostgresStore,
+};
 use tandem_server::{RunningServer, Server, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -38,6 +46,19 @@ use super::{BenchArgs, Latencies, Report};
 use crate::failure::Failure;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where the server-ingest scenario keeps its data.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// server-ingest: use this PostgreSQL database (a fresh schema in it)
+    /// instead of a temporary SQLite file.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// server-ingest: how many server instances share the PostgreSQL
+    /// database.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub instances: usize,
+}
 
 const DEVICES_PER_USER: u64 = 2;
 
@@ -64,18 +85,26 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     let devices = args.count.unwrap_or(1_000).max(DEVICES_PER_USER);
     let pushers = (devices / 10).max(1);
     let per_pusher = args.repeat.unwrap_or(1_000).max(1);
+    let options = args.server.clone();
+    if options.instances != 1 && options.postgres.is_none() {
+        return Err(Failure::new(
+            "invalid_input",
+            "--instances needs --postgres: SQLite serves one instance",
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(failure)?;
     runtime.block_on(async move {
         let floor = echo_floor(pushers, per_pusher).await?;
-        let measured = ingest(devices, pushers, per_pusher).await?;
+        let measured = ingest(&options, devices, pushers, per_pusher).await?;
         Ok(Report { measured, floor })
     })
 }
 
 async fn ingest(
+    options: &ServerOptions,
     devices: u64,
     pushers: u64,
     per_pusher: u64,
@@ -88,21 +117,35 @@ async fn ingest(
     );
     config.limits.device_mutations_per_sec = 1_000_000;
     config.limits.device_mutation_burst = 1_000_000;
-    let server = Server::start(config).await.map_err(failure)?;
-    let url = format!("ws://{}/v1/sync", server.local_addr());
+    let postgres = options.postgres.as_ref().map(|url| {
+        let mut postgres = PostgresOptions::new(url.clone());
+        postgres.schema = format!("bench_{}_{}", std::process::id(), wall_ms());
+        postgres
+    });
+    config.postgres = postgres.clone();
+    let mut servers = Vec::new();
+    for _ in 0..options.instances.max(1) {
+        servers.push(Server::start(config.clone()).await.map_err(failure)?);
+    }
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("ws://{}/v1/sync", s.local_addr()))
+        .collect();
 
     // Register every device straight in the store: registration is not what
     // is measured.
     let mut tokens = Vec::new();
     for d in 0..devices {
-        tokens.push(register(&server, d).await?);
+        tokens.push(register(&servers[0], d).await?);
     }
-    // Connect and catch up, a hundred at a time.
+    // Connect and catch up, a hundred at a time; device d to instance
+    // d mod N, so a user's two devices are on different instances.
     let mut sockets: Vec<Socket> = Vec::new();
-    for chunk in tokens.chunks(100) {
-        let connects = chunk
-            .iter()
-            .map(|(identity, token)| connect(&url, identity, token));
+    for (c, chunk) in tokens.chunks(100).enumerate() {
+        let connects = chunk.iter().enumerate().map(|(i, (identity, token))| {
+            let d = c * 100 + i;
+            connect(&urls[d % urls.len()], identity, token)
+        });
         for socket in futures::future::join_all(connects).await {
             sockets.push(socket?);
         }
@@ -134,16 +177,26 @@ async fn ingest(
         }
     }
     let elapsed = began.elapsed();
-    let applied = server.metrics().mutations_applied();
+    let applied: u64 = servers
+        .iter()
+        .map(|s| s.metrics().mutations_applied())
+        .sum();
     if applied != pushers * per_pusher {
         return Err(failure(format!(
             "{applied} mutations applied, expected {}",
             pushers * per_pusher
         )));
     }
-    server.shutdown().await;
+    for server in servers {
+        server.shutdown().await;
+    }
     for reader in readers {
         let _ = reader.await;
+    }
+    if let Some(postgres) = &postgres {
+        PostgresStore::drop_schema(postgres)
+            .await
+            .map_err(failure)?;
     }
     Ok(latencies.measurement("server-ingest", elapsed, true))
 }
@@ -359,6 +412,7 @@ mod tests {
             json: true,
             count: Some(20),
             repeat: Some(5),
+            server: ServerOptions::default(),
         };
         let report = run(&args).unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
         let value = serde_json::to_value(&report).unwrap_or_default();
