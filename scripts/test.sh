@@ -22,6 +22,41 @@ cargo fmt --all --check
 section "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# ---- PostgreSQL --------------------------------------------------------------
+# The PostgreSQL store's tests (server/tests/postgres_*.rs: the conformance
+# suite, several instances on one database, two server processes with one
+# killed) run in `cargo test` below against the database named by
+# TANDEM_TEST_POSTGRES_URL. Unless the caller gave one, a throwaway cluster
+# is started here (scripts/pg-cluster.sh) and removed on exit, also on
+# failure. PostgreSQL is installed from Debian's packages when missing.
+postgres_started=$SECONDS
+pg_cluster_dir=""
+if [[ -n "${TANDEM_TEST_POSTGRES_URL:-}" ]]; then
+  section "PostgreSQL: using TANDEM_TEST_POSTGRES_URL from the environment"
+elif [[ "${TANDEM_SKIP_POSTGRES:-}" == 1 ]]; then
+  section "PostgreSQL tests: SKIPPED (TANDEM_SKIP_POSTGRES=1); each test says so"
+else
+  section "PostgreSQL: a throwaway cluster for the tests"
+  if ! command -v initdb >/dev/null 2>&1 && ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+    if [[ "$(id -u)" -ne 0 ]]; then
+      echo "error: PostgreSQL is missing: apt-get install -y postgresql (as root), or set TANDEM_SKIP_POSTGRES=1" >&2
+      exit 1
+    fi
+    echo "installing PostgreSQL from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_cluster_dir="$(mktemp -d "${TMPDIR:-/tmp}/tandem-pg.XXXXXX")"
+  rmdir "$pg_cluster_dir"
+  pg_previous_exit_trap="$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")"
+  # shellcheck disable=SC2064  # expand now: the directory is known now
+  trap "scripts/pg-cluster.sh stop '$pg_cluster_dir'; ${pg_previous_exit_trap:-:}" EXIT
+  TANDEM_TEST_POSTGRES_URL="$(scripts/pg-cluster.sh start "$pg_cluster_dir")"
+  export TANDEM_TEST_POSTGRES_URL
+  echo "cluster: $TANDEM_TEST_POSTGRES_URL ($((SECONDS - postgres_started)) s to start)"
+fi
+# ---- end of PostgreSQL ---------------------------------------------------------
+
 section "cargo test"
 cargo test --workspace --locked
 
