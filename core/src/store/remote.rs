@@ -51,7 +51,10 @@ use tandem_protocol::{
 use crate::document::DocRef;
 use crate::error::Error;
 use crate::store::outbox::{doc_ref, remove_in};
-use crate::store::views::{Cursor, latest_stamp, load_cursors, read_confirmed, rebuild_view};
+use crate::store::views::{
+    ConfirmedIn, Cursor, latest_stamp, load_cursors, read_confirmed, read_confirmed_from,
+    rebuild_view,
+};
 use crate::store::writes::write_view;
 use crate::store::{Store, Writer, device, from_sql_int, now_millis, policy_of, to_sql_int};
 
@@ -116,7 +119,10 @@ fn apply_one(
         clock.observe(stamp, now_millis());
     }
     let key = params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()];
-    let current = read_confirmed(tx, &doc)?;
+    let (current, place) = match read_confirmed_from(tx, &doc)? {
+        Some((d, place)) => (Some(d), Some(place)),
+        None => (None, None),
+    };
     // The version whose hash the checksum holds for this document, if any.
     let mut counted: Option<u64> = current
         .as_ref()
@@ -190,23 +196,30 @@ fn apply_one(
     };
     let state_json = serde_json::to_string(&next.state)
         .map_err(|e| Error::CorruptStore(format!("confirmed state of {}: {e}", doc.id)))?;
-    tx.prepare_cached(
-        "INSERT INTO confirmed (space, collection, id, version, state)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (space, collection, id) DO UPDATE SET
-             version = excluded.version, state = excluded.state",
-    )?
-    .execute(params![
-        doc.space.as_str(),
-        doc.collection.as_str(),
-        doc.id.as_str(),
-        to_sql_int(next.version.unwrap_or(0)),
-        state_json
-    ])?;
     if has_entries {
+        tx.prepare_cached(
+            "INSERT INTO confirmed (space, collection, id, version, state)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (space, collection, id) DO UPDATE SET
+                 version = excluded.version, state = excluded.state",
+        )?
+        .execute(params![
+            doc.space.as_str(),
+            doc.collection.as_str(),
+            doc.id.as_str(),
+            to_sql_int(next.version.unwrap_or(0)),
+            state_json
+        ])?;
         rebuild_view(tx, &doc, &policy)?;
     } else {
+        // No pending writes: the view is the confirmed state, kept once.
         write_view(tx, &doc, &state_json, &next.state, next.version, 0)?;
+        if place == Some(ConfirmedIn::Table) {
+            tx.prepare_cached(
+                "DELETE FROM confirmed WHERE space = ?1 AND collection = ?2 AND id = ?3",
+            )?
+            .execute(key)?;
+        }
     }
     Ok(Some(doc))
 }
@@ -280,14 +293,17 @@ fn sweep_marked(
         docs
     };
     for doc in docs {
+        let key = params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()];
         tx.prepare_cached(
             "DELETE FROM confirmed WHERE space = ?1 AND collection = ?2 AND id = ?3",
         )?
-        .execute(params![
-            doc.space.as_str(),
-            doc.collection.as_str(),
-            doc.id.as_str()
-        ])?;
+        .execute(key)?;
+        // A view without pending writes is the confirmed copy itself.
+        tx.prepare_cached(
+            "DELETE FROM documents WHERE space = ?1 AND collection = ?2 AND id = ?3
+               AND pending = 0",
+        )?
+        .execute(key)?;
         rebuild_view(tx, &doc, &policy_of(policies, &doc.collection))?;
         changed.push(doc);
     }
@@ -448,7 +464,10 @@ impl Store {
             )?;
             tx.execute(
                 "INSERT INTO resync_marks (space, collection, id)
-                 SELECT space, collection, id FROM confirmed WHERE space = ?1",
+                 SELECT space, collection, id FROM confirmed WHERE space = ?1
+                 UNION
+                 SELECT space, collection, id FROM documents
+                 WHERE space = ?1 AND version IS NOT NULL",
                 [space.as_str()],
             )?;
             tx.execute("DELETE FROM evicted WHERE space = ?1", [space.as_str()])?;

@@ -8,6 +8,10 @@
 //!          with merge::apply_local under the collection's policy
 //! ```
 //!
+//! The confirmed state lives in `confirmed` only while the document has
+//! pending writes; without them the view is the confirmed state (see
+//! [`read_confirmed_from`]).
+//!
 //! Local writes extend the view incrementally (`store/writes.rs`); when the
 //! confirmed state changes (a remote change arrives, an entry is
 //! acknowledged or discarded, a policy changes) the view is rebuilt from
@@ -79,31 +83,75 @@ pub(crate) fn load_cursors(conn: &Connection) -> Result<BTreeMap<String, Cursor>
     Ok(out)
 }
 
-/// The confirmed document, if the server has confirmed one.
+/// Where a document's confirmed copy is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConfirmedIn {
+    /// In `confirmed`: the document has (or had) pending writes, so the
+    /// view differs from the server's state.
+    Table,
+    /// Nowhere else: the view has no pending writes and is the confirmed
+    /// state itself (`documents` with `pending = 0` and a version).
+    View,
+}
+
+/// The confirmed document and where it is kept, if the server has
+/// confirmed one.
+///
+/// A document's confirmed state is stored twice only while it has pending
+/// writes: otherwise the view *is* the confirmed state, and keeping a
+/// second copy would double what a large initial sync writes. The rule
+/// that keeps this sound: before a local write puts a pending entry on top
+/// of a view, the view is copied to `confirmed` (`store/writes.rs`).
+pub(crate) fn read_confirmed_from(
+    tx: &Transaction<'_>,
+    doc: &DocRef,
+) -> Result<Option<(Document, ConfirmedIn)>, Error> {
+    let key = params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()];
+    let mut found = tx
+        .prepare_cached(
+            "SELECT version, state FROM confirmed WHERE space = ?1 AND collection = ?2 AND id = ?3",
+        )?
+        .query_row(key, |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })
+        .optional()?
+        .map(|row| (row, ConfirmedIn::Table));
+    if found.is_none() {
+        found = tx
+            .prepare_cached(
+                "SELECT version, state FROM documents
+                 WHERE space = ?1 AND collection = ?2 AND id = ?3
+                   AND pending = 0 AND version IS NOT NULL",
+            )?
+            .query_row(key, |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+            .optional()?
+            .map(|row| (row, ConfirmedIn::View));
+    }
+    let Some(((version, state), place)) = found else {
+        return Ok(None);
+    };
+    Ok(Some((
+        Document {
+            space: doc.space.clone(),
+            collection: doc.collection.clone(),
+            id: doc.id.clone(),
+            version: Some(from_sql_int(version, "confirmed version")?),
+            state: serde_json::from_str(&state)
+                .map_err(|e| Error::CorruptStore(format!("confirmed state of {}: {e}", doc.id)))?,
+        },
+        place,
+    )))
+}
+
+/// The confirmed document, if the server has confirmed one (see
+/// [`read_confirmed_from`]).
 pub(crate) fn read_confirmed(
     tx: &Transaction<'_>,
     doc: &DocRef,
 ) -> Result<Option<Document>, Error> {
-    let row: Option<(i64, String)> = tx
-        .prepare_cached(
-            "SELECT version, state FROM confirmed WHERE space = ?1 AND collection = ?2 AND id = ?3",
-        )?
-        .query_row(
-            params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
-    let Some((version, state)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(Document {
-        space: doc.space.clone(),
-        collection: doc.collection.clone(),
-        id: doc.id.clone(),
-        version: Some(from_sql_int(version, "confirmed version")?),
-        state: serde_json::from_str(&state)
-            .map_err(|e| Error::CorruptStore(format!("confirmed state of {}: {e}", doc.id)))?,
-    }))
+    Ok(read_confirmed_from(tx, doc)?.map(|(d, _)| d))
 }
 
 /// Recomputes the local view of `doc` from its confirmed state and its

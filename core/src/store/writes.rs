@@ -129,6 +129,24 @@ impl Store {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current = read_view(&tx, doc)?;
+            if let Some(view) = &current
+                && view.pending == 0
+                && view.version.is_some()
+            {
+                // The view is the confirmed state (views.rs keeps no second
+                // copy of it); keep one now that a pending write goes on
+                // top.
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO confirmed (space, collection, id, version, state)
+                     SELECT space, collection, id, version, state FROM documents
+                     WHERE space = ?1 AND collection = ?2 AND id = ?3",
+                )?
+                .execute(params![
+                    doc.space.as_str(),
+                    doc.collection.as_str(),
+                    doc.id.as_str()
+                ])?;
+            }
             let current_state = current.as_ref().map(|v| &v.state);
             let op = match write {
                 Write::Put(fields) => Op::Put { fields },

@@ -368,6 +368,101 @@ impl SyncHandle {
 
 type Socket = WebSocketStream<TcpStream>;
 
+/// What the socket's reader task hands the driver: a decoded frame, or why
+/// the connection ended.
+type Incoming = Result<ServerMessage, DisconnectReason>;
+
+/// Frames decoded ahead of the engine: enough to keep the reader busy
+/// while the engine applies a page, few enough to push back on the server.
+const DECODED_AHEAD: usize = 4;
+
+/// An open connection: the writing half, and the task that reads and
+/// decodes frames on another core while the engine applies earlier ones.
+struct Link {
+    sink: futures::stream::SplitSink<Socket, Message>,
+    frames: mpsc::Receiver<Incoming>,
+    reader: JoinHandle<()>,
+}
+
+impl Link {
+    fn new(socket: Socket) -> Link {
+        let (sink, mut stream) = socket.split();
+        let (tx, frames) = mpsc::channel(DECODED_AHEAD);
+        let reader = tokio::spawn(async move {
+            loop {
+                let incoming = match stream.next().await {
+                    Some(Ok(Message::Text(text))) => decode(text.as_str()).map_err(|e| {
+                        DisconnectReason::Transport(format!("bad frame from server: {e}"))
+                    }),
+                    Some(Ok(Message::Close(frame))) => {
+                        Err(DisconnectReason::Transport(frame.map_or_else(
+                            || "closed by the server".to_owned(),
+                            |f| format!("closed by the server: {} {}", f.code, f.reason),
+                        )))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => Err(DisconnectReason::Transport(e.to_string())),
+                    None => Err(DisconnectReason::Transport("connection closed".into())),
+                };
+                let end = incoming.is_err();
+                if tx.send(incoming).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Link {
+            sink,
+            frames,
+            reader,
+        }
+    }
+
+    async fn close(mut self) {
+        self.reader.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// A `changes` frame, decoded straight into its fields: the generic path
+/// (an internally tagged enum) first copies the whole frame into an
+/// intermediate tree, which for catch-up pages of a thousand documents
+/// costs more than the decoding itself.
+#[derive(serde::Deserialize)]
+struct ChangesFrame {
+    #[serde(rename = "type")]
+    _kind: serde::de::IgnoredAny,
+    space: tandem_protocol::SpaceId,
+    changes: Vec<tandem_protocol::Change>,
+    more: bool,
+    #[serde(default)]
+    checksum: Option<tandem_protocol::SpaceChecksum>,
+    #[serde(default)]
+    head: Option<u64>,
+    #[serde(default)]
+    reset: bool,
+}
+
+fn decode(text: &str) -> Result<ServerMessage, serde_json::Error> {
+    if text.starts_with(r#"{"type":"changes""#) {
+        let f: ChangesFrame = serde_json::from_str(text)?;
+        return Ok(ServerMessage::Changes(tandem_protocol::wire::Changes {
+            space: f.space,
+            changes: f.changes,
+            more: f.more,
+            checksum: f.checksum,
+            head: f.head,
+            reset: f.reset,
+        }));
+    }
+    ServerMessage::decode(text)
+}
+
 /// The result of opening a connection: the socket and when its access
 /// token expires.
 type Opened = Result<(Socket, u64), DisconnectReason>;
@@ -376,7 +471,7 @@ struct Driver {
     engine: Engine,
     credentials: Arc<Credentials>,
     shared: Arc<Shared>,
-    socket: Option<Socket>,
+    socket: Option<Link>,
     connecting: Option<JoinHandle<Opened>>,
     refreshing: Option<JoinHandle<Result<u64, String>>>,
     timers: BTreeMap<Timer, Instant>,
@@ -397,8 +492,14 @@ impl Driver {
                     Some(Command::Event(event)) => self.feed(event).await,
                     Some(Command::WaitSettled(tx)) => self.waiters.push(tx),
                 },
-                frame = next_frame(&mut self.socket), if self.socket.is_some() => {
-                    self.on_frame(frame).await;
+                incoming = next_frame(&mut self.socket), if self.socket.is_some() => {
+                    match incoming {
+                        Ok(message) => self.feed(Event::FrameReceived(message)).await,
+                        Err(reason) => {
+                            self.socket = None;
+                            self.feed(Event::Disconnected { reason }).await;
+                        }
+                    }
                 }
                 () = sleep_until(next_timer), if next_timer.is_some() => {
                     let now = Instant::now();
@@ -417,7 +518,7 @@ impl Driver {
                     self.connecting = None;
                     match opened {
                         Ok((socket, expires)) => {
-                            self.socket = Some(socket);
+                            self.socket = Some(Link::new(socket));
                             self.feed(Event::Connected).await;
                             self.feed(Event::CredentialsUpdated { access_expires_at: expires }).await;
                         }
@@ -434,8 +535,8 @@ impl Driver {
             }
             self.after_step();
         }
-        if let Some(mut socket) = self.socket.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
+        if let Some(link) = self.socket.take() {
+            link.close().await;
         }
         if let Some(task) = self.connecting.take() {
             task.abort();
@@ -456,47 +557,6 @@ impl Driver {
         if !self.waiters.is_empty() && self.engine.is_settled().unwrap_or(false) {
             for waiter in self.waiters.drain(..) {
                 let _ = waiter.send(());
-            }
-        }
-    }
-
-    async fn on_frame(&mut self, frame: Option<Result<Message, tungstenite::Error>>) {
-        match frame {
-            Some(Ok(Message::Text(text))) => match ServerMessage::decode(&text) {
-                Ok(message) => self.feed(Event::FrameReceived(message)).await,
-                Err(e) => {
-                    self.socket = None;
-                    self.feed(Event::Disconnected {
-                        reason: DisconnectReason::Transport(format!("bad frame from server: {e}")),
-                    })
-                    .await;
-                }
-            },
-            Some(Ok(Message::Close(frame))) => {
-                self.socket = None;
-                let why = frame.map_or_else(
-                    || "closed by the server".to_owned(),
-                    |f| format!("closed by the server: {} {}", f.code, f.reason),
-                );
-                self.feed(Event::Disconnected {
-                    reason: DisconnectReason::Transport(why),
-                })
-                .await;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                self.socket = None;
-                self.feed(Event::Disconnected {
-                    reason: DisconnectReason::Transport(e.to_string()),
-                })
-                .await;
-            }
-            None => {
-                self.socket = None;
-                self.feed(Event::Disconnected {
-                    reason: DisconnectReason::Transport("connection closed".into()),
-                })
-                .await;
             }
         }
     }
@@ -540,17 +600,14 @@ impl Driver {
                 if let Some(task) = self.connecting.take() {
                     task.abort();
                 }
-                if let Some(mut socket) = self.socket.take() {
+                if let Some(link) = self.socket.take() {
                     // Best effort: the engine has moved on either way.
-                    tokio::spawn(async move {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), socket.close(None)).await;
-                    });
+                    tokio::spawn(link.close());
                 }
             }
             Action::Send(message) => {
-                if let Some(socket) = &mut self.socket
-                    && let Err(e) = socket.send(Message::text(message.encode())).await
+                if let Some(link) = &mut self.socket
+                    && let Err(e) = link.sink.send(Message::text(message.encode())).await
                 {
                     self.socket = None;
                     self.queue.push(Event::Disconnected {
@@ -590,9 +647,12 @@ fn tracing_like_warn(message: &str) {
     let _ = message;
 }
 
-async fn next_frame(socket: &mut Option<Socket>) -> Option<Result<Message, tungstenite::Error>> {
-    match socket {
-        Some(socket) => socket.next().await,
+async fn next_frame(link: &mut Option<Link>) -> Incoming {
+    match link {
+        Some(link) => match link.frames.recv().await {
+            Some(incoming) => incoming,
+            None => Err(DisconnectReason::Transport("connection closed".into())),
+        },
         None => std::future::pending().await,
     }
 }
