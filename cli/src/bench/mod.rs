@@ -9,6 +9,10 @@
 //! To add a scenario: a module with `pub fn run(&BenchArgs) -> Result<Report,
 //! Failure>` and one line in [`SCENARIOS`].
 
+mod catch_up;
+mod cross_device;
+mod drain;
+mod initial_sync;
 mod local_read;
 mod local_write;
 mod server_ingest;
@@ -23,14 +27,16 @@ use crate::failure::Failure;
 /// Options of `tandem bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// The scenario to run: local-write, local-read, server-ingest.
+    /// The scenario to run: local-write, local-read, server-ingest,
+    /// initial-sync, catch-up, drain, cross-device.
     pub scenario: String,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
     /// How many operations or documents (the scenario's default otherwise;
-    /// smaller runs are for quick checks, not for numbers).
-    #[arg(long, value_name = "N")]
+    /// smaller runs are for quick checks, not for numbers). `--docs` is the
+    /// same flag, for the sync scenarios.
+    #[arg(long, visible_alias = "docs", value_name = "N")]
     pub count: Option<u64>,
     /// How many times to repeat a measured operation that is repeated (the
     /// scenario's default otherwise).
@@ -49,6 +55,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("local-write", local_write::run),
     ("local-read", local_read::run),
     ("server-ingest", server_ingest::run),
+    ("initial-sync", initial_sync::run),
+    ("catch-up", catch_up::run),
+    ("drain", drain::run),
+    ("cross-device", cross_device::run),
 ];
 
 /// Runs one scenario and prints its report.
