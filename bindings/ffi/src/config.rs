@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use tandem_core::{DEFAULT_MAX_DOCUMENT_BYTES, Durability};
+use tandem_core::Durability;
 use tandem_protocol::{CollectionPolicy as CorePolicy, Policy};
 
 /// Everything [`Client::open`](crate::Client::open) needs.
@@ -31,23 +31,17 @@ pub struct ClientConfig {
 
 impl From<ClientConfig> for tandem_core::ClientConfig {
     fn from(config: ClientConfig) -> tandem_core::ClientConfig {
-        tandem_core::ClientConfig {
-            data_dir: config.data_dir,
-            user_id: config.user_id,
-            device_name: config.device_name,
-            // The server is named when syncing starts (`SyncConfig`).
-            server_url: None,
-            durability: if config.durable_writes {
-                Durability::Full
-            } else {
-                Durability::Normal
-            },
-            max_document_bytes: config
-                .max_document_bytes
-                .map_or(DEFAULT_MAX_DOCUMENT_BYTES, |bytes| {
-                    usize::try_from(bytes).unwrap_or(usize::MAX)
-                }),
+        // Built from the core's defaults, so options the core adds keep
+        // their defaults here until the app is given a say.
+        let mut core =
+            tandem_core::ClientConfig::new(&config.data_dir, &config.user_id, &config.device_name);
+        if config.durable_writes {
+            core.durability = Durability::Full;
         }
+        if let Some(bytes) = config.max_document_bytes {
+            core.max_document_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        core
     }
 }
 

@@ -36,8 +36,11 @@ pub enum TandemError {
         reason: String,
     },
 
-    /// The write conflicts with the server's version of the document (a
-    /// `server_wins` or `manual` collection).
+    /// The write conflicts with the server's version of the document. No
+    /// call returns it today: the engine resolves conflicts by the
+    /// collection's policy or the app's `ConflictHandler` and records them
+    /// in the conflict log; it is here for calls that will wait for the
+    /// server's verdict.
     #[error("conflict: {reason}")]
     Conflict {
         /// What conflicted, for logs.
