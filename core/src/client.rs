@@ -309,9 +309,72 @@ impl Client {
 
     /// The local view of a document: `None` if the device has never seen
     /// it; a tombstone (`deleted: true`) if it is deleted.
+    ///
+    /// A document evicted to keep the database within its budget
+    /// ([`ClientConfig::cache_limit_bytes`](crate::ClientConfig)) is
+    /// [`Error::NotLocal`]: [`Client::fetch`] gets it again.
     pub fn get(&self, key: DocKey) -> Result<Option<LocalDocument>, Error> {
         let doc = self.resolve(&key)?;
+        let found = self.store.get(&doc)?;
+        if found.is_none() && self.store.evicted_version(&doc)?.is_some() {
+            return Err(Error::NotLocal {
+                collection: doc.collection.to_string(),
+                id: doc.id.to_string(),
+            });
+        }
+        self.store.touch(&doc);
+        Ok(found)
+    }
+
+    /// Like [`Client::get`], but a document evicted from this device is
+    /// fetched from the server again (and is local from then on). Offline,
+    /// or without [`Client::start_sync`], an evicted document is
+    /// [`Error::NotLocal`].
+    pub async fn fetch(&self, key: DocKey) -> Result<Option<LocalDocument>, Error> {
+        let doc = self.resolve(&key)?;
+        if let Some(found) = self.store.get(&doc)? {
+            self.store.touch(&doc);
+            return Ok(Some(found));
+        }
+        let Some(version) = self.store.evicted_version(&doc)? else {
+            return Ok(None);
+        };
+        let not_local = || Error::NotLocal {
+            collection: doc.collection.to_string(),
+            id: doc.id.to_string(),
+        };
+        let credentials = match self.sync_handle() {
+            Ok(handle) => Arc::clone(&handle.credentials),
+            Err(_) => return Err(not_local()),
+        };
+        let space = doc.space.to_string();
+        // Versions are unique within a space, so the one change after
+        // `version - 1` is this document at `version`.
+        let page = credentials
+            .with_access(|api, token| {
+                let space = space.clone();
+                async move { api.pull(&token, &space, version.saturating_sub(1), 1).await }
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Network(_) => not_local(),
+                other => other,
+            })?;
+        let change = page
+            .changes
+            .iter()
+            .find(|c| c.collection == doc.collection && c.doc_id == doc.id)
+            .ok_or_else(not_local)?;
+        self.store.apply_conflict_document(&change.to_document())?;
+        self.store.touch(&doc);
         self.store.get(&doc)
+    }
+
+    /// Evicts documents now if the database is over its budget (syncing
+    /// does this after each catch-up). Returns how many were evicted.
+    pub fn enforce_cache_limit(&self) -> Result<u64, Error> {
+        let n = self.store.enforce_cache_limit()?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
     }
 
     /// The live documents matching `query`, in its order.
@@ -648,6 +711,7 @@ impl Client {
 
     fn write(&self, doc: &DocRef, write: Write) -> Result<LocalDocument, Error> {
         let local = self.store.write(doc, write)?;
+        self.store.touch(doc);
         self.notify_local_write();
         Ok(local)
     }

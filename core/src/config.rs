@@ -59,6 +59,15 @@ pub struct ClientConfig {
     /// The largest document, in bytes of its merge state as JSON (what the
     /// server limits too). Default: 1 MiB.
     pub max_document_bytes: usize,
+    /// A budget for the database's size, in bytes; `None` (the default):
+    /// no limit. Over it, documents of [`Self::evictable_collections`] are
+    /// evicted, least recently used first (see the store's eviction
+    /// module).
+    pub cache_limit_bytes: Option<u64>,
+    /// Collections whose documents may be evicted to keep within
+    /// [`Self::cache_limit_bytes`] and fetched again when needed. Default:
+    /// none.
+    pub evictable_collections: Vec<String>,
 }
 
 impl ClientConfig {
@@ -72,6 +81,8 @@ impl ClientConfig {
             server_url: None,
             durability: Durability::Normal,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+            cache_limit_bytes: None,
+            evictable_collections: Vec::new(),
         }
     }
 }

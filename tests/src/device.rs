@@ -42,17 +42,32 @@ pub struct Device {
 impl Device {
     /// A device of `user` named `name` that has not started syncing.
     pub fn offline(user: &str, name: &str) -> Device {
+        Self::offline_with(user, name, |_| {})
+    }
+
+    /// Like [`Device::offline`], with the configuration changed first.
+    pub fn offline_with(user: &str, name: &str, change: impl FnOnce(&mut ClientConfig)) -> Device {
         let dir = TempDir::new().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        Self::open_in(Arc::new(dir), user, name)
+        Self::open_with(Arc::new(dir), user, name, change)
     }
 
     fn open_in(dir: Arc<TempDir>, user: &str, name: &str) -> Device {
+        Self::open_with(dir, user, name, |_| {})
+    }
+
+    fn open_with(
+        dir: Arc<TempDir>,
+        user: &str,
+        name: &str,
+        change: impl FnOnce(&mut ClientConfig),
+    ) -> Device {
         let path = dir
             .path()
             .to_str()
             .unwrap_or_else(|| panic!("temp dir path"));
-        let client = Client::open(ClientConfig::new(path, user, name))
-            .unwrap_or_else(|e| panic!("open device: {e}"));
+        let mut config = ClientConfig::new(path, user, name);
+        change(&mut config);
+        let client = Client::open(config).unwrap_or_else(|e| panic!("open device: {e}"));
         Device {
             client: Arc::new(client),
             user: user.to_owned(),

@@ -314,3 +314,123 @@ async fn an_expired_access_token_is_refreshed_without_losing_or_reordering_the_o
     assert_converged(&url, "alice", "tasks", &[&a, &b]).await;
     assert!(a.client.sync_status().unwrap().last_error.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_budget_evicts_unused_documents_which_are_fetched_again() {
+    let server = TestServer::dev().await;
+    let url = server.http_url();
+    let writer = Device::online(&url, "alice", "writer").await;
+    let blob = "x".repeat(2_000);
+    for i in 0..300 {
+        writer
+            .client
+            .put(
+                key("photos", &format!("p{i:04}")),
+                &format!(r#"{{"i":{i},"blob":"{blob}"}}"#),
+            )
+            .unwrap();
+    }
+    for i in 0..5 {
+        writer
+            .client
+            .put(key("tasks", &format!("t{i}")), r#"{"title":"keep me"}"#)
+            .unwrap();
+    }
+    writer.settle().await;
+    let reader = Device::offline_with("alice", "reader", |c| {
+        c.cache_limit_bytes = Some(512 * 1024);
+        c.evictable_collections = vec!["photos".into()];
+    });
+    reader.start_sync(&url).await;
+    reader.settle().await;
+
+    let photos = reader.docs(None, "photos");
+    assert!(
+        photos.len() < 300,
+        "some photos were evicted: {}",
+        photos.len()
+    );
+    assert!(photos.len() > 1, "not everything: {}", photos.len());
+    assert_eq!(
+        reader.docs(None, "tasks").len(),
+        5,
+        "other collections stay"
+    );
+    // A pending local edit keeps its document on the device, however
+    // long ago it was used.
+    let kept = photos.keys().next().unwrap().clone();
+    reader.client.set_network_available(false);
+    reader
+        .client
+        .patch(key("photos", &kept), r#"{"starred":true}"#)
+        .unwrap();
+    let filler = "y".repeat(2_000);
+    for i in 0..40 {
+        reader
+            .client
+            .put(
+                key("tasks", &format!("filler{i}")),
+                &format!(r#"{{"f":"{filler}"}}"#),
+            )
+            .unwrap();
+    }
+    assert!(reader.client.enforce_cache_limit().unwrap() > 0);
+    assert!(reader.docs(None, "photos").len() < photos.len());
+    assert!(
+        reader
+            .client
+            .get(key("photos", &kept))
+            .unwrap()
+            .unwrap()
+            .pending
+    );
+    reader.client.set_network_available(true);
+    reader.settle().await;
+    let photos = reader.docs(None, "photos");
+    let gone = (0..300)
+        .map(|i| format!("p{i:04}"))
+        .find(|id| !photos.contains_key(id))
+        .unwrap();
+    assert!(matches!(
+        reader.client.get(key("photos", &gone)),
+        Err(tandem_core::Error::NotLocal { .. })
+    ));
+    // Fetched again from the server, whole.
+    let fetched = reader
+        .client
+        .fetch(key("photos", &gone))
+        .await
+        .unwrap()
+        .unwrap();
+    let fields: serde_json::Value = serde_json::from_str(&fetched.fields_json).unwrap();
+    assert_eq!(fields["blob"].as_str().unwrap().len(), 2_000);
+    assert!(reader.client.get(key("photos", &gone)).unwrap().is_some());
+
+    // A change to an evicted document brings it back, and the checksum
+    // still agrees (no re-sync).
+    let other = (0..300)
+        .rev()
+        .map(|i| format!("p{i:04}"))
+        .find(|id| reader.client.get(key("photos", id)).is_err())
+        .unwrap();
+    writer
+        .client
+        .patch(key("photos", &other), r#"{"edited":true}"#)
+        .unwrap();
+    writer.settle().await;
+    reader.settle().await;
+    let back = reader.client.get(key("photos", &other)).unwrap().unwrap();
+    assert!(back.fields_json.contains("\"edited\":true"));
+    assert_eq!(reader.client.sync_status().unwrap().checksum_mismatches, 0);
+
+    // Offline, an evicted document is plainly not local.
+    reader.client.stop_sync().await;
+    let third = (0..300)
+        .map(|i| format!("p{i:04}"))
+        .find(|id| reader.client.get(key("photos", id)).is_err())
+        .unwrap();
+    assert!(matches!(
+        reader.client.fetch(key("photos", &third)).await,
+        Err(tandem_core::Error::NotLocal { .. })
+    ));
+}

@@ -21,6 +21,7 @@
 
 mod checkpoint;
 mod device;
+mod eviction;
 mod indexes;
 mod outbox;
 mod readers;
@@ -147,6 +148,7 @@ pub(crate) struct Store {
     identity: DeviceIdentity,
     max_document_bytes: usize,
     commits: CommitSink,
+    cache: eviction::CachePolicy,
 }
 
 impl Store {
@@ -187,6 +189,11 @@ impl Store {
             identity,
             max_document_bytes: config.max_document_bytes,
             commits,
+            cache: eviction::CachePolicy {
+                limit_bytes: config.cache_limit_bytes,
+                evictable: config.evictable_collections.clone(),
+                touched: Mutex::new(HashMap::new()),
+            },
         })
     }
 
@@ -222,6 +229,12 @@ impl Store {
             .as_ref()
             .map(|w| w.policies.clone())
             .unwrap_or_default()
+    }
+
+    /// Notes that the app used `doc` (eviction evicts the least recently
+    /// used first).
+    pub(crate) fn touch(&self, doc: &DocRef) {
+        self.cache.touch(doc);
     }
 
     /// Whether [`Store::close`] has not been called.

@@ -140,6 +140,20 @@ fn apply_one(
             .map(|v| from_sql_int(v, "evicted version"))
             .transpose()?;
         counted = evicted_version;
+        if evicted_version.is_some() {
+            // Back on the device because it changed: count that as a use,
+            // or the next eviction would take it again first.
+            tx.prepare_cached(
+                "INSERT INTO document_access (space, collection, id, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (space, collection, id) DO UPDATE SET at = excluded.at",
+            )?
+            .execute(params![
+                doc.space.as_str(),
+                doc.collection.as_str(),
+                doc.id.as_str(),
+                to_sql_int(now_millis())
+            ])?;
+        }
     }
     if resync {
         let marked = tx
@@ -160,7 +174,8 @@ fn apply_one(
             .is_some_and(|d| d.version == Some(change.rev) && d.state == change.state);
         (!same).then(|| change.to_document())
     } else if let Some(version) = evicted_version {
-        (change.rev > version).then(|| change.to_document())
+        // The same version too: that is fetching an evicted document again.
+        (change.rev >= version).then(|| change.to_document())
     } else {
         merge::apply_change(current.as_ref(), change, &policy)
     };

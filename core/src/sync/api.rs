@@ -162,6 +162,25 @@ impl Api {
             .await
     }
 
+    /// `GET /v1/spaces/{space}/changes?cursor=..&limit=..`: one page of the
+    /// feed.
+    pub async fn pull(
+        &self,
+        access: &str,
+        space: &str,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<tandem_protocol::wire::Changes, ApiFailure> {
+        let path = format!(
+            "/v1/spaces/{}/changes?cursor={cursor}&limit={limit}",
+            encode(space)
+        );
+        match self.call(self.get(&path, access)).await? {
+            tandem_protocol::ServerMessage::Changes(changes) => Ok(changes),
+            _ => Err(ApiFailure::Transport("expected a changes page".into())),
+        }
+    }
+
     /// `GET /v1/spaces`.
     pub async fn spaces(&self, access: &str) -> Result<SpaceList, ApiFailure> {
         self.call(self.get("/v1/spaces", access)).await

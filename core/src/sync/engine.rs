@@ -792,6 +792,7 @@ impl Engine {
             self.status_changed = true;
         } else if !page.more && self.all_caught_up() {
             self.store.mark_synced(self.clock.now_ms())?;
+            self.store.enforce_cache_limit()?;
         }
         // Confirmed entries may unblock later ones of their documents.
         self.fill_pipeline()
