@@ -148,6 +148,19 @@ impl Client {
         })
     }
 
+    /// The document, fetched from the server if it was evicted from this
+    /// device (see `ClientConfig::cache_limit_bytes`); otherwise the same
+    /// as [`Client::get`]. Fails with `Network` if it was evicted and the
+    /// server cannot be reached.
+    pub async fn fetch(&self, key: DocKey) -> Result<Option<Document>, TandemError> {
+        let inner = Arc::clone(&self.inner);
+        runtime::spawn(async move {
+            let doc = inner.fetch(key.into()).await?;
+            Ok::<_, tandem_core::Error>(doc.map(Document::from))
+        })
+        .await
+    }
+
     /// The live documents matching `query`, in its order.
     pub fn query(&self, query: Query) -> Result<Vec<Document>, TandemError> {
         guard(|| self.inner.query(query.into()).map(documents))

@@ -27,6 +27,16 @@ pub struct ClientConfig {
     /// means 1 MiB.
     #[uniffi(default = None)]
     pub max_document_bytes: Option<u64>,
+    /// A budget for the database's size, in bytes; none means no limit.
+    /// Over it, documents of `evictable_collections` are evicted, least
+    /// recently used first (never ones with pending writes);
+    /// [`Client::fetch`](crate::Client::fetch) gets one again.
+    #[uniffi(default = None)]
+    pub cache_limit_bytes: Option<u64>,
+    /// Collections whose documents may be evicted to keep within
+    /// `cache_limit_bytes` (for example message history).
+    #[uniffi(default = [])]
+    pub evictable_collections: Vec<String>,
 }
 
 impl From<ClientConfig> for tandem_core::ClientConfig {
@@ -41,6 +51,8 @@ impl From<ClientConfig> for tandem_core::ClientConfig {
         if let Some(bytes) = config.max_document_bytes {
             core.max_document_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
+        core.cache_limit_bytes = config.cache_limit_bytes;
+        core.evictable_collections = config.evictable_collections;
         core
     }
 }

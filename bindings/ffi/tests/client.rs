@@ -25,6 +25,8 @@ fn open(dir: &tempfile::TempDir) -> Arc<Client> {
         device_name: "test".into(),
         durable_writes: false,
         max_document_bytes: None,
+        cache_limit_bytes: None,
+        evictable_collections: Vec::new(),
     };
     block_on(Client::open(config)).unwrap()
 }
@@ -94,7 +96,12 @@ fn documents_round_trip_as_json_with_typed_metadata() {
     assert!(written.pending);
     assert!(!written.deleted);
 
-    assert_eq!(client.get(key("t1")).unwrap(), Some(written));
+    assert_eq!(client.get(key("t1")).unwrap(), Some(written.clone()));
+    assert_eq!(
+        block_on(client.fetch(key("t1"))).unwrap(),
+        Some(written),
+        "a document on the device is fetched locally"
+    );
     assert_eq!(client.get(key("none")).unwrap(), None);
 
     let open_tasks = client
