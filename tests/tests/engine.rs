@@ -434,3 +434,148 @@ async fn a_cache_budget_evicts_unused_documents_which_are_fetched_again() {
         Err(tandem_core::Error::NotLocal { .. })
     ));
 }
+
+struct StatusLog(
+    Mutex<Vec<tandem_core::SyncStatus>>,
+    Mutex<Vec<tandem_core::MutationFailure>>,
+);
+
+impl tandem_core::StatusObserver for StatusLog {
+    fn on_status(&self, status: tandem_core::SyncStatus) {
+        self.0.lock().unwrap().push(status);
+    }
+    fn on_mutation_failed(&self, failure: tandem_core::MutationFailure) {
+        self.1.lock().unwrap().push(failure);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_write_fails_is_reported_rolled_back_and_can_be_discarded_or_retried() {
+    let server = TestServer::start(TestServerOptions::dev().schema(
+        r#"{"collections": {"tasks": {"fields": {"title": {"type": "string", "required": true}}}}}"#,
+    ))
+    .await;
+    let url = server.http_url();
+    let device = Device::offline("alice", "phone");
+    let log = Arc::new(StatusLog(Mutex::new(Vec::new()), Mutex::new(Vec::new())));
+    let _subscription = device.client.observe_status(log.clone()).unwrap();
+    device
+        .client
+        .put(key("tasks", "ok"), r#"{"title":"fine"}"#)
+        .unwrap();
+    device
+        .client
+        .put(key("tasks", "bad"), r#"{"note":"no title"}"#)
+        .unwrap();
+    device.start_sync(&url).await;
+    let outcome = device.client.sync_once(tandem_e2e::PATIENCE).await.unwrap();
+    assert_eq!(
+        outcome,
+        SyncOutcome::PendingLeft {
+            pending: 0,
+            failed: 1
+        }
+    );
+    // Reported, rolled back from the view, listed; the other write went.
+    let failures = log.1.lock().unwrap().clone();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].doc_id, "bad");
+    assert!(
+        failures[0].reason.starts_with("validation_failed"),
+        "{}",
+        failures[0].reason
+    );
+    assert!(device.client.get(key("tasks", "bad")).unwrap().is_none());
+    assert!(
+        !device
+            .client
+            .get(key("tasks", "ok"))
+            .unwrap()
+            .unwrap()
+            .pending
+    );
+    let failed = device.client.failed_mutations().unwrap();
+    assert_eq!(failed.len(), 1);
+    // Status observers saw the device online and the failure counted.
+    eventually("a status with the failure", || {
+        log.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.connection == tandem_core::ConnectionState::Online && s.failed == 1)
+    })
+    .await;
+    // Retried, it fails again (the server still refuses it); discarded, it
+    // is gone and the device is caught up.
+    assert!(
+        device
+            .client
+            .retry_mutation(&failed[0].mutation_id)
+            .unwrap()
+    );
+    let outcome = device.client.sync_once(tandem_e2e::PATIENCE).await.unwrap();
+    assert_eq!(
+        outcome,
+        SyncOutcome::PendingLeft {
+            pending: 0,
+            failed: 1
+        }
+    );
+    assert!(
+        device
+            .client
+            .discard_mutation(&failed[0].mutation_id)
+            .unwrap()
+    );
+    let outcome = device.client.sync_once(tandem_e2e::PATIENCE).await.unwrap();
+    assert_eq!(outcome, SyncOutcome::CaughtUp);
+    assert!(device.client.failed_mutations().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_added_to_a_space_receives_it_live() {
+    let server = TestServer::dev().await;
+    let url = server.http_url();
+    let alice = Device::online(&url, "alice", "phone").await;
+    let bob = Device::online(&url, "bob", "phone").await;
+    alice.settle().await;
+    bob.settle().await;
+    alice.client.create_space("team").await.unwrap();
+    alice
+        .client
+        .put(
+            DocKey::in_space("team", "tasks", "t1"),
+            r#"{"title":"shared"}"#,
+        )
+        .unwrap();
+    alice.settle().await;
+    alice.client.add_member("team", "bob").await.unwrap();
+    // No reconnect: the `spaces` message makes bob's engine subscribe.
+    eventually("bob receives the space", || {
+        bob.client
+            .get(DocKey::in_space("team", "tasks", "t1"))
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    let spaces: Vec<String> = bob
+        .client
+        .spaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.space)
+        .collect();
+    assert_eq!(spaces, vec!["personal:bob".to_owned(), "team".to_owned()]);
+    // Removed, the space's documents leave bob's device.
+    alice.client.remove_member("team", "bob").await.unwrap();
+    eventually("the space leaves bob's device", || {
+        bob.client
+            .get(DocKey::in_space("team", "tasks", "t1"))
+            .ok()
+            .flatten()
+            .is_none()
+    })
+    .await;
+}
