@@ -16,10 +16,12 @@
 //! - [`document`]: [`LocalDocument`], what the app reads, and [`DocKey`];
 //! - [`config`] and [`error`].
 //!
-//! The sync engine (WebSocket link, pushing the outbox, applying remote
-//! changes) will be added to this crate on top of the store; the store
-//! already keeps confirmed server state apart from pending mutations so it
-//! can rebuild views when remote changes arrive.
+//! - [`sync`]: syncing with the server: a sans-I/O engine (events in,
+//!   actions out) and the tokio driver that runs it over a WebSocket, with
+//!   credentials, conflicts, status and the cache budget;
+//!   [`Client::start_sync`] starts it.
+//!
+//! `docs/ENGINE.md` describes the engine for people using it.
 
 pub mod client;
 pub mod config;

@@ -13,8 +13,10 @@
 //! The submodules are the rooms: `schema` (tables and migrations),
 //! `writes` (local writes), `reads` (get and query), `indexes`
 //! (declared field indexes), `outbox` (the queue of mutations), `views`
-//! (confirmed state and rebuilding the local view), `device` (identity and
-//! clock).
+//! (confirmed state and rebuilding the local view), `remote` (applying the
+//! server's pages, conflict documents, re-syncs), `sync_state`
+//! (credentials, sync bookkeeping, the conflict log), `eviction` (the
+//! cache budget), `device` (identity and clock).
 //!
 //! Only [`open_writer`] and [`Checkpointer`] are public: the benchmarks use
 //! them to measure a bare SQLite write with exactly the store's settings.

@@ -8,11 +8,17 @@
 //! # Ordering
 //!
 //! Entries are numbered by `seq` in commit order (there is one writer). The
-//! sync engine sends them in `seq` order. Within one document order is
-//! kept strictly: no entry is sent while an earlier entry of the same
-//! document waits for a retry, so the server applies a document's writes
-//! in the order they were made. Entries of different documents never wait
-//! for each other.
+//! sync engine sends them in `seq` order, in batches, several batches in
+//! flight (the server applies a connection's batches in order). Within one
+//! document order is kept strictly: no entry is sent while an earlier entry
+//! of the same document waits for a retry, so the server applies a
+//! document's writes in the order they were made. In a version-checked
+//! collection (`server_wins`, `manual`) an entry also waits until every
+//! earlier entry of its document is acknowledged, and is then sent with the
+//! earlier one's revision as its `base_version` (it was written on top of
+//! that entry, so checking it against the version before would make it
+//! conflict with itself). Entries of different documents never wait for
+//! each other.
 //!
 //! # States
 //!
@@ -32,9 +38,12 @@
 //!   engine chooses the time: exponential backoff with jitter, capped.
 //! - `failed`: the server refused the mutation for good (policy,
 //!   validation, permission) or the attempts ran out; `failure` says why.
-//! - acknowledged: the entry is deleted in the transaction that stores the
-//!   confirmed state the server returned, so the local view never falls
-//!   back to the old value in between.
+//! - acknowledged (`in_flight` with `acked_rev` set): the server applied it
+//!   at `acked_rev`. It stays in the view until the space's cursor reaches
+//!   that revision, and is deleted in the transaction that applies the
+//!   change carrying it (or, for an ack of a revision the cursor already
+//!   passed, at once), so the local view never falls back to the old value
+//!   in between. It is never sent again.
 //!
 //! Whatever deletes entries saves the device clock first, in the same
 //! transaction: the newest entry's stamp is where the clock resumes after a
@@ -42,11 +51,11 @@
 //!
 //! # Wedged states
 //!
-//! Nothing stops the queue as a whole. A `failed` entry stays, with its
-//! effect still in the local view (the document shows `pending`), until
-//! the app retries it (back to `queued`) or discards it (deleted, and the
-//! view rebuilt without it); it holds back nothing, not even later entries
-//! of its own document, which the server judges on their own. A `retrying`
+//! Nothing stops the queue as a whole. A `failed` entry stays, rolled back
+//! from the local view (the view is rebuilt without it), until the app
+//! retries it (back to `queued`, and into the view again) or discards it
+//! (deleted); it holds back nothing, not even later entries of its own
+//! document, which the server judges on their own. A `retrying`
 //! entry holds back only later entries of its own document, and only until
 //! it is due. `in_flight` cannot outlive its connection: the engine puts
 //! in-flight entries back to `queued` when the connection drops.

@@ -79,6 +79,13 @@ pub(crate) struct PageEnd {
     pub rev: u64,
     /// The page's place in a re-sync.
     pub resync: Resync,
+    /// In a catch-up from revision 0 into a space this device held nothing
+    /// of: the head when the catch-up began. A change at or below it is
+    /// the document's first appearance (the feed lists each document once,
+    /// at its version; a document changed during the catch-up shows up
+    /// again only above this head), so unless the document has outbox
+    /// entries there is nothing local to read or merge with.
+    pub fresh_below: Option<u64>,
 }
 
 /// Per-transaction facts that let most changes skip work.
@@ -87,6 +94,8 @@ struct Shortcuts {
     outbox: bool,
     /// Some document is evicted.
     evicted: bool,
+    /// See [`PageEnd::fresh_below`].
+    fresh_below: Option<u64>,
 }
 
 impl Shortcuts {
@@ -94,7 +103,11 @@ impl Shortcuts {
         let (outbox, evicted): (bool, bool) = tx
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox), EXISTS (SELECT 1 FROM evicted)")?
             .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(Shortcuts { outbox, evicted })
+        Ok(Shortcuts {
+            outbox,
+            evicted,
+            fresh_below: None,
+        })
     }
 }
 
@@ -106,7 +119,7 @@ fn apply_one(
     clock: &mut HybridClock,
     shortcuts: &Shortcuts,
     cursor: &mut Cursor,
-    change: &Change,
+    change: Change,
     resync: bool,
 ) -> Result<Option<DocRef>, Error> {
     let doc = DocRef {
@@ -119,9 +132,22 @@ fn apply_one(
         clock.observe(stamp, now_millis());
     }
     let key = params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()];
-    let (current, place) = match read_confirmed_from(tx, &doc)? {
-        Some((d, place)) => (Some(d), Some(place)),
-        None => (None, None),
+    let has_entries = shortcuts.outbox
+        && tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM outbox
+                 WHERE space = ?1 AND collection = ?2 AND doc_id = ?3)",
+            )?
+            .query_row(key, |row| row.get::<_, bool>(0))?;
+    let first_appearance =
+        !has_entries && shortcuts.fresh_below.is_some_and(|head| change.rev <= head);
+    let (current, place) = if first_appearance {
+        (None, None)
+    } else {
+        match read_confirmed_from(tx, &doc)? {
+            Some((d, place)) => (Some(d), Some(place)),
+            None => (None, None),
+        }
     };
     // The version whose hash the checksum holds for this document, if any.
     let mut counted: Option<u64> = current
@@ -129,7 +155,7 @@ fn apply_one(
         .filter(|d| !d.is_deleted())
         .and_then(|d| d.version);
     let mut evicted_version = None;
-    if current.is_none() && shortcuts.evicted {
+    if current.is_none() && shortcuts.evicted && !first_appearance {
         evicted_version = tx
             .prepare_cached(
                 "DELETE FROM evicted WHERE space = ?1 AND collection = ?2 AND id = ?3
@@ -166,18 +192,21 @@ fn apply_one(
             counted = None;
         }
     }
+    let mutation_id = change.mutation_id;
     let next = if resync {
         // The server's copy is the truth: replace, never join (a restored
         // server may be behind this device's copy).
         let same = current
             .as_ref()
             .is_some_and(|d| d.version == Some(change.rev) && d.state == change.state);
-        (!same).then(|| change.to_document())
+        (!same).then(|| into_document(change))
     } else if let Some(version) = evicted_version {
         // The same version too: that is fetching an evicted document again.
-        (change.rev >= version).then(|| change.to_document())
+        (change.rev >= version).then(|| into_document(change))
+    } else if current.is_none() {
+        Some(into_document(change))
     } else {
-        merge::apply_change(current.as_ref(), change, &policy)
+        merge::apply_change(current.as_ref(), &change, &policy)
     };
     let result = next.as_ref().or(current.as_ref());
     let now_counted = result.filter(|d| !d.is_deleted()).and_then(|d| d.version);
@@ -191,14 +220,7 @@ fn apply_one(
             .checksum
             .add(doc.collection.as_str(), doc.id.as_str(), v);
     }
-    let has_entries = shortcuts.outbox
-        && tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM outbox
-                 WHERE space = ?1 AND collection = ?2 AND doc_id = ?3)",
-            )?
-            .query_row(key, |row| row.get::<_, bool>(0))?;
-    let acked = match (has_entries, change.mutation_id) {
+    let acked = match (has_entries, mutation_id) {
         (true, Some(id)) => remove_in(tx, &id)?.is_some(),
         _ => false,
     };
@@ -237,6 +259,18 @@ fn apply_one(
         }
     }
     Ok(Some(doc))
+}
+
+/// The document a change describes, taking the change's state rather than
+/// copying it.
+fn into_document(change: Change) -> Document {
+    Document {
+        space: change.space,
+        collection: change.collection,
+        id: change.doc_id,
+        version: Some(change.rev),
+        state: change.state,
+    }
 }
 
 /// Stores `cursor` for `space`.
@@ -332,7 +366,7 @@ impl Store {
     pub(crate) fn apply_page(
         &self,
         space: &SpaceId,
-        changes: &[Change],
+        changes: Vec<Change>,
         end: PageEnd,
     ) -> Result<Cursor, Error> {
         let (cursor, changed) = self.with_writer(|writer| {
@@ -342,7 +376,8 @@ impl Store {
                 policies,
             } = writer;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let shortcuts = Shortcuts::load(&tx)?;
+            let mut shortcuts = Shortcuts::load(&tx)?;
+            shortcuts.fresh_below = end.fresh_below;
             let mut cursor = load_cursors(&tx)?.remove(space.as_str()).unwrap_or(Cursor {
                 rev: 0,
                 checksum: SpaceChecksum::default(),
@@ -408,9 +443,15 @@ impl Store {
                     checksum: SpaceChecksum::default(),
                 });
                 cursor.rev = cursor.rev.max(change.rev);
-                if let Some(doc) =
-                    apply_one(&tx, policies, clock, &shortcuts, cursor, change, false)?
-                {
+                if let Some(doc) = apply_one(
+                    &tx,
+                    policies,
+                    clock,
+                    &shortcuts,
+                    cursor,
+                    change.clone(),
+                    false,
+                )? {
                     changed.push(doc);
                 }
             }
@@ -447,15 +488,7 @@ impl Store {
                     rev: 0,
                     checksum: SpaceChecksum::default(),
                 });
-            let changed = apply_one(
-                &tx,
-                policies,
-                clock,
-                &shortcuts,
-                &mut cursor,
-                &change,
-                false,
-            )?;
+            let changed = apply_one(&tx, policies, clock, &shortcuts, &mut cursor, change, false)?;
             save_cursor(&tx, document.space.as_str(), &cursor)?;
             device::save_clock(&tx, &clock.last())?;
             tx.commit()?;

@@ -43,6 +43,19 @@ use crate::error::Error;
 /// - `policies`: per collection, the merge policy the server announced
 ///   (absent: `lww`).
 /// - `declared_indexes`: the field indexes the app declared.
+/// - `outbox.acked_rev`: the revision an acknowledged entry was applied at
+///   (it leaves the outbox when the cursor reaches it). Written after
+///   `created_at` on a line of its own because migration 3 adds it with
+///   `ALTER TABLE`, which SQLite records that way, and the upgrade test
+///   compares the recorded schema text.
+/// - `credentials`: the device's access and refresh tokens for its server.
+/// - `sync_state`: when the device was last caught up, checksum mismatches.
+/// - `conflicts`: the conflict log (`Client::conflicts`).
+/// - `resync_marks`: confirmed documents of a space being fetched again
+///   from revision 0, not yet seen in the re-sync (mark and sweep).
+/// - `evicted`: documents dropped to keep within the cache budget, with the
+///   version the space's checksum still counts.
+/// - `document_access`: when the app last used a document (eviction order).
 pub const CURRENT_SCHEMA: &str = "
 CREATE TABLE device (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 1),

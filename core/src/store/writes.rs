@@ -74,9 +74,16 @@ pub(crate) fn write_view(
     version: Option<u64>,
     pending: u64,
 ) -> Result<LocalDocument, Error> {
-    let fields_json = serde_json::to_string(&state.visible_fields())
-        .map_err(|e| Error::CorruptStore(format!("fields of {}: {e}", doc.id)))?;
     let deleted = state.is_deleted();
+    // Without set fields the visible fields are the registers themselves:
+    // encode them in place instead of copying them first (this runs for
+    // every document of an initial sync).
+    let fields_json = if !deleted && state.sets.is_empty() {
+        serde_json::to_string(&state.fields)
+    } else {
+        serde_json::to_string(&state.visible_fields())
+    }
+    .map_err(|e| Error::CorruptStore(format!("fields of {}: {e}", doc.id)))?;
     tx.prepare_cached(
         "INSERT INTO documents (space, collection, id, fields, state, version, pending, deleted)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)

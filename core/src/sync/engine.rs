@@ -245,6 +245,11 @@ struct SpaceSync {
     resync: bool,
     head: Option<u64>,
     applied: u64,
+    /// The catch-up starts from 0 into a space the device held nothing of
+    /// (see `PageEnd::fresh_below`).
+    fresh: bool,
+    /// The head of the fresh catch-up's first page.
+    fresh_below: Option<u64>,
 }
 
 /// A batch sent and not yet answered.
@@ -692,6 +697,7 @@ impl Engine {
             }
         }
         let resync = self.resync.clone();
+        let cursors = self.store.cursors()?;
         let Link::Open(session) = &mut self.link else {
             return Ok(());
         };
@@ -705,6 +711,8 @@ impl Engine {
                     s.clone(),
                     SpaceSync {
                         resync: resync.contains(s),
+                        fresh: !resync.contains(s)
+                            && cursors.get(s.as_str()).is_none_or(|c| c.rev == 0),
                         ..SpaceSync::default()
                     },
                 )
@@ -726,6 +734,13 @@ impl Engine {
             self.resync.insert(page.space.clone());
             sp.resync = true;
         }
+        if sp.resync {
+            sp.fresh = false;
+            sp.fresh_below = None;
+        } else if sp.fresh && sp.fresh_below.is_none() {
+            sp.fresh_below = page.head;
+        }
+        let fresh_below = sp.fresh_below;
         let last = page.changes.last().map(|c| c.rev);
         let end_rev = if page.more {
             last.unwrap_or(0)
@@ -739,10 +754,11 @@ impl Engine {
         };
         let cursor = self.store.apply_page(
             &page.space,
-            &page.changes,
+            page.changes,
             PageEnd {
                 rev: end_rev,
                 resync,
+                fresh_below,
             },
         )?;
         let Link::Open(session) = &mut self.link else {
@@ -758,6 +774,8 @@ impl Engine {
         if !page.more {
             let was_catching_up = !sp.caught_up;
             sp.caught_up = true;
+            sp.fresh = false;
+            sp.fresh_below = None;
             if sp.resync {
                 sp.resync = false;
                 self.resync.remove(&page.space);
@@ -820,8 +838,14 @@ impl Engine {
         let mut subscribe = Vec::new();
         for space in &listed {
             if !session.spaces.contains_key(space) {
-                session.spaces.insert(space.clone(), SpaceSync::default());
                 let cursor = cursors.get(space.as_str()).map_or(0, |c| c.rev);
+                session.spaces.insert(
+                    space.clone(),
+                    SpaceSync {
+                        fresh: cursor == 0,
+                        ..SpaceSync::default()
+                    },
+                );
                 subscribe.push(Subscribe {
                     space: space.clone(),
                     cursor,
@@ -1055,11 +1079,19 @@ impl Engine {
                 .cursors()?
                 .get(doc.space.as_str())
                 .map_or(0, |c| c.rev);
-            if let (Some(v), Link::Open(session)) = (remote.version, &mut self.link)
-                && v > cursor
-            {
-                let ahead = session.ahead.entry(doc.space.clone()).or_insert(0);
-                *ahead = (*ahead).max(v);
+            if let Link::Open(session) = &mut self.link {
+                if let Some(v) = remote.version
+                    && v > cursor
+                {
+                    let ahead = session.ahead.entry(doc.space.clone()).or_insert(0);
+                    *ahead = (*ahead).max(v);
+                }
+                // The document is local now: a catch-up page listing it
+                // must merge with it.
+                if let Some(sp) = session.spaces.get_mut(&doc.space) {
+                    sp.fresh = false;
+                    sp.fresh_below = None;
+                }
             }
         }
         let handler = self

@@ -936,3 +936,61 @@ fn settled_means_caught_up_with_nothing_to_send() {
     r.write(&doc("tasks", "t"), Write::Put(obj(json!({}))));
     assert!(!r.engine.is_settled().unwrap());
 }
+
+#[test]
+fn a_document_changed_during_a_fresh_catch_up_is_merged_not_counted_twice() {
+    let mut r = rig();
+    r.online(&[]);
+    let a = doc("tasks", "a");
+    let b = doc("tasks", "b");
+    let a1 = remote_change(
+        &a,
+        1,
+        1,
+        Op::Put {
+            fields: obj(json!({"v": 1})),
+        },
+        None,
+    );
+    let b2 = remote_change(
+        &b,
+        2,
+        1,
+        Op::Put {
+            fields: obj(json!({"v": 2})),
+        },
+        None,
+    );
+    let a1_state = a1.state.clone();
+    r.frame(ServerMessage::Changes(Changes {
+        space: space(),
+        changes: vec![a1, b2],
+        more: true,
+        checksum: None,
+        head: Some(2),
+        reset: false,
+    }));
+    // `a` changed while the catch-up ran: it shows up again, above the
+    // first page's head.
+    let a3 = remote_change(
+        &a,
+        3,
+        2,
+        Op::Patch {
+            fields: obj(json!({"v": 3})),
+        },
+        Some(&a1_state),
+    );
+    r.frame(ServerMessage::Changes(Changes {
+        space: space(),
+        changes: vec![a3],
+        more: false,
+        checksum: Some(checksum_of(&[("tasks", "a", 3), ("tasks", "b", 2)])),
+        head: Some(3),
+        reset: false,
+    }));
+    assert_eq!(r.engine.status().unwrap().checksum_mismatches, 0);
+    assert_eq!(r.view(&a).unwrap().fields().unwrap(), obj(json!({"v": 3})));
+    assert_eq!(r.view(&a).unwrap().version, Some(3));
+    assert_eq!(r.view(&b).unwrap().version, Some(2));
+}

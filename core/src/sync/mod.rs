@@ -1,6 +1,6 @@
 //! Syncing with the server.
 //!
-//! - [`engine`]: the sans-I/O state machine (events in, actions out) that
+//! - `engine`: the sans-I/O state machine (events in, actions out) that
 //!   decides what to send, how to apply what arrives, when to reconnect and
 //!   retry, and how conflicts end;
 //! - `driver`: runs the engine on tokio over a WebSocket
