@@ -86,7 +86,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     let pushers = (devices / 10).max(1);
     let per_pusher = args.repeat.unwrap_or(1_000).max(1);
     let options = args.server.clone();
-    if options.instances != 1 && options.postgres.is_none() {
+    if options.instances > 1 && options.postgres.is_none() {
         return Err(Failure::new(
             "invalid_input",
             "--instances needs --postgres: SQLite serves one instance",
