@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -366,7 +366,7 @@ impl SyncHandle {
     }
 }
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What the socket's reader task hands the driver: a decoded frame, or why
 /// the connection ended.
@@ -720,13 +720,17 @@ fn credential_reason(f: CredentialFailure) -> DisconnectReason {
 async fn open_socket(url: &str, token: &str) -> Result<Socket, DisconnectReason> {
     let transport = |e: &dyn std::fmt::Display| DisconnectReason::Transport(e.to_string());
     let mut request = url.into_client_request().map_err(|e| transport(&e))?;
-    if request.uri().scheme_str() != Some("ws") {
-        return Err(DisconnectReason::Transport(format!(
-            "{url}: only ws:// is supported by this build"
-        )));
-    }
+    let default_port = match request.uri().scheme_str() {
+        Some("ws") => 80,
+        Some("wss") => 443,
+        _ => {
+            return Err(DisconnectReason::Transport(format!(
+                "{url}: the sync URL must be ws:// or wss://"
+            )));
+        }
+    };
     let host = request.uri().host().unwrap_or("localhost").to_owned();
-    let port = request.uri().port_u16().unwrap_or(80);
+    let port = request.uri().port_u16().unwrap_or(default_port);
     let value = format!("Bearer {token}")
         .parse()
         .map_err(|e| transport(&e))?;
@@ -737,7 +741,10 @@ async fn open_socket(url: &str, token: &str) -> Result<Socket, DisconnectReason>
             .map_err(|e| transport(&e))?;
         tcp.set_nodelay(true).map_err(|e| transport(&e))?;
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-        match tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await {
+        // TLS (wss://) with the platform's root certificates; plain for ws://.
+        match tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None)
+            .await
+        {
             Ok((socket, _)) => Ok(socket),
             Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 401 => {
                 Err(DisconnectReason::Unauthorized(format!(
