@@ -579,3 +579,46 @@ async fn a_device_added_to_a_space_receives_it_live() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checksum_mismatch_refetches_the_space_and_repairs_the_copy() {
+    let server = TestServer::dev().await;
+    let url = server.http_url();
+    let writer = Device::online(&url, "alice", "writer").await;
+    let reader = Device::online(&url, "alice", "reader").await;
+    for i in 0..20 {
+        writer
+            .client
+            .put(
+                key("tasks", &format!("t{i:02}")),
+                &format!(r#"{{"n":{i}}}"#),
+            )
+            .unwrap();
+    }
+    settle_all(&[&writer, &reader]).await;
+    // Damage the reader's copy behind its back: a document lost, and the
+    // checksum it keeps no longer what it holds.
+    {
+        let db = rusqlite::Connection::open(reader.dir().join(tandem_core::DATABASE_FILE)).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.execute("DELETE FROM documents WHERE id = 't05'", [])
+            .unwrap();
+        db.execute("UPDATE cursors SET checksum = '0000000000000001'", [])
+            .unwrap();
+    }
+    assert!(!reader.docs(None, "tasks").contains_key("t05"));
+    // The next live change carries the server's checksum: it differs.
+    writer
+        .client
+        .put(key("tasks", "t20"), r#"{"n":20}"#)
+        .unwrap();
+    writer.settle().await;
+    eventually("the re-sync", || {
+        let status = reader.client.sync_status().unwrap();
+        status.checksum_mismatches >= 1 && reader.docs(None, "tasks").len() == 21
+    })
+    .await;
+    reader.settle().await;
+    assert_converged(&url, "alice", "tasks", &[&writer, &reader]).await;
+    assert_eq!(reader.client.sync_status().unwrap().checksum_mismatches, 1);
+}

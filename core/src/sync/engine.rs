@@ -793,21 +793,21 @@ impl Engine {
             self.status_changed = true;
         }
         if mismatch {
+            // Re-sync the space from 0 on a new connection rather than with
+            // `subscribe` on this one: live changes of the old feed may
+            // still be on their way, and one of them (`more: false`) could
+            // not be told from the re-sync's final page, which sweeps.
             self.checksum_mismatches += 1;
             self.store.count_checksum_mismatch()?;
-            self.store.begin_resync(&page.space)?;
             self.resync.insert(page.space.clone());
-            if let Link::Open(session) = &mut self.link {
-                let sp = session.spaces.entry(page.space.clone()).or_default();
-                sp.resync = true;
-                sp.caught_up = false;
-            }
-            self.out
-                .push(Action::Send(ClientMessage::Subscribe(Subscribe {
-                    space: page.space.clone(),
-                    cursor: 0,
-                })));
-            self.status_changed = true;
+            self.out.push(Action::Disconnect);
+            self.drop_connection()?;
+            self.last_error = Some(format!(
+                "checksum mismatch in {}: fetching it again",
+                page.space
+            ));
+            self.schedule_reconnect();
+            return Ok(());
         } else if !page.more && self.all_caught_up() {
             self.store.mark_synced(self.clock.now_ms())?;
             self.store.enforce_cache_limit()?;

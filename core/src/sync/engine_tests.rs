@@ -849,15 +849,26 @@ fn a_checksum_mismatch_resyncs_the_space_with_mark_and_sweep() {
     r.online(&[]);
     // The server says its copy at 2 holds only `keep`.
     let actions = r.frame(empty_final_page(2, checksum_of(&[("tasks", "keep", 1)])));
-    let subscribe = sends(&actions)
+    assert!(
+        actions.contains(&Action::Disconnect),
+        "re-synced on a new connection"
+    );
+    assert_eq!(r.engine.status().unwrap().checksum_mismatches, 1);
+    r.handle(Event::TimerFired(Timer::Reconnect));
+    let actions = r.handle(Event::Connected);
+    let hello = sends(&actions)
         .into_iter()
         .find_map(|m| match m {
-            ClientMessage::Subscribe(s) => Some(s.clone()),
+            ClientMessage::Hello(h) => Some(h.clone()),
             _ => None,
         })
-        .expect("the space is fetched again");
-    assert_eq!(subscribe.cursor, 0);
-    assert_eq!(r.engine.status().unwrap().checksum_mismatches, 1);
+        .unwrap();
+    assert_eq!(
+        hello.cursors[&space()],
+        0,
+        "the space is fetched again from 0"
+    );
+    r.online_welcome_only();
     // Nothing vanished in the meantime.
     assert!(r.view(&gone).is_some());
     // The re-sync's only page holds `keep`; at its end `gone` is swept.
