@@ -41,7 +41,9 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
 }
 
-/// Receives the sync status.
+/// Receives the sync status. Called on the sync engine's task, in order:
+/// return quickly (hand the value to the app's own queue), or syncing
+/// waits.
 pub trait StatusObserver: Send + Sync {
     /// The status: first the current one, then each time it changes.
     fn on_status(&self, status: SyncStatus);
