@@ -537,14 +537,19 @@ impl Store {
         })
     }
 
-    /// The entries that are not sendable now only because they wait for a
-    /// retry: the earliest time one becomes due.
-    pub(crate) fn next_retry_at(&self) -> Result<Option<u64>, Error> {
+    /// The earliest time after `now_ms` at which a retrying entry becomes
+    /// due. (Entries already due are sent by the next pipeline fill, which
+    /// every answer triggers; a timer for them would spin while they wait
+    /// for room or for an earlier entry of their document.)
+    pub(crate) fn next_retry_at(&self, now_ms: u64) -> Result<Option<u64>, Error> {
         self.with_writer(|writer| {
             let at: Option<i64> = writer
                 .conn
-                .prepare_cached("SELECT min(next_attempt_at) FROM outbox WHERE state = 'retrying'")?
-                .query_row([], |row| row.get(0))?;
+                .prepare_cached(
+                    "SELECT min(next_attempt_at) FROM outbox
+                     WHERE state = 'retrying' AND next_attempt_at > ?1",
+                )?
+                .query_row([to_sql_int(now_ms)], |row| row.get(0))?;
             at.map(|v| from_sql_int(v, "next attempt")).transpose()
         })
     }

@@ -982,8 +982,8 @@ impl Engine {
 
     /// Arms the retry timer for the earliest retrying entry.
     fn schedule_retry_timer(&mut self) -> Result<(), Error> {
-        if let Some(at) = self.store.next_retry_at()? {
-            let now = self.clock.now_ms();
+        let now = self.clock.now_ms();
+        if let Some(at) = self.store.next_retry_at(now)? {
             self.out.push(Action::Schedule {
                 timer: Timer::Retry,
                 after: Duration::from_millis(at.saturating_sub(now)),
