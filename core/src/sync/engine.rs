@@ -296,6 +296,8 @@ pub struct Engine {
     network: bool,
     link: Link,
     reconnect_failures: u32,
+    /// Failed credential renewals in a row (their retries back off too).
+    refresh_failures: u32,
     next_batch_id: u64,
     next_nonce: u64,
     /// Spaces to fetch again from 0 on the next connection.
@@ -328,6 +330,7 @@ impl Engine {
             network: true,
             link: Link::Idle,
             reconnect_failures: 0,
+            refresh_failures: 0,
             next_batch_id: 1,
             next_nonce: 1,
             resync,
@@ -456,6 +459,7 @@ impl Engine {
             }
             Event::CredentialsUpdated { access_expires_at } => {
                 self.credentials_stale = false;
+                self.refresh_failures = 0;
                 let now = self.clock.now_ms();
                 let remaining = access_expires_at.saturating_sub(now);
                 #[allow(
