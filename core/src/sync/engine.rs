@@ -477,12 +477,14 @@ impl Engine {
             Event::CredentialsFailed { reason } => {
                 self.last_error = Some(reason);
                 self.status_changed = true;
+                let after = self
+                    .tuning
+                    .reconnect
+                    .delay(self.refresh_failures, self.jitter.as_mut());
+                self.refresh_failures = self.refresh_failures.saturating_add(1);
                 self.out.push(Action::Schedule {
                     timer: Timer::RefreshCredentials,
-                    after: self
-                        .tuning
-                        .reconnect
-                        .delay(self.reconnect_failures.min(6), self.jitter.as_mut()),
+                    after,
                 });
                 Ok(())
             }
