@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{DeviceId, SpaceId, UserId};
-use crate::wire::ErrorCode;
+use crate::wire::{DeviceInfo, ErrorCode};
 
 /// The longest device name, platform or app version, in bytes.
 pub const MAX_DEVICE_LABEL_BYTES: usize = 200;
@@ -111,4 +111,55 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// For people.
     pub message: String,
+}
+
+/// `GET /v1/devices`: the caller's user's devices (not revoked ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceList {
+    /// The devices, by name.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// `PATCH /v1/devices/{device}`: renames a device of the caller's user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameDevice {
+    /// The new name (at most [`MAX_DEVICE_LABEL_BYTES`], no control
+    /// characters).
+    pub name: String,
+}
+
+/// `PUT /v1/devices/push-token`: the calling device's push token, which the
+/// server hands to the push webhook when a change lands in one of its spaces
+/// while it is offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushToken {
+    /// The token (APNs device token, FCM registration token, ...), at most
+    /// 4,096 bytes.
+    pub token: String,
+    /// Which push service it belongs to (`apns`, `fcm`, ...), for the app's
+    /// own push sender.
+    pub provider: String,
+}
+
+/// What the server POSTs to `--push-webhook`: a hint that changes wait for
+/// an offline device. The app's push sender relays it (or just its
+/// `spaces`) to the device, whose `handle_push_hint` runs a bounded sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushHint {
+    /// The device's user.
+    pub user: UserId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its push token.
+    pub token: String,
+    /// The token's push service.
+    pub provider: String,
+    /// The spaces that changed since the last hint, sorted.
+    pub spaces: Vec<SpaceId>,
+    /// When the server sent it, Unix milliseconds.
+    pub sent_at: u64,
 }

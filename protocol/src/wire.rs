@@ -13,7 +13,7 @@ use crate::change::Change;
 use crate::checksum::SpaceChecksum;
 use crate::document::Document;
 use crate::ids::{Collection, DeviceId, MutationId, SpaceId, UserId};
-use crate::mutation::Mutation;
+use crate::mutation::{Mutation, RoleFence};
 use crate::policy::CollectionPolicy;
 
 /// The protocol version this crate speaks. A `hello` with another version is
@@ -35,6 +35,16 @@ pub enum ClientMessage {
     Ping(Heartbeat),
     /// Answer to the server's `ping`.
     Pong(Heartbeat),
+    /// Become a candidate for a role, and its holder if it has none.
+    Claim(Claim),
+    /// Stop being a candidate for a role (and its holder, if it is).
+    Release(Release),
+    /// The holder gives the role to another connected device of the user.
+    Handoff(Handoff),
+    /// The holder's heartbeat: extends the leases of the roles it holds.
+    Renew(Renew),
+    /// Ask the duplicate guard whether this content was seen first here.
+    Guard(Guard),
 }
 
 /// A message from the server to a device.
@@ -55,6 +65,16 @@ pub enum ServerMessage {
     Ping(Heartbeat),
     /// Answer to the device's `ping`.
     Pong(Heartbeat),
+    /// The state of one of the user's roles: sent to every connected device
+    /// of the user when its holder changes, after `welcome` for every role
+    /// the user has, and as the answer to `claim`, `release` and `handoff`
+    /// (then with their `request_id`).
+    Role(RoleState),
+    /// The answer to `guard`.
+    GuardResult(GuardResult),
+    /// The user's devices: sent after `welcome` and whenever one of them
+    /// connects, disconnects, is renamed, registers or is revoked.
+    Devices(Devices),
 }
 
 /// `hello`: who the device is and where it left off.
@@ -242,6 +262,184 @@ pub struct ErrorMessage {
     /// The space it concerns, if one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space: Option<SpaceId>,
+    /// The request (`claim`, `release`, `handoff`, `guard`) this error
+    /// answers, if it answers one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+}
+
+/// The longest role name, in bytes.
+pub const MAX_ROLE_BYTES: usize = 64;
+
+/// The longest guard scope, in bytes.
+pub const MAX_GUARD_SCOPE_BYTES: usize = 256;
+
+/// The longest content a guard checks, in bytes (before normalization).
+pub const MAX_GUARD_CONTENT_BYTES: usize = 64 * 1024;
+
+/// The window of a guard that names none, in milliseconds.
+pub const DEFAULT_GUARD_WINDOW_MS: u64 = 5_000;
+
+/// The longest window a guard may ask for, in milliseconds (a day).
+pub const MAX_GUARD_WINDOW_MS: u64 = 24 * 3600 * 1000;
+
+/// Whether `name` is an acceptable role name: 1 to [`MAX_ROLE_BYTES`] ASCII
+/// letters, digits, `_`, `-`, `.`, `:`.
+pub fn valid_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ROLE_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// `claim`: the device becomes a candidate for `role` (it stays one until it
+/// releases the role, also across reconnects) and its holder if the role has
+/// none. Answered with `role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    /// Chosen by the device; echoed in the answer.
+    pub request_id: u64,
+    /// The role's name (see [`valid_role_name`]).
+    pub role: String,
+    /// The device's preference for the role: when the holder is lost, the
+    /// connected candidate with the highest priority takes it, the most
+    /// recently active one among equals. Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// `release`: the device is no longer a candidate; if it held the role, the
+/// next eligible device takes it. Answered with `role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Chosen by the device; echoed in the answer.
+    pub request_id: u64,
+    /// The role.
+    pub role: String,
+}
+
+/// `handoff`: the holder gives the role to `to`, a connected device of the
+/// same user, which becomes a candidate if it was not. Answered with `role`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    /// Chosen by the device; echoed in the answer.
+    pub request_id: u64,
+    /// The role.
+    pub role: String,
+    /// The device that takes it.
+    pub to: DeviceId,
+}
+
+/// `renew`: the holder's heartbeat, every renew interval (0.5 s by
+/// default). Each named role whose holder is this device at `epoch`, with
+/// its lease still running, gets a fresh lease; for any other the server
+/// sends the role's current state instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    /// The roles and the epochs the device holds them at.
+    pub leases: Vec<RoleFence>,
+}
+
+/// `role`: who holds a role of the user, at which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleState {
+    /// The request this answers, if it answers one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u64>,
+    /// The role.
+    pub role: String,
+    /// The holder, if any.
+    pub holder: Option<DeviceId>,
+    /// The holder's name, as registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_name: Option<String>,
+    /// The fencing token: it grows on every change of holder and never goes
+    /// back.
+    pub epoch: u64,
+    /// When the holder's lease runs out unless renewed, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<u64>,
+}
+
+/// `guard`: was `content` (normalized: trimmed, Unicode NFC, runs of
+/// whitespace as one space) already seen in `scope` within the window?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    /// Chosen by the device; echoed in the answer.
+    pub request_id: u64,
+    /// What the content is unique within (for example a conversation).
+    pub scope: String,
+    /// The content.
+    pub content: String,
+    /// How long the first occurrence holds, in milliseconds (default
+    /// [`DEFAULT_GUARD_WINDOW_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    /// The role epoch the device acts under; a stale one is refused with
+    /// `stale_epoch` and records nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<RoleFence>,
+}
+
+/// The guard's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardVerdict {
+    /// The first occurrence in the window: this device goes ahead.
+    First,
+    /// Seen already within the window: another device (or an earlier call)
+    /// went ahead.
+    Duplicate,
+}
+
+/// `guard_result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardResult {
+    /// The `guard`'s request id.
+    pub request_id: u64,
+    /// The verdict.
+    pub result: GuardVerdict,
+}
+
+/// `devices`: the user's devices now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Devices {
+    /// Every registered device of the user that is not revoked, by name.
+    pub devices: Vec<DeviceInfo>,
+}
+
+/// One device of a user, as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInfo {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its name.
+    pub name: String,
+    /// Its platform.
+    pub platform: String,
+    /// Its app version.
+    pub app_version: String,
+    /// When it first registered, Unix milliseconds.
+    pub registered_at: u64,
+    /// When it was last connected (now, if online), Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    /// Whether it has a connection to the server now.
+    pub online: bool,
 }
 
 /// Why a single mutation was refused (in an `ack`).
@@ -260,7 +458,8 @@ pub enum RejectCode {
     SetFieldWrite,
     /// `set_add`/`set_remove` named a field not declared as a set.
     NotASetField,
-    /// The mutation's role epoch is not the role's current epoch.
+    /// The mutation's role fence is stale: its epoch is not the role's
+    /// current one, the author is not the holder, or the lease ran out.
     StaleEpoch,
     /// The user is not a member of the space.
     Forbidden,
@@ -305,6 +504,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The server failed; the request was not applied.
     Internal,
+    /// A role fence (in a `guard`, `handoff` or `renew`) names an epoch that
+    /// is not the role's current one, or a device that is not its holder,
+    /// or a lease that ran out: the device lost the role.
+    StaleEpoch,
 }
 
 impl ErrorCode {
@@ -327,6 +530,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::StaleEpoch => "stale_epoch",
         }
     }
 }
@@ -379,6 +583,23 @@ impl ServerMessage {
             fatal,
             batch_id: None,
             space: None,
+            request_id: None,
+        })
+    }
+
+    /// A non-fatal `error` answering the request `request_id`.
+    pub fn request_error(
+        request_id: u64,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> ServerMessage {
+        ServerMessage::Error(ErrorMessage {
+            code,
+            message: message.into(),
+            fatal: false,
+            batch_id: None,
+            space: None,
+            request_id: Some(request_id),
         })
     }
 }

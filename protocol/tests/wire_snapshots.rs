@@ -236,6 +236,7 @@ fn spaces_and_error() {
         fatal: true,
         batch_id: None,
         space: None,
+        request_id: None,
     });
     round_trip_server(&spaces);
     round_trip_server(&error);
@@ -343,4 +344,148 @@ fn http_bodies() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn coordination_requests() {
+    use tandem_protocol::wire::{Claim, Guard, Handoff, Release, Renew};
+    let fence = RoleFence {
+        role: "auto-responder".into(),
+        epoch: 3,
+    };
+    let claim = ClientMessage::Claim(Claim {
+        request_id: 1,
+        role: "auto-responder".into(),
+        priority: 10,
+    });
+    let release = ClientMessage::Release(Release {
+        request_id: 2,
+        role: "auto-responder".into(),
+    });
+    let handoff = ClientMessage::Handoff(Handoff {
+        request_id: 3,
+        role: "auto-responder".into(),
+        to: DeviceId::new("0193a1b2-laptop").unwrap(),
+    });
+    let renew = ClientMessage::Renew(Renew {
+        leases: vec![fence.clone()],
+    });
+    let guard = ClientMessage::Guard(Guard {
+        request_id: 4,
+        scope: "conversation:team".into(),
+        content: "On my way!".into(),
+        window_ms: Some(5_000),
+        fence: Some(fence),
+    });
+    for m in [&claim, &release, &handoff, &renew, &guard] {
+        round_trip_client(m);
+    }
+    assert_json_snapshot!("claim", claim);
+    assert_json_snapshot!("release", release);
+    assert_json_snapshot!("handoff", handoff);
+    assert_json_snapshot!("renew", renew);
+    assert_json_snapshot!("guard", guard);
+    // The priority may be left out (0).
+    let plain = ClientMessage::decode(r#"{"type":"claim","request_id":1,"role":"r"}"#).unwrap();
+    assert!(matches!(
+        plain,
+        ClientMessage::Claim(Claim { priority: 0, .. })
+    ));
+}
+
+#[test]
+fn coordination_answers() {
+    use tandem_protocol::wire::{DeviceInfo, Devices, GuardResult, GuardVerdict, RoleState};
+    let role = ServerMessage::Role(RoleState {
+        request_id: Some(1),
+        role: "auto-responder".into(),
+        holder: Some(device()),
+        holder_name: Some("Alice's iPhone".into()),
+        epoch: 3,
+        lease_expires_at: Some(1764089697623),
+    });
+    let vacant = ServerMessage::Role(RoleState {
+        request_id: None,
+        role: "auto-responder".into(),
+        holder: None,
+        holder_name: None,
+        epoch: 4,
+        lease_expires_at: None,
+    });
+    let first = ServerMessage::GuardResult(GuardResult {
+        request_id: 4,
+        result: GuardVerdict::First,
+    });
+    let duplicate = ServerMessage::GuardResult(GuardResult {
+        request_id: 5,
+        result: GuardVerdict::Duplicate,
+    });
+    let devices = ServerMessage::Devices(Devices {
+        devices: vec![DeviceInfo {
+            device_id: device(),
+            name: "Alice's iPhone".into(),
+            platform: "ios".into(),
+            app_version: "1.4.0".into(),
+            registered_at: 1764089000000,
+            last_seen: Some(1764089696123),
+            online: true,
+        }],
+    });
+    let stale = ServerMessage::request_error(4, ErrorCode::StaleEpoch, "epoch 3 is not current");
+    for m in [&role, &vacant, &first, &duplicate, &devices, &stale] {
+        round_trip_server(m);
+    }
+    assert_json_snapshot!("role", role);
+    assert_json_snapshot!("role_vacant", vacant);
+    assert_json_snapshot!("guard_first", first);
+    assert_json_snapshot!("guard_duplicate", duplicate);
+    assert_json_snapshot!("devices", devices);
+    assert_json_snapshot!("request_error_stale_epoch", stale);
+}
+
+#[test]
+fn coordination_http_bodies() {
+    use tandem_protocol::api::{DeviceList, PushHint, PushToken, RenameDevice};
+    use tandem_protocol::wire::DeviceInfo;
+    assert_json_snapshot!(
+        "http_device_list",
+        DeviceList {
+            devices: vec![DeviceInfo {
+                device_id: device(),
+                name: "Alice's iPhone".into(),
+                platform: "ios".into(),
+                app_version: "1.4.0".into(),
+                registered_at: 1764089000000,
+                last_seen: None,
+                online: false,
+            }],
+        }
+    );
+    assert_json_snapshot!(
+        "http_rename_device",
+        RenameDevice {
+            name: "Work phone".into()
+        }
+    );
+    assert_json_snapshot!(
+        "http_push_token",
+        PushToken {
+            token: "a1b2c3".into(),
+            provider: "apns".into(),
+        }
+    );
+    assert_json_snapshot!(
+        "http_push_hint",
+        PushHint {
+            user: UserId::new("alice").unwrap(),
+            device_id: device(),
+            token: "a1b2c3".into(),
+            provider: "apns".into(),
+            spaces: vec![space(), SpaceId::new("team").unwrap()],
+            sent_at: 1764089696123,
+        }
+    );
+    assert!(tandem_protocol::wire::valid_role_name("auto-responder"));
+    assert!(!tandem_protocol::wire::valid_role_name(""));
+    assert!(!tandem_protocol::wire::valid_role_name("a b"));
 }
