@@ -1,13 +1,13 @@
 //! What one mutation does to the committed document: the part of a push that
 //! does not depend on the database, shared by every store implementation.
 //!
-//! A store looks up the mutation's idempotency record and the author's
-//! membership, then asks [`decide`] what to do with the current document, then
+//! A store looks up the mutation's idempotency record, the author's
+//! membership and the role its fence names (if any), then asks [`decide`] what to do with the current document, then
 //! assigns the next revision to a [`Decision::Write`].
 
 use tandem_protocol::merge::{MergeOutcome, Rejection, apply_mutation};
 use tandem_protocol::wire::Outcome;
-use tandem_protocol::{DocState, Document, Mutation, Policy, RejectCode};
+use tandem_protocol::{DocState, Document, Mutation, Policy, RejectCode, RoleFence};
 
 use crate::store::{DeviceIdentity, PushRules};
 
@@ -63,18 +63,19 @@ pub fn as_retry(recorded: Outcome) -> Outcome {
     }
 }
 
-/// Role epochs (`Mutation::fence`) are checked here once roles exist; until
-/// then every fence is accepted.
-fn check_fence(_m: &Mutation) -> Result<(), Rejection> {
-    Ok(())
+/// The answer to a mutation whose role fence does not hold (the store
+/// checks it against the role's row in the transaction that would commit
+/// the mutation, see [`crate::roles::RoleRow::admits`]).
+pub fn stale_fence(fence: &RoleFence) -> Outcome {
+    rejected(Rejection::new(
+        RejectCode::StaleEpoch,
+        crate::roles::stale_reason(fence),
+    ))
 }
 
 /// Decides what `m` does to `current` under the collection's policy, the
 /// schema's field rules and the size limit.
 pub fn decide(current: Option<&Document>, m: &Mutation, rules: &PushRules) -> Decision {
-    if let Err(r) = check_fence(m) {
-        return Decision::Answer(rejected(r));
-    }
     let policy = rules.schema.policy(&m.collection);
     match apply_mutation(current, m, &policy) {
         MergeOutcome::Changed(state) => {

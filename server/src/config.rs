@@ -33,6 +33,10 @@ pub struct ServerConfig {
     /// but not of the machine; `true` syncs every commit. (PostgreSQL
     /// commits are as durable as the database's `synchronous_commit`.)
     pub durable_commits: bool,
+    /// Roles, presence and guards.
+    pub coordination: CoordinationConfig,
+    /// Push hints to offline devices.
+    pub push: PushConfig,
 }
 
 impl ServerConfig {
@@ -49,6 +53,8 @@ impl ServerConfig {
             credentials: CredentialLifetimes::default(),
             feed: FeedConfig::default(),
             durable_commits: false,
+            coordination: CoordinationConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -136,6 +142,62 @@ impl Default for FeedConfig {
             tombstone_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             mutation_retention: Duration::from_secs(60 * 24 * 3600),
             compaction_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Device coordination settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CoordinationConfig {
+    /// A role's lease: a holder that does not renew within this loses the
+    /// role (default 1.5 s; devices renew every 0.5 s).
+    pub role_lease: Duration,
+    /// How often the server looks for leases that ran out and roles whose
+    /// holder left (default 100 ms).
+    pub role_check_interval: Duration,
+    /// How often an instance stamps its connected devices' presence
+    /// (default 1 s).
+    pub presence_heartbeat: Duration,
+    /// How long a presence stamp lasts: the devices of an instance that
+    /// stopped stamping (crashed) go offline after this (default 3 s).
+    pub presence_ttl: Duration,
+    /// How often guard records whose window ran out are deleted (default
+    /// 10 s).
+    pub guard_sweep_interval: Duration,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        CoordinationConfig {
+            role_lease: Duration::from_millis(1_500),
+            role_check_interval: Duration::from_millis(100),
+            presence_heartbeat: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(3),
+            guard_sweep_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Push hints: where to send them and how often.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// The app's push sender: the server POSTs each hint (JSON, see
+    /// `tandem_protocol::api::PushHint`) here. `None`: no hints.
+    pub webhook: Option<String>,
+    /// At most one hint per device per this long (default 10 s); changes in
+    /// between are named by the next hint.
+    pub min_interval: Duration,
+    /// Changes are collected this long before hints go out (default
+    /// 200 ms), so a burst of writes makes one hint.
+    pub batch_delay: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            webhook: None,
+            min_interval: Duration::from_secs(10),
+            batch_delay: Duration::from_millis(200),
         }
     }
 }

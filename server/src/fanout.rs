@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
-use tandem_protocol::wire::Changes;
+use tandem_protocol::wire::{Changes, DeviceInfo, RoleState};
 use tandem_protocol::{ErrorCode, ServerMessage, SpaceId, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,10 @@ pub enum LiveEvent {
         /// The space the user was removed from, if any.
         removed: Option<SpaceId>,
     },
+    /// A role of the user changed holder.
+    Role(RoleState),
+    /// The user's devices changed.
+    Devices(Arc<Vec<DeviceInfo>>),
 }
 
 struct Subscriber {
@@ -134,6 +138,9 @@ pub struct FanOut {
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Spaces with committed changes, for the push hints (when a webhook
+    /// is configured).
+    changed_spaces: OnceLock<mpsc::UnboundedSender<SpaceId>>,
 }
 
 /// A connection's registration with the hub; unregisters when dropped.
@@ -151,7 +158,22 @@ impl FanOut {
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             metrics,
+            changed_spaces: OnceLock::new(),
         })
+    }
+
+    /// Sends the space of every commit with changes to `sink` from now on
+    /// (the push hints' worker).
+    pub fn watch_changed_spaces(&self, sink: mpsc::UnboundedSender<SpaceId>) {
+        let _ = self.changed_spaces.set(sink);
+    }
+
+    fn user_connections(registry: &Registry, user: &UserId) -> Vec<ConnectionId> {
+        registry
+            .by_user
+            .get(user)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Registers a connection of `identity` with a queue of `capacity` events.
@@ -213,6 +235,9 @@ impl CommitListener for FanOut {
         for event in events {
             match event {
                 StoreEvent::Changes(batch) => {
+                    if let Some(sink) = self.changed_spaces.get() {
+                        let _ = sink.send(batch.space.clone());
+                    }
                     let Some(ids) = registry.by_space.get(&batch.space) else {
                         continue;
                     };
@@ -246,6 +271,14 @@ impl CommitListener for FanOut {
                         removed: (!member).then_some(space),
                     };
                     self.deliver(&mut registry, ids, &event);
+                }
+                StoreEvent::RoleChanged { user, state } => {
+                    let ids = Self::user_connections(&registry, &user);
+                    self.deliver(&mut registry, ids, &LiveEvent::Role(state));
+                }
+                StoreEvent::DevicesChanged { user, devices } => {
+                    let ids = Self::user_connections(&registry, &user);
+                    self.deliver(&mut registry, ids, &LiveEvent::Devices(Arc::new(devices)));
                 }
                 StoreEvent::DeviceRevoked(identity) => {
                     let ids: Vec<_> = registry

@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tandem_protocol::DeviceId;
 use tandem_protocol::api::{
-    AddMember, ApiError, CreateSpace, DeviceCredentials, MAX_DEVICE_LABEL_BYTES,
-    RefreshCredentials, RegisterDevice, SpaceList,
+    AddMember, ApiError, CreateSpace, DeviceCredentials, DeviceList, MAX_DEVICE_LABEL_BYTES,
+    PushToken, RefreshCredentials, RegisterDevice, RenameDevice, SpaceList,
 };
 use tandem_protocol::wire::Ack;
 use tandem_protocol::{ClientMessage, ErrorCode, ServerMessage, SpaceId, UserId};
@@ -45,6 +46,15 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/devices/register", post(register_device))
         .route("/v1/devices/refresh", post(refresh_credentials))
+        .route("/v1/devices", get(list_devices))
+        .route(
+            "/v1/devices/{device}",
+            axum::routing::patch(rename_device).delete(revoke_device),
+        )
+        .route(
+            "/v1/push-token",
+            axum::routing::put(set_push_token).delete(clear_push_token),
+        )
         .route("/v1/spaces", get(list_spaces).post(create_space))
         .route("/v1/spaces/{space}", get(space_members))
         .route("/v1/spaces/{space}/members", post(add_member))
@@ -94,6 +104,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::HandshakeTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::SlowConsumer | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::StaleEpoch => StatusCode::CONFLICT,
     }
 }
 
@@ -559,4 +570,139 @@ async fn sync(
         .max_frame_size(limit)
         .max_message_size(limit)
         .on_upgrade(move |socket| sessions.track_future(session::run(state, identity, socket))))
+}
+
+/// The longest push token, in bytes.
+const MAX_PUSH_TOKEN_BYTES: usize = 4_096;
+
+async fn device_list(state: &ServerState, user: UserId) -> Result<Response, HttpError> {
+    let devices = state
+        .store
+        .devices_of(user, now_ms())
+        .await
+        .map_err(|e| fail(state, e.into()))?;
+    Ok(json_body(&DeviceList { devices }))
+}
+
+async fn list_devices(
+    State(state): State<AppState>,
+    Device(device): Device,
+) -> Result<Response, HttpError> {
+    device_list(&state, device.user).await
+}
+
+fn device_path(state: &ServerState, raw: String) -> Result<DeviceId, HttpError> {
+    DeviceId::new(raw).map_err(|e| {
+        fail(
+            state,
+            HttpError::new(ErrorCode::InvalidRequest, e.to_string()),
+        )
+    })
+}
+
+/// `PATCH /v1/devices/{device}`: renames a device of the caller's user.
+async fn rename_device(
+    State(state): State<AppState>,
+    Device(caller): Device,
+    Path(device): Path<String>,
+    JsonBody(body): JsonBody<RenameDevice>,
+) -> Result<Response, HttpError> {
+    let device = device_path(&state, device)?;
+    check_label("name", &body.name).map_err(|e| fail(&state, e))?;
+    if body.name.trim().is_empty() {
+        return Err(fail(
+            &state,
+            HttpError::new(ErrorCode::InvalidRequest, "a device name cannot be empty"),
+        ));
+    }
+    let identity = DeviceIdentity {
+        user: caller.user.clone(),
+        device,
+    };
+    state
+        .store
+        .rename_device(identity, body.name)
+        .await
+        .map_err(|e| fail(&state, e.into()))?;
+    device_list(&state, caller.user).await
+}
+
+/// `DELETE /v1/devices/{device}`: revokes a device of the caller's user (a
+/// device may revoke itself). Its sockets close, its tokens stop working and
+/// it cannot register again.
+async fn revoke_device(
+    State(state): State<AppState>,
+    Device(caller): Device,
+    Path(device): Path<String>,
+) -> Result<Response, HttpError> {
+    let device = device_path(&state, device)?;
+    let identity = DeviceIdentity {
+        user: caller.user.clone(),
+        device,
+    };
+    let known = state
+        .store
+        .devices_of(caller.user.clone(), now_ms())
+        .await
+        .map_err(|e| fail(&state, e.into()))?
+        .iter()
+        .any(|d| d.device_id == identity.device);
+    if !known {
+        return Err(fail(
+            &state,
+            HttpError::new(
+                ErrorCode::NotFound,
+                format!("{} has no device {}", caller.user, identity.device),
+            ),
+        ));
+    }
+    warn!(user = %identity.user, device = %identity.device, by = %caller.device, "device revoked");
+    state
+        .store
+        .revoke_device(identity)
+        .await
+        .map_err(|e| fail(&state, e.into()))?;
+    device_list(&state, caller.user).await
+}
+
+/// `PUT /v1/push-token`: the calling device's push token.
+async fn set_push_token(
+    State(state): State<AppState>,
+    Device(caller): Device,
+    JsonBody(body): JsonBody<PushToken>,
+) -> Result<Response, HttpError> {
+    if body.token.is_empty()
+        || body.token.len() > MAX_PUSH_TOKEN_BYTES
+        || body.token.chars().any(char::is_control)
+    {
+        return Err(fail(
+            &state,
+            HttpError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "a push token is 1 to {MAX_PUSH_TOKEN_BYTES} bytes without control characters"
+                ),
+            ),
+        ));
+    }
+    check_label("provider", &body.provider).map_err(|e| fail(&state, e))?;
+    state
+        .store
+        .set_push_token(caller, Some(body))
+        .await
+        .map_err(|e| fail(&state, e.into()))?;
+    Ok(json_body(&serde_json::json!({})))
+}
+
+/// `DELETE /v1/push-token`: the calling device gets no more hints.
+async fn clear_push_token(
+    State(state): State<AppState>,
+    Device(caller): Device,
+) -> Result<Response, HttpError> {
+    state
+        .store
+        .set_push_token(caller, None)
+        .await
+        .map_err(|e| fail(&state, e.into()))?;
+    Ok(json_body(&serde_json::json!({})))
 }

@@ -29,11 +29,15 @@
 pub mod apply;
 pub mod auth;
 pub mod config;
+pub mod coordination;
 pub mod fanout;
 pub mod feed;
+pub mod guard;
 pub mod http;
 pub mod metrics;
+pub mod push_hints;
 pub mod rate_limit;
+pub mod roles;
 pub mod schema;
 pub mod session;
 pub mod state;
@@ -49,7 +53,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use config::{CredentialLifetimes, FeedConfig, Limits, ServerConfig};
+pub use config::{
+    CoordinationConfig, CredentialLifetimes, FeedConfig, Limits, PushConfig, ServerConfig,
+};
 pub use schema::Schema;
 
 use crate::fanout::FanOut;
@@ -87,6 +93,7 @@ pub struct RunningServer {
     state: Arc<ServerState>,
     http: JoinHandle<()>,
     compaction: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -143,7 +150,14 @@ impl Server {
             metrics,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            presence: coordination::Presence::default(),
         });
+        let mut background = vec![tokio::spawn(coordination::run(state.clone()))];
+        if let Some(url) = state.config.push.webhook.clone() {
+            let (sink, spaces) = tokio::sync::mpsc::unbounded_channel();
+            state.fanout.watch_changed_spaces(sink);
+            background.push(tokio::spawn(push_hints::run(state.clone(), url, spaces)));
+        }
         let app = http::router(state.clone());
         let stop = state.shutdown.clone();
         let http = tokio::spawn(async move {
@@ -166,6 +180,7 @@ impl Server {
             state,
             http,
             compaction,
+            background,
         })
     }
 }
@@ -246,6 +261,9 @@ impl RunningServer {
             warn!("some sessions did not finish in time");
         }
         let _ = self.compaction.await;
+        for task in self.background {
+            let _ = task.await;
+        }
         if let Err(e) = self.state.store.close().await {
             error!(error = %e, "closing the store failed");
         }

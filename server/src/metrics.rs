@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use tandem_protocol::ErrorCode;
 use tandem_protocol::wire::Outcome;
 
-const ERROR_CODES: [ErrorCode; 16] = [
+const ERROR_CODES: [ErrorCode; 17] = [
     ErrorCode::BadFrame,
     ErrorCode::HelloRequired,
     ErrorCode::UnsupportedProtocol,
@@ -26,6 +26,7 @@ const ERROR_CODES: [ErrorCode; 16] = [
     ErrorCode::SlowConsumer,
     ErrorCode::ShuttingDown,
     ErrorCode::Internal,
+    ErrorCode::StaleEpoch,
 ];
 
 fn error_index(code: ErrorCode) -> usize {
@@ -46,6 +47,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::SlowConsumer => 13,
         ErrorCode::ShuttingDown => 14,
         ErrorCode::Internal => 15,
+        ErrorCode::StaleEpoch => 16,
     }
 }
 
@@ -61,7 +63,7 @@ pub struct Metrics {
     rejected: AtomicU64,
     changes_sent: AtomicU64,
     fanout_queue_depth: AtomicI64,
-    errors: [AtomicU64; 16],
+    errors: [AtomicU64; 17],
 }
 
 impl Metrics {

@@ -29,7 +29,9 @@ use futures::future::BoxFuture;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tandem_protocol::wire::{
-    Ack, ErrorMessage, Heartbeat, Hello, Limits, MutationResult, Push, Spaces, Subscribe, Welcome,
+    Ack, DEFAULT_GUARD_WINDOW_MS, Devices, ErrorMessage, Guard, GuardResult, Heartbeat, Hello,
+    Limits, MAX_GUARD_CONTENT_BYTES, MAX_GUARD_SCOPE_BYTES, MAX_GUARD_WINDOW_MS, MAX_ROLE_BYTES,
+    MutationResult, Push, Renew, Spaces, Subscribe, Welcome, valid_role_name,
 };
 use tandem_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SpaceId};
 use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
@@ -39,7 +41,7 @@ use tracing::{debug, info};
 use crate::fanout::{LiveChanges, LiveEvent, Registration, live_message};
 use crate::feed::{self, FeedNext, needs_reset};
 use crate::state::{ServerState, now_ms};
-use crate::store::{DeviceIdentity, StoreError};
+use crate::store::{DeviceIdentity, RoleRequest, StoreError};
 
 /// Pushes a session holds (one in flight, the rest waiting) before it stops
 /// reading frames.
@@ -91,6 +93,8 @@ struct Session {
     queued_pushes: VecDeque<Push>,
     inflight: Option<InflightPush>,
     next_ping: u64,
+    /// Counted in this instance's presence (undone when the session ends).
+    welcomed: bool,
 }
 
 /// Runs a session on an upgraded socket of an authenticated device.
@@ -111,9 +115,13 @@ pub async fn run(state: Arc<ServerState>, identity: DeviceIdentity, socket: WebS
         queued_pushes: VecDeque::new(),
         inflight: None,
         next_ping: 1,
+        welcomed: false,
     };
     let end = session.run().await;
     session.farewell(end).await;
+    if session.welcomed {
+        crate::coordination::disconnected(&state, &session.identity).await;
+    }
     state.metrics.connection_closed();
 }
 
@@ -280,6 +288,24 @@ impl Session {
             }
         }
         info!(user = %self.identity.user, device = %self.identity.device, spaces = self.feeds.len(), "device connected");
+        // Present before the registry and roles are read: what this device
+        // is told already counts it as connected.
+        crate::coordination::connected(&self.state, &self.identity).await;
+        self.welcomed = true;
+        let store = self.state.store.clone();
+        let devices = store
+            .devices_of(self.identity.user.clone(), now_ms())
+            .await
+            .map_err(store_failure)?;
+        self.send(&ServerMessage::Devices(Devices { devices }))
+            .await?;
+        for role in store
+            .roles_of(self.identity.user.clone())
+            .await
+            .map_err(store_failure)?
+        {
+            self.send(&ServerMessage::Role(role)).await?;
+        }
         Ok(())
     }
 
@@ -329,6 +355,7 @@ impl Session {
                 }
                 frame = self.stream.next(), if read_frames => {
                     if let Some(message) = self.decode(frame)? {
+                        self.state.presence.touch(&self.identity);
                         self.handle(hub, message).await?;
                     }
                 }
@@ -359,7 +386,167 @@ impl Session {
             }
             ClientMessage::Ping(beat) => self.send(&ServerMessage::Pong(beat)).await,
             ClientMessage::Pong(_) => Ok(()),
+            ClientMessage::Claim(claim) => {
+                let request = RoleRequest::Claim {
+                    priority: claim.priority,
+                };
+                self.role_request(claim.request_id, claim.role, request)
+                    .await
+            }
+            ClientMessage::Release(release) => {
+                self.role_request(release.request_id, release.role, RoleRequest::Release)
+                    .await
+            }
+            ClientMessage::Handoff(handoff) => {
+                let request = RoleRequest::Handoff { to: handoff.to };
+                self.role_request(handoff.request_id, handoff.role, request)
+                    .await
+            }
+            ClientMessage::Renew(renew) => self.renew(renew).await,
+            ClientMessage::Guard(guard) => self.guard(guard).await,
         }
+    }
+
+    /// `claim`, `release`, `handoff`: answered with the role's state, or an
+    /// error naming the request.
+    async fn role_request(
+        &mut self,
+        request_id: u64,
+        role: String,
+        request: RoleRequest,
+    ) -> Result<(), End> {
+        if !valid_role_name(&role) {
+            return self
+                .request_error(
+                    request_id,
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "a role name is 1 to {MAX_ROLE_BYTES} ASCII letters, digits, _, -, ., :"
+                    ),
+                )
+                .await;
+        }
+        let leases = crate::coordination::leases(&self.state.config.coordination);
+        let result = self
+            .state
+            .store
+            .change_role(self.identity.clone(), role, request, leases, now_ms())
+            .await;
+        match result {
+            Ok(change) => {
+                let mut state = change.state;
+                state.request_id = Some(request_id);
+                self.send(&ServerMessage::Role(state)).await
+            }
+            Err(StoreError::Closed) => Err(store_failure(StoreError::Closed)),
+            Err(e) => {
+                self.request_error(request_id, e.code(), e.to_string())
+                    .await
+            }
+        }
+    }
+
+    /// `renew`: extends each lease this device holds; for one it does not,
+    /// the device is told the role's current state.
+    async fn renew(&mut self, renew: Renew) -> Result<(), End> {
+        let leases = crate::coordination::leases(&self.state.config.coordination);
+        for fence in renew.leases {
+            if !valid_role_name(&fence.role) {
+                continue;
+            }
+            let request = RoleRequest::Renew { epoch: fence.epoch };
+            let result = self
+                .state
+                .store
+                .change_role(
+                    self.identity.clone(),
+                    fence.role.clone(),
+                    request,
+                    leases,
+                    now_ms(),
+                )
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(StoreError::StaleEpoch(_)) => {
+                    let roles = self
+                        .state
+                        .store
+                        .roles_of(self.identity.user.clone())
+                        .await
+                        .map_err(store_failure)?;
+                    if let Some(state) = roles.into_iter().find(|r| r.role == fence.role) {
+                        self.send(&ServerMessage::Role(state)).await?;
+                    }
+                }
+                Err(StoreError::Closed) => return Err(store_failure(StoreError::Closed)),
+                Err(e) => debug!(error = %e, "renewing a lease failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// `guard`: normalizes and hashes the content, and asks the store.
+    async fn guard(&mut self, guard: Guard) -> Result<(), End> {
+        let request_id = guard.request_id;
+        let invalid = if guard.scope.is_empty()
+            || guard.scope.len() > MAX_GUARD_SCOPE_BYTES
+            || guard.scope.chars().any(char::is_control)
+        {
+            Some(format!(
+                "a guard scope is 1 to {MAX_GUARD_SCOPE_BYTES} bytes without control characters"
+            ))
+        } else if guard.content.len() > MAX_GUARD_CONTENT_BYTES {
+            Some(format!(
+                "guarded content is at most {MAX_GUARD_CONTENT_BYTES} bytes"
+            ))
+        } else if guard
+            .window_ms
+            .is_some_and(|w| w == 0 || w > MAX_GUARD_WINDOW_MS)
+        {
+            Some(format!(
+                "a guard window is 1 to {MAX_GUARD_WINDOW_MS} milliseconds"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = invalid {
+            return self
+                .request_error(request_id, ErrorCode::InvalidRequest, message)
+                .await;
+        }
+        let hash = crate::guard::guard_hash(&guard.scope, &guard.content);
+        let window = guard.window_ms.unwrap_or(DEFAULT_GUARD_WINDOW_MS);
+        let result = self
+            .state
+            .store
+            .guard(self.identity.clone(), hash, window, guard.fence, now_ms())
+            .await;
+        match result {
+            Ok(result) => {
+                self.send(&ServerMessage::GuardResult(GuardResult {
+                    request_id,
+                    result,
+                }))
+                .await
+            }
+            Err(StoreError::Closed) => Err(store_failure(StoreError::Closed)),
+            Err(e) => {
+                self.request_error(request_id, e.code(), e.to_string())
+                    .await
+            }
+        }
+    }
+
+    async fn request_error(
+        &mut self,
+        request_id: u64,
+        code: ErrorCode,
+        message: String,
+    ) -> Result<(), End> {
+        self.state.metrics.error(code);
+        self.send(&ServerMessage::request_error(request_id, code, message))
+            .await
     }
 
     async fn accept_push(&mut self, push: Push) -> Result<(), End> {
@@ -506,6 +693,13 @@ impl Session {
                 }
                 self.send(&ServerMessage::Spaces(Spaces { spaces })).await
             }
+            LiveEvent::Role(state) => self.send(&ServerMessage::Role(state)).await,
+            LiveEvent::Devices(devices) => {
+                self.send(&ServerMessage::Devices(Devices {
+                    devices: devices.as_ref().clone(),
+                }))
+                .await
+            }
         }
     }
 
@@ -597,6 +791,7 @@ impl Session {
             fatal: false,
             batch_id,
             space,
+            request_id: None,
         }))
         .await
     }
@@ -618,6 +813,7 @@ impl Session {
                     fatal: true,
                     batch_id: None,
                     space: None,
+                    request_id: None,
                 });
                 let _ = timeout(
                     FAREWELL_TIMEOUT,

@@ -28,6 +28,8 @@ pub struct ServerState {
     pub shutdown: CancellationToken,
     /// WebSocket sessions, so that shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// This instance's connected devices.
+    pub presence: crate::coordination::Presence,
 }
 
 /// Wall-clock time in Unix milliseconds.

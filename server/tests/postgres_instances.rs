@@ -296,6 +296,9 @@ async fn membership_and_revocations_cross_instances() {
             } => format!("{user} {space} {member}"),
             StoreEvent::DeviceRevoked(id) => format!("revoked {} {}", id.user, id.device),
             StoreEvent::Changes(_) => "changes".into(),
+            StoreEvent::RoleChanged { .. } | StoreEvent::DevicesChanged { .. } => {
+                "coordination".into()
+            }
         })
         .collect();
     assert_eq!(

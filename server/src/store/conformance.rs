@@ -27,11 +27,15 @@ use tandem_protocol::{
 };
 
 use super::{
-    ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, NewCredentials,
-    PushRules, RefreshOutcome, Store, StoreError, StoreEvent,
+    ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, Leases,
+    NewCredentials, PresenceStamp, PushRules, RefreshOutcome, RoleRequest, Store, StoreError,
+    StoreEvent,
 };
 use crate::auth::{TokenHash, hash_token};
 use crate::schema::Schema;
+use tandem_protocol::RoleFence;
+use tandem_protocol::api::PushToken;
+use tandem_protocol::wire::GuardVerdict;
 
 /// Opens the store under test.
 pub trait StoreHarness: Send + Sync {
@@ -70,7 +74,11 @@ macro_rules! store_conformance_tests {
             commits_are_announced_in_order,
             concurrent_pushes_get_distinct_revisions,
             data_survives_a_reopen,
-            a_closed_store_refuses_work
+            a_closed_store_refuses_work,
+            roles_move_with_claims_releases_and_lost_holders,
+            fences_admit_only_the_holder_at_its_epoch,
+            guards_answer_first_once_per_window,
+            the_registry_follows_presence_renames_and_revocation
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -87,10 +95,13 @@ macro_rules! store_conformance_tests {
     };
 }
 
-/// A listener that keeps every event.
+/// A listener that keeps every event: the feed's, membership and
+/// revocation events in one list, device coordination's (roles, the
+/// registry) in another, so a test of either reads only its own.
 #[derive(Default)]
 pub struct RecordingListener {
     events: Mutex<Vec<StoreEvent>>,
+    coordination: Mutex<Vec<StoreEvent>>,
 }
 
 impl RecordingListener {
@@ -124,6 +135,27 @@ impl RecordingListener {
     pub async fn take_n(&self, n: usize) -> Vec<StoreEvent> {
         self.take_when(|e| e.len() >= n).await
     }
+
+    /// Waits until the recorded coordination events (roles, devices)
+    /// satisfy `done`, then takes them.
+    pub async fn take_coordination_when(
+        &self,
+        done: impl Fn(&[StoreEvent]) -> bool,
+    ) -> Vec<StoreEvent> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(mut events) = self.coordination.lock()
+                && done(&events)
+            {
+                return std::mem::take(&mut *events);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the expected coordination announcements never came"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 fn announced_revs(events: &[StoreEvent]) -> Vec<u64> {
@@ -139,8 +171,17 @@ fn announced_revs(events: &[StoreEvent]) -> Vec<u64> {
 
 impl CommitListener for RecordingListener {
     fn committed(&self, events: Vec<StoreEvent>) {
+        let (coordination, feed): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| {
+            matches!(
+                e,
+                StoreEvent::RoleChanged { .. } | StoreEvent::DevicesChanged { .. }
+            )
+        });
         if let Ok(mut all) = self.events.lock() {
-            all.extend(events);
+            all.extend(feed);
+        }
+        if let Ok(mut all) = self.coordination.lock() {
+            all.extend(coordination);
         }
     }
 }
@@ -1026,4 +1067,438 @@ pub async fn a_closed_store_refuses_work(harness: &dyn StoreHarness) {
             .await,
         Err(StoreError::Closed)
     );
+}
+
+// ---- Device coordination ------------------------------------------------
+//
+// These cases use the wall clock: a PostgreSQL store decides leases and
+// windows by the database's clock, whatever time the caller passes.
+
+/// Short leases, so a case can let one run out.
+const LEASES: Leases = Leases {
+    role_ms: 400,
+    presence_ms: 60_000,
+};
+
+fn wall() -> u64 {
+    crate::state::now_ms()
+}
+
+async fn connect(store: &dyn Store, id: &DeviceIdentity) {
+    store
+        .presence_connected(
+            "instance-1".into(),
+            PresenceStamp {
+                device: id.clone(),
+                last_active: wall(),
+            },
+            LEASES,
+            wall(),
+        )
+        .await
+        .expect("presence");
+}
+
+async fn role(
+    store: &dyn Store,
+    actor: &DeviceIdentity,
+    request: RoleRequest,
+) -> Result<super::RoleChange, StoreError> {
+    store
+        .change_role(actor.clone(), "responder".into(), request, LEASES, wall())
+        .await
+}
+
+fn holder(change: &super::RoleChange) -> Option<&str> {
+    change.state.holder.as_ref().map(DeviceId::as_str)
+}
+
+/// Claims, releases, handoffs, renewals and lost holders move the role as
+/// `roles::decide` says, the epoch only grows (also across a reopen), and
+/// every change of holder is announced.
+pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    let phone = device("alice", "phone");
+    let tablet = device("alice", "tablet");
+    register(store.as_ref(), &phone, "p").await;
+    register(store.as_ref(), &tablet, "t").await;
+    connect(store.as_ref(), &phone).await;
+    connect(store.as_ref(), &tablet).await;
+
+    let claimed = role(store.as_ref(), &phone, RoleRequest::Claim { priority: 0 })
+        .await
+        .expect("claim");
+    assert_eq!(
+        (holder(&claimed), claimed.state.epoch, claimed.changed),
+        (Some("phone"), 1, true)
+    );
+    let second = role(store.as_ref(), &tablet, RoleRequest::Claim { priority: 0 })
+        .await
+        .expect("claim");
+    assert_eq!(
+        (holder(&second), second.state.epoch, second.changed),
+        (Some("phone"), 1, false)
+    );
+    // Only the holder renews, and only at its epoch; only it hands off.
+    role(store.as_ref(), &phone, RoleRequest::Renew { epoch: 1 })
+        .await
+        .expect("renew");
+    assert!(matches!(
+        role(store.as_ref(), &tablet, RoleRequest::Renew { epoch: 1 }).await,
+        Err(StoreError::StaleEpoch(_))
+    ));
+    assert!(matches!(
+        role(
+            store.as_ref(),
+            &tablet,
+            RoleRequest::Handoff {
+                to: phone.device.clone()
+            }
+        )
+        .await,
+        Err(StoreError::StaleEpoch(_))
+    ));
+    // Release: the next candidate takes it.
+    let released = role(store.as_ref(), &phone, RoleRequest::Release)
+        .await
+        .expect("release");
+    assert_eq!(
+        (holder(&released), released.state.epoch),
+        (Some("tablet"), 2)
+    );
+    // Handoff to a connected device.
+    let handed = role(
+        store.as_ref(),
+        &tablet,
+        RoleRequest::Handoff {
+            to: phone.device.clone(),
+        },
+    )
+    .await
+    .expect("handoff");
+    assert_eq!((holder(&handed), handed.state.epoch), (Some("phone"), 3));
+    // The phone stops renewing: when its lease runs out the role is due for
+    // a check, and the tablet takes it although the phone is connected.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let due = store.roles_to_check(wall()).await.expect("due");
+    assert_eq!(due, vec![(user("alice"), "responder".to_owned())]);
+    let checked = role(store.as_ref(), &tablet, RoleRequest::Check)
+        .await
+        .expect("check");
+    assert_eq!((holder(&checked), checked.state.epoch), (Some("tablet"), 4));
+    // The holder disconnects: the phone (a candidate since the handoff)
+    // takes over.
+    store
+        .presence_disconnected("instance-1".into(), tablet.clone(), wall())
+        .await
+        .expect("leave");
+    let checked = role(store.as_ref(), &tablet, RoleRequest::Check)
+        .await
+        .expect("check");
+    assert_eq!((holder(&checked), checked.state.epoch), (Some("phone"), 5));
+    let announced = listener
+        .take_coordination_when(|events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, StoreEvent::RoleChanged { .. }))
+                .count()
+                >= 5
+        })
+        .await;
+    let epochs: Vec<u64> = announced
+        .iter()
+        .filter_map(|e| match e {
+            StoreEvent::RoleChanged { state, .. } => Some(state.epoch),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4, 5]);
+    store.close().await.expect("close");
+
+    let (store, _) = open(harness).await;
+    let roles = store.roles_of(user("alice")).await.expect("roles");
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0].epoch, 5, "the epoch survives a reopen");
+    store.close().await.expect("close");
+}
+
+/// A fenced mutation is applied only for the holder at its epoch with a
+/// running lease; otherwise it is `rejected stale_epoch` and nothing is
+/// written.
+pub async fn fences_admit_only_the_holder_at_its_epoch(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let phone = device("alice", "phone");
+    let tablet = device("alice", "tablet");
+    register(store.as_ref(), &phone, "p").await;
+    register(store.as_ref(), &tablet, "t").await;
+    connect(store.as_ref(), &phone).await;
+    connect(store.as_ref(), &tablet).await;
+    role(store.as_ref(), &phone, RoleRequest::Claim { priority: 0 })
+        .await
+        .expect("claim");
+    role(store.as_ref(), &tablet, RoleRequest::Claim { priority: 0 })
+        .await
+        .expect("claim");
+    let fence = |epoch| RoleFence {
+        role: "responder".into(),
+        epoch,
+    };
+    let space = personal("alice");
+    let mut by_phone = Author::new(phone.clone());
+    let mut by_tablet = Author::new(tablet.clone());
+    let mut fenced = |author: &mut Author, doc: &str, epoch: u64| {
+        let mut m = author.put(&space, "replies", doc, json!({"text": doc}));
+        m.fence = Some(fence(epoch));
+        m
+    };
+    let good = fenced(&mut by_phone, "a", 1);
+    let wrong_device = fenced(&mut by_tablet, "b", 1);
+    let wrong_epoch = fenced(&mut by_phone, "c", 2);
+    let outcomes = push(store.as_ref(), &by_phone, vec![good, wrong_epoch]).await;
+    assert!(matches!(outcomes[0], Outcome::Applied { .. }));
+    assert!(matches!(
+        outcomes[1],
+        Outcome::Rejected {
+            code: RejectCode::StaleEpoch,
+            ..
+        }
+    ));
+    let outcomes = push(store.as_ref(), &by_tablet, vec![wrong_device]).await;
+    assert!(matches!(
+        outcomes[0],
+        Outcome::Rejected {
+            code: RejectCode::StaleEpoch,
+            ..
+        }
+    ));
+    // The phone loses the role: its old epoch is refused from then on.
+    role(store.as_ref(), &phone, RoleRequest::Release)
+        .await
+        .expect("release");
+    let late = fenced(&mut by_phone, "d", 1);
+    let outcomes = push(store.as_ref(), &by_phone, vec![late]).await;
+    assert!(matches!(
+        outcomes[0],
+        Outcome::Rejected {
+            code: RejectCode::StaleEpoch,
+            ..
+        }
+    ));
+    let now_held = fenced(&mut by_tablet, "e", 2);
+    let outcomes = push(store.as_ref(), &by_tablet, vec![now_held]).await;
+    assert!(matches!(outcomes[0], Outcome::Applied { .. }));
+    let pages = read_all(store.as_ref(), &user("alice"), &space, 0, 100).await;
+    let written: Vec<String> = pages
+        .iter()
+        .flat_map(|p| p.changes.iter().map(|c| c.doc_id.to_string()))
+        .collect();
+    assert_eq!(written, vec!["a", "e"]);
+    store.close().await.expect("close");
+}
+
+/// The guard answers `first` once per (user, hash) within the window, even
+/// to concurrent callers, `first` again after the window, and refuses a
+/// stale fence without recording anything.
+pub async fn guards_answer_first_once_per_window(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let phone = device("alice", "phone");
+    let tablet = device("alice", "tablet");
+    let other = device("bob", "phone");
+    for (id, seed) in [(&phone, "p"), (&tablet, "t"), (&other, "o")] {
+        register(store.as_ref(), id, seed).await;
+    }
+    let guard = |store: Arc<dyn Store>, who: DeviceIdentity, hash: [u8; 32], window: u64| async move {
+        store.guard(who, hash, window, None, wall()).await
+    };
+    let h = [7u8; 32];
+    assert_eq!(
+        guard(store.clone(), phone.clone(), h, 60_000)
+            .await
+            .expect("guard"),
+        GuardVerdict::First
+    );
+    assert_eq!(
+        guard(store.clone(), tablet.clone(), h, 60_000)
+            .await
+            .expect("guard"),
+        GuardVerdict::Duplicate
+    );
+    assert_eq!(
+        guard(store.clone(), phone.clone(), h, 60_000)
+            .await
+            .expect("guard"),
+        GuardVerdict::Duplicate
+    );
+    // Another user's guard is separate.
+    assert_eq!(
+        guard(store.clone(), other.clone(), h, 60_000)
+            .await
+            .expect("guard"),
+        GuardVerdict::First
+    );
+    // Ten at once: one first.
+    let race = [9u8; 32];
+    let answers = futures::future::join_all((0..10).map(|i| {
+        let who = if i % 2 == 0 {
+            phone.clone()
+        } else {
+            tablet.clone()
+        };
+        guard(store.clone(), who, race, 60_000)
+    }))
+    .await;
+    let firsts = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(GuardVerdict::First)))
+        .count();
+    assert_eq!(firsts, 1, "{answers:?}");
+    // A short window runs out.
+    let short = [3u8; 32];
+    assert_eq!(
+        guard(store.clone(), phone.clone(), short, 200)
+            .await
+            .expect("guard"),
+        GuardVerdict::First
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        guard(store.clone(), tablet.clone(), short, 200)
+            .await
+            .expect("guard"),
+        GuardVerdict::First
+    );
+    // A stale fence records nothing.
+    let fenced = [5u8; 32];
+    let stale = store
+        .guard(
+            phone.clone(),
+            fenced,
+            60_000,
+            Some(RoleFence {
+                role: "responder".into(),
+                epoch: 1,
+            }),
+            wall(),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::StaleEpoch(_))), "{stale:?}");
+    assert_eq!(
+        guard(store.clone(), tablet.clone(), fenced, 60_000)
+            .await
+            .expect("guard"),
+        GuardVerdict::First
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(store.sweep_guards(wall()).await.expect("sweep") >= 1);
+    store.close().await.expect("close");
+}
+
+/// The registry lists a user's devices with their presence, follows
+/// renames, forgets revoked devices (which cannot register again), and
+/// push hints go to offline devices with a token, once per interval.
+pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    let phone = device("alice", "phone");
+    let tablet = device("alice", "tablet");
+    register(store.as_ref(), &phone, "p").await;
+    register(store.as_ref(), &tablet, "t").await;
+    let listed = store
+        .devices_of(user("alice"), wall())
+        .await
+        .expect("devices");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|d| !d.online));
+    connect(store.as_ref(), &phone).await;
+    let listed = store
+        .devices_of(user("alice"), wall())
+        .await
+        .expect("devices");
+    let online: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|d| (d.device_id.as_str(), d.online))
+        .collect();
+    assert_eq!(online, vec![("phone", true), ("tablet", false)]);
+    store
+        .rename_device(tablet.clone(), "Alice's iPad".into())
+        .await
+        .expect("rename");
+    assert!(matches!(
+        store
+            .rename_device(device("alice", "nope"), "x".into())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let listed = store
+        .devices_of(user("alice"), wall())
+        .await
+        .expect("devices");
+    assert_eq!(listed[0].name, "Alice's iPad", "sorted by name");
+    listener
+        .take_coordination_when(|events| {
+            events.iter().any(|e| {
+                matches!(e, StoreEvent::DevicesChanged { devices, .. }
+                    if devices.iter().any(|d| d.name == "Alice's iPad"))
+            })
+        })
+        .await;
+
+    // Push hints: the offline tablet with a token gets one, then waits for
+    // the interval.
+    store
+        .set_push_token(
+            tablet.clone(),
+            Some(PushToken {
+                token: "tok".into(),
+                provider: "apns".into(),
+            }),
+        )
+        .await
+        .expect("token");
+    store
+        .set_push_token(
+            phone.clone(),
+            Some(PushToken {
+                token: "online".into(),
+                provider: "fcm".into(),
+            }),
+        )
+        .await
+        .expect("token");
+    let claim = store
+        .claim_push_hints(vec![personal("alice")], 60_000, wall())
+        .await
+        .expect("hints");
+    assert_eq!(claim.ready.len(), 1, "only the offline device: {claim:?}");
+    assert_eq!(claim.ready[0].device, tablet);
+    assert_eq!(claim.ready[0].token.token, "tok");
+    assert_eq!(claim.ready[0].spaces, vec![personal("alice")]);
+    let again = store
+        .claim_push_hints(vec![personal("alice")], 60_000, wall())
+        .await
+        .expect("hints");
+    assert!(again.ready.is_empty());
+    assert!(again.retry_at.is_some());
+
+    // Revocation: gone from the list, no credentials, no registering again.
+    store.revoke_device(tablet.clone()).await.expect("revoke");
+    let listed = store
+        .devices_of(user("alice"), wall())
+        .await
+        .expect("devices");
+    assert_eq!(listed.len(), 1);
+    let (creds, _) = credentials("again", NOW + 60_000);
+    let again = store
+        .register_device(
+            DeviceRegistration {
+                identity: tablet.clone(),
+                name: "again".into(),
+                platform: "test".into(),
+                app_version: "1".into(),
+            },
+            creds,
+            NOW,
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Revoked(_))), "{again:?}");
+    store.close().await.expect("close");
 }

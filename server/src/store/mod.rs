@@ -20,6 +20,19 @@
 //! - **Pushes are idempotent by mutation id.** Every mutation's result is
 //!   recorded; a retry by the same device gets the recorded result
 //!   (`applied` becomes `duplicate`).
+//! - **Roles are one row per (user, role).** The row holds the holder, the
+//!   epoch and the lease; every change of it happens in a transaction that
+//!   reads and writes the row under a lock (SQLite's single writer, a
+//!   PostgreSQL row lock), so two instances never hand out one epoch twice.
+//!   The decision itself is [`crate::roles::decide`], shared by every store.
+//! - **Fences are checked where the write commits.** A mutation or guard
+//!   carrying a fence is accepted only if, in the transaction that commits
+//!   it, the role's row names the author at that epoch with a running lease.
+//! - **Guards are a unique key.** One row per (user, hash of scope and
+//!   normalized content); inserting it, or taking over an expired one, is
+//!   one statement whose result says `first` or `duplicate`.
+//! - **Presence is rows with a lease.** Each instance stamps a row per
+//!   connected device; rows of a crashed instance run out.
 //! - **Commits are announced.** After each commit the store hands the
 //!   [`StoreEvent`]s it produced to its [`CommitListener`], in commit order, so
 //!   that fan-out follows the store's commit path.
@@ -33,9 +46,11 @@ pub mod conformance;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tandem_protocol::api::{SpaceMembers, SpaceSummary};
-use tandem_protocol::wire::MutationResult;
-use tandem_protocol::{Change, DeviceId, ErrorCode, Mutation, SpaceChecksum, SpaceId, UserId};
+use tandem_protocol::api::{PushToken, SpaceMembers, SpaceSummary};
+use tandem_protocol::wire::{DeviceInfo, GuardVerdict, MutationResult, RoleState};
+use tandem_protocol::{
+    Change, DeviceId, ErrorCode, Mutation, RoleFence, SpaceChecksum, SpaceId, UserId,
+};
 
 use crate::auth::TokenHash;
 use crate::schema::Schema;
@@ -67,6 +82,13 @@ pub enum StoreError {
     /// The database failed; nothing was changed.
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The device was revoked; it cannot register again.
+    #[error("{0}")]
+    Revoked(String),
+    /// A role fence is stale: the device does not hold the role at that
+    /// epoch (or its lease ran out).
+    #[error("{0}")]
+    StaleEpoch(String),
 }
 
 impl StoreError {
@@ -79,6 +101,8 @@ impl StoreError {
             StoreError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             StoreError::Closed => ErrorCode::ShuttingDown,
             StoreError::Backend(_) => ErrorCode::Internal,
+            StoreError::Revoked(_) => ErrorCode::Revoked,
+            StoreError::StaleEpoch(_) => ErrorCode::StaleEpoch,
         }
     }
 }
@@ -184,6 +208,97 @@ pub enum StoreEvent {
     },
     /// A device's credentials were revoked; its connections must close.
     DeviceRevoked(DeviceIdentity),
+    /// A role of `user` changed holder.
+    RoleChanged {
+        /// The user.
+        user: UserId,
+        /// The role's state after the change.
+        state: RoleState,
+    },
+    /// A device of `user` connected, disconnected, registered, was renamed
+    /// or revoked.
+    DevicesChanged {
+        /// The user.
+        user: UserId,
+        /// The user's devices after the change.
+        devices: Vec<DeviceInfo>,
+    },
+}
+
+/// What a device asks of a role ([`Store::change_role`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleRequest {
+    /// Become a candidate (with this priority), and the holder if the role
+    /// has no live holder.
+    Claim {
+        /// Higher is preferred.
+        priority: i32,
+    },
+    /// Stop being a candidate; a holder hands the role on.
+    Release,
+    /// The holder gives the role to `to`, which must be connected.
+    Handoff {
+        /// The device that takes the role.
+        to: DeviceId,
+    },
+    /// The holder extends its lease at `epoch`.
+    Renew {
+        /// The epoch the device holds the role at.
+        epoch: u64,
+    },
+    /// Look again: if the holder's lease ran out or it is not connected,
+    /// the next eligible candidate takes the role (or nobody does); a role
+    /// without holder goes to the best connected candidate.
+    Check,
+}
+
+/// The result of [`Store::change_role`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChange {
+    /// The role's state after the request.
+    pub state: RoleState,
+    /// Whether the holder (and so the epoch) changed.
+    pub changed: bool,
+}
+
+/// A device's presence on this instance, as the instance stamps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceStamp {
+    /// The device.
+    pub device: DeviceIdentity,
+    /// When it last sent something, Unix milliseconds.
+    pub last_active: u64,
+}
+
+/// Coordination timings the store needs to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leases {
+    /// How long a role's lease lasts after a claim, handoff or renewal.
+    pub role_ms: u64,
+    /// How long a presence row lasts after its last stamp.
+    pub presence_ms: u64,
+}
+
+/// A push hint to send: an offline device with a push token, and the spaces
+/// that changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintTarget {
+    /// The device.
+    pub device: DeviceIdentity,
+    /// Its token.
+    pub token: PushToken,
+    /// The changed spaces it belongs to, sorted.
+    pub spaces: Vec<SpaceId>,
+}
+
+/// What [`Store::claim_push_hints`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HintClaim {
+    /// Hints to send now (their devices' last hint time is now set).
+    pub ready: Vec<HintTarget>,
+    /// The earliest time a device left out by its rate limit may get a hint,
+    /// Unix milliseconds.
+    pub retry_at: Option<u64>,
 }
 
 /// Receives what each commit announces, in commit order. Called on the
@@ -262,8 +377,100 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreFuture<'_, RefreshOutcome>;
 
-    /// Revokes every credential of a device.
+    /// Revokes a device for good: its credentials are deleted (its
+    /// connections close), it leaves the registry and its role candidacies,
+    /// and registering it again is refused with [`StoreError::Revoked`].
     fn revoke_device(&self, device: DeviceIdentity) -> StoreFuture<'_, ()>;
+
+    /// The user's devices that are not revoked, by name.
+    fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>>;
+
+    /// Renames a device of `device.user` ([`StoreError::NotFound`] if it has
+    /// no such device).
+    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()>;
+
+    /// Sets (or with `None` removes) a device's push token.
+    fn set_push_token(
+        &self,
+        device: DeviceIdentity,
+        token: Option<PushToken>,
+    ) -> StoreFuture<'_, ()>;
+
+    /// The offline devices with a push token among the members of `spaces`
+    /// whose last hint is older than `min_interval_ms`; their last hint time
+    /// becomes now (so another instance does not send the same hint).
+    fn claim_push_hints(
+        &self,
+        spaces: Vec<SpaceId>,
+        min_interval_ms: u64,
+        now_ms: u64,
+    ) -> StoreFuture<'_, HintClaim>;
+
+    /// A device connected to `instance`: stamps its presence row (a new
+    /// row announces [`StoreEvent::DevicesChanged`]).
+    fn presence_connected(
+        &self,
+        instance: String,
+        stamp: PresenceStamp,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// A device's last connection to `instance` closed: its row goes and its
+    /// last-seen time is kept.
+    fn presence_disconnected(
+        &self,
+        instance: String,
+        device: DeviceIdentity,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Stamps every device connected to `instance` again, and deletes every
+    /// presence row (of any instance) that ran out: a crashed instance's
+    /// devices go offline.
+    fn presence_heartbeat(
+        &self,
+        instance: String,
+        stamps: Vec<PresenceStamp>,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Applies `request` of `actor` (a device of the role's user) to the
+    /// role, atomically (see [`crate::roles::decide`]); a change of holder
+    /// is announced ([`StoreEvent::RoleChanged`]). For PostgreSQL, `now_ms`
+    /// is the database's clock.
+    fn change_role(
+        &self,
+        actor: DeviceIdentity,
+        role: String,
+        request: RoleRequest,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, RoleChange>;
+
+    /// The roles of `user` that have a row (were ever claimed).
+    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>>;
+
+    /// Roles that need [`RoleRequest::Check`]: a holder whose lease ran out
+    /// or who is not connected, or no holder and a connected candidate.
+    fn roles_to_check(&self, now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>>;
+
+    /// The duplicate guard: records the first occurrence of `hash` for
+    /// `author.user` for `window_ms`, atomically: `first` if it was not
+    /// recorded (or its window ran out), `duplicate` otherwise. A stale
+    /// `fence` fails with [`StoreError::StaleEpoch`] and records nothing.
+    fn guard(
+        &self,
+        author: DeviceIdentity,
+        hash: [u8; 32],
+        window_ms: u64,
+        fence: Option<RoleFence>,
+        now_ms: u64,
+    ) -> StoreFuture<'_, GuardVerdict>;
+
+    /// Deletes guard records whose window ran out; returns how many.
+    fn sweep_guards(&self, now_ms: u64) -> StoreFuture<'_, u64>;
 
     /// Creates a shared space owned by `owner`.
     fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers>;
@@ -291,8 +498,8 @@ pub trait Store: Send + Sync + 'static {
     fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers>;
 
     /// Applies a batch of mutations in order, in one transaction (or a group
-    /// of batches in one), and answers one result per mutation. Role fences
-    /// are not checked yet.
+    /// of batches in one), and answers one result per mutation. A mutation
+    /// with a stale role fence is `rejected` with `stale_epoch`.
     fn push(
         &self,
         author: DeviceIdentity,

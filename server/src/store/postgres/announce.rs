@@ -78,6 +78,12 @@ pub(crate) enum Notice {
     /// A device was revoked.
     #[serde(rename = "r")]
     Revoked(String, String),
+    /// A user's role changed holder.
+    #[serde(rename = "o")]
+    Role(String, String),
+    /// A user's devices changed (registry or presence).
+    #[serde(rename = "d")]
+    Devices(String),
 }
 
 impl Notice {
@@ -101,6 +107,10 @@ impl Notice {
             StoreEvent::DeviceRevoked(id) => {
                 Some(Notice::Revoked(id.user.to_string(), id.device.to_string()))
             }
+            StoreEvent::RoleChanged { user, state } => {
+                Some(Notice::Role(user.to_string(), state.role.clone()))
+            }
+            StoreEvent::DevicesChanged { user, .. } => Some(Notice::Devices(user.to_string())),
         }
     }
 }
@@ -282,6 +292,18 @@ impl Announcer {
                     users.push(user.as_str());
                     spaces.push(None);
                     devices.push(Some(device.as_str()));
+                }
+                Notice::Role(user, role) => {
+                    kinds.push("o");
+                    users.push(user.as_str());
+                    spaces.push(Some(role.as_str()));
+                    devices.push(None);
+                }
+                Notice::Devices(user) => {
+                    kinds.push("d");
+                    users.push(user.as_str());
+                    spaces.push(None);
+                    devices.push(None);
                 }
                 Notice::Changes(..) => {}
             }
@@ -530,6 +552,18 @@ impl ListenerTask {
                             _ => warn!("a notification named a bad device"),
                         }
                     }
+                    Notice::Role(user, role) => {
+                        self.flush(&mut run, &mut out).await;
+                        if let Some(event) = self.role_event(&user, &role).await {
+                            out.push(event);
+                        }
+                    }
+                    Notice::Devices(user) => {
+                        self.flush(&mut run, &mut out).await;
+                        if let Some(event) = self.devices_event(&user).await {
+                            out.push(event);
+                        }
+                    }
                 }
             }
         }
@@ -702,6 +736,34 @@ impl ListenerTask {
         }
     }
 
+    /// The event of a role change announced by another instance: the
+    /// role's state now.
+    async fn role_event(&self, user: &str, role: &str) -> Option<StoreEvent> {
+        let user = UserId::new(user).ok()?;
+        let client = self.pool.get().await.ok()?;
+        match super::coordination::role_state(&client, &user, role).await {
+            Ok(state) => Some(StoreEvent::RoleChanged { user, state }),
+            Err(e) => {
+                warn!(error = %e, "reading a role failed");
+                None
+            }
+        }
+    }
+
+    /// The event of a registry or presence change announced by another
+    /// instance: the user's devices now.
+    async fn devices_event(&self, user: &str) -> Option<StoreEvent> {
+        let user = UserId::new(user).ok()?;
+        let client = self.pool.get().await.ok()?;
+        match super::coordination::devices_of(&client, &user).await {
+            Ok(devices) => Some(StoreEvent::DevicesChanged { user, devices }),
+            Err(e) => {
+                warn!(error = %e, "reading devices failed");
+                None
+            }
+        }
+    }
+
     /// After a reconnect: hands on the instance's own events whose
     /// notifications were lost, then replays what was committed in the last
     /// `window`.
@@ -771,6 +833,21 @@ impl ListenerTask {
                     if !reads::has_credentials(&client, &identity).await? {
                         out.push(StoreEvent::DeviceRevoked(identity));
                     }
+                }
+                "o" => {
+                    let role: Option<String> = row.get(2);
+                    let (Some(role), Ok(user)) = (role, UserId::new(user)) else {
+                        continue;
+                    };
+                    let state = super::coordination::role_state(&client, &user, &role).await?;
+                    out.push(StoreEvent::RoleChanged { user, state });
+                }
+                "d" => {
+                    let Ok(user) = UserId::new(user) else {
+                        continue;
+                    };
+                    let devices = super::coordination::devices_of(&client, &user).await?;
+                    out.push(StoreEvent::DevicesChanged { user, devices });
                 }
                 _ => {}
             }

@@ -38,6 +38,7 @@
 //! deadlock. Then add one line to the [`Store`] implementation.
 
 mod announce;
+mod coordination;
 pub mod migrations;
 mod pushes;
 mod reads;
@@ -63,10 +64,11 @@ use super::{
     DeviceRegistration, FeedPosition, NewCredentials, PushRules, RefreshOutcome, Store, StoreError,
     StoreEvent, StoreFuture,
 };
+use super::{HintClaim, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
-use tandem_protocol::api::{SpaceMembers, SpaceSummary};
-use tandem_protocol::wire::MutationResult;
-use tandem_protocol::{Mutation, SpaceId, UserId};
+use tandem_protocol::api::{PushToken, SpaceMembers, SpaceSummary};
+use tandem_protocol::wire::{DeviceInfo, GuardVerdict, MutationResult, RoleState};
+use tandem_protocol::{Mutation, RoleFence, SpaceId, UserId};
 
 /// Options of the PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -430,6 +432,168 @@ impl Store for PostgresStore {
                 Box::pin(async move { writes::revoke_device(w, &device).await })
             })
             .await
+        })
+    }
+
+    fn devices_of(&self, user: UserId, _now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
+        Box::pin(async move {
+            self.read(move |c| Box::pin(async move { coordination::devices_of(c, &user).await }))
+                .await
+        })
+    }
+
+    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let (device, name) = (device.clone(), name.clone());
+                Box::pin(async move { coordination::rename_device(w, &device, &name).await })
+            })
+            .await
+        })
+    }
+
+    fn set_push_token(
+        &self,
+        device: DeviceIdentity,
+        token: Option<PushToken>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let (device, token) = (device.clone(), token.clone());
+                Box::pin(
+                    async move { coordination::set_push_token(w, &device, token.as_ref()).await },
+                )
+            })
+            .await
+        })
+    }
+
+    fn claim_push_hints(
+        &self,
+        spaces: Vec<SpaceId>,
+        min_interval_ms: u64,
+        _now_ms: u64,
+    ) -> StoreFuture<'_, HintClaim> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let spaces = spaces.clone();
+                Box::pin(async move {
+                    coordination::claim_push_hints(w, &spaces, min_interval_ms).await
+                })
+            })
+            .await
+        })
+    }
+
+    fn presence_connected(
+        &self,
+        instance: String,
+        stamp: PresenceStamp,
+        leases: Leases,
+        _now_ms: u64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let (instance, stamp) = (instance.clone(), stamp.clone());
+                Box::pin(async move {
+                    coordination::presence_connected(w, &instance, &stamp, leases).await
+                })
+            })
+            .await
+        })
+    }
+
+    fn presence_disconnected(
+        &self,
+        instance: String,
+        device: DeviceIdentity,
+        _now_ms: u64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let (instance, device) = (instance.clone(), device.clone());
+                Box::pin(
+                    async move { coordination::presence_disconnected(w, &instance, &device).await },
+                )
+            })
+            .await
+        })
+    }
+
+    fn presence_heartbeat(
+        &self,
+        instance: String,
+        stamps: Vec<PresenceStamp>,
+        leases: Leases,
+        _now_ms: u64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let (instance, stamps) = (instance.clone(), stamps.clone());
+                Box::pin(async move {
+                    coordination::presence_heartbeat(w, &instance, &stamps, leases).await
+                })
+            })
+            .await
+        })
+    }
+
+    fn change_role(
+        &self,
+        actor: DeviceIdentity,
+        role: String,
+        request: RoleRequest,
+        leases: Leases,
+        _now_ms: u64,
+    ) -> StoreFuture<'_, RoleChange> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let (actor, role, request) = (actor.clone(), role.clone(), request.clone());
+                Box::pin(async move {
+                    coordination::change_role(w, &actor, &role, &request, leases).await
+                })
+            })
+            .await
+        })
+    }
+
+    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
+        Box::pin(async move {
+            self.read(move |c| Box::pin(async move { coordination::roles_of(c, &user).await }))
+                .await
+        })
+    }
+
+    fn roles_to_check(&self, _now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>> {
+        Box::pin(async move {
+            self.read(move |c| Box::pin(async move { coordination::roles_to_check(c).await }))
+                .await
+        })
+    }
+
+    fn guard(
+        &self,
+        author: DeviceIdentity,
+        hash: [u8; 32],
+        window_ms: u64,
+        fence: Option<RoleFence>,
+        _now_ms: u64,
+    ) -> StoreFuture<'_, GuardVerdict> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let (author, fence) = (author.clone(), fence.clone());
+                Box::pin(async move {
+                    coordination::guard(w, &author, &hash, window_ms, fence.as_ref()).await
+                })
+            })
+            .await
+        })
+    }
+
+    fn sweep_guards(&self, _now_ms: u64) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            self.write(move |w| Box::pin(async move { coordination::sweep_guards(w).await }))
+                .await
         })
     }
 

@@ -212,6 +212,12 @@ struct GroupState {
     doc_index: HashMap<DocKey, usize>,
     new_records: Vec<Record>,
     events: Vec<StoreEvent>,
+    /// The roles the group's fences name, read `FOR SHARE`, and the
+    /// database's clock after reading them.
+    fences: (
+        std::collections::BTreeMap<(String, String), crate::roles::RoleRow>,
+        u64,
+    ),
 }
 
 async fn commit_group(
@@ -277,7 +283,29 @@ async fn commit_group(
         tx.query(&documents, &document_params),
     )?;
 
+    // Fenced mutations: their roles, read after the space locks and held
+    // (FOR SHARE) until the commit, so no change of holder lands between
+    // the check and the commit.
+    let mut fence_keys: Vec<(String, String)> = group
+        .iter()
+        .flat_map(|job| {
+            job.mutations.iter().filter_map(|m| {
+                m.fence
+                    .as_ref()
+                    .map(|f| (job.author.user.to_string(), f.role.clone()))
+            })
+        })
+        .collect();
+    fence_keys.sort();
+    fence_keys.dedup();
+    let fences = if fence_keys.is_empty() {
+        (std::collections::BTreeMap::new(), 0)
+    } else {
+        super::coordination::fenced_roles(&tx, &fence_keys).await?
+    };
+
     let mut state = GroupState {
+        fences,
         heads: HashMap::new(),
         records: HashMap::new(),
         members: HashSet::new(),
@@ -367,8 +395,19 @@ fn decide_one(
     let member = state
         .members
         .contains(&(m.space.as_str().to_owned(), author.user.as_str().to_owned()));
+    let fence_holds = |fence: &tandem_protocol::RoleFence| {
+        state
+            .fences
+            .0
+            .get(&(author.user.to_string(), fence.role.clone()))
+            .is_some_and(|row| row.admits(&author.device, fence, state.fences.1))
+    };
     let outcome = if !member {
         apply::not_a_member(m)
+    } else if let Some(fence) = &m.fence
+        && !fence_holds(fence)
+    {
+        apply::stale_fence(fence)
     } else {
         let key: DocKey = (
             m.space.to_string(),

@@ -71,6 +71,13 @@ pub(crate) async fn register_device(
     now_ms: u64,
 ) -> Result<(), TxError> {
     let id = &reg.identity;
+    if super::coordination::is_revoked(&w.tx, id).await? {
+        return Err(StoreError::Revoked(format!(
+            "device {} was revoked; a revoked device cannot register again",
+            id.device
+        ))
+        .into());
+    }
     w.tx.execute(
         "INSERT INTO devices (user_id, device_id, name, platform, app_version, registered_at)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -100,6 +107,7 @@ pub(crate) async fn register_device(
         &[&personal.as_str(), &id.user.as_str()],
     )
     .await?;
+    super::coordination::announce_devices(w, &id.user).await?;
     Ok(())
 }
 
@@ -146,12 +154,13 @@ pub(crate) async fn refresh_credentials(
     Ok(RefreshOutcome::Rotated(identity))
 }
 
-/// Revokes every credential of a device.
+/// Revokes a device for good (see [`crate::store::Store::revoke_device`]).
 pub(crate) async fn revoke_device(
     w: &mut WriteTx<'_>,
     device: &DeviceIdentity,
 ) -> Result<(), TxError> {
     delete_credentials(w, device).await?;
+    super::coordination::retire_device(w, device).await?;
     w.announce(StoreEvent::DeviceRevoked(device.clone()));
     Ok(())
 }

@@ -10,6 +10,7 @@
 //!   passive checkpoint every second. Checkpoints, not commits, are what makes
 //!   write latency spiky, so they stay off the write path.
 
+mod coordination;
 mod migrations;
 mod reads;
 mod writer;
@@ -33,10 +34,11 @@ use super::{
     DeviceRegistration, FeedPosition, NewCredentials, PushRules, RefreshOutcome, Store, StoreError,
     StoreFuture,
 };
+use super::{HintClaim, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
-use tandem_protocol::api::{SpaceMembers, SpaceSummary};
-use tandem_protocol::wire::MutationResult;
-use tandem_protocol::{Mutation, SpaceId, UserId};
+use tandem_protocol::api::{PushToken, SpaceMembers, SpaceSummary};
+use tandem_protocol::wire::{DeviceInfo, GuardVerdict, MutationResult, RoleState};
+use tandem_protocol::{Mutation, RoleFence, SpaceId, UserId};
 
 /// Options of the SQLite store.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +95,7 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(backend)?;
         migrations::migrate(&mut conn).map_err(backend)?;
+        coordination::clear_presence(&conn)?;
         let (sender, jobs) = mpsc::channel();
         let writer_thread = std::thread::Builder::new()
             .name("tandem-store-writer".into())
@@ -222,7 +225,119 @@ impl Store for SqliteStore {
         Box::pin(
             self.inner
                 .writer
-                .write(move |ctx| writes::revoke_device(ctx, &device)),
+                .write(move |ctx| writes::revoke_device(ctx, &device, crate::state::now_ms())),
+        )
+    }
+
+    fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
+        Box::pin(self.read(move |conn| coordination::devices_of(conn, &user, now_ms)))
+    }
+
+    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            coordination::rename_device(ctx, &device, &name, crate::state::now_ms())
+        }))
+    }
+
+    fn set_push_token(
+        &self,
+        device: DeviceIdentity,
+        token: Option<PushToken>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| coordination::set_push_token(ctx, &device, token.as_ref())),
+        )
+    }
+
+    fn claim_push_hints(
+        &self,
+        spaces: Vec<SpaceId>,
+        min_interval_ms: u64,
+        now_ms: u64,
+    ) -> StoreFuture<'_, HintClaim> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            coordination::claim_push_hints(ctx, &spaces, min_interval_ms, now_ms)
+        }))
+    }
+
+    fn presence_connected(
+        &self,
+        instance: String,
+        stamp: PresenceStamp,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            coordination::presence_connected(ctx, &instance, &stamp, leases, now_ms)
+        }))
+    }
+
+    fn presence_disconnected(
+        &self,
+        instance: String,
+        device: DeviceIdentity,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(
+            self.inner.writer.write(move |ctx| {
+                coordination::presence_disconnected(ctx, &instance, &device, now_ms)
+            }),
+        )
+    }
+
+    fn presence_heartbeat(
+        &self,
+        instance: String,
+        stamps: Vec<PresenceStamp>,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            coordination::presence_heartbeat(ctx, &instance, &stamps, leases, now_ms)
+        }))
+    }
+
+    fn change_role(
+        &self,
+        actor: DeviceIdentity,
+        role: String,
+        request: RoleRequest,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, RoleChange> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            coordination::change_role(ctx, &actor, &role, &request, leases, now_ms)
+        }))
+    }
+
+    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
+        Box::pin(self.read(move |conn| coordination::roles_of(conn, &user)))
+    }
+
+    fn roles_to_check(&self, now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>> {
+        Box::pin(self.read(move |conn| coordination::roles_to_check(conn, now_ms)))
+    }
+
+    fn guard(
+        &self,
+        author: DeviceIdentity,
+        hash: [u8; 32],
+        window_ms: u64,
+        fence: Option<RoleFence>,
+        now_ms: u64,
+    ) -> StoreFuture<'_, GuardVerdict> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            coordination::guard(ctx, &author, &hash, window_ms, fence.as_ref(), now_ms)
+        }))
+    }
+
+    fn sweep_guards(&self, now_ms: u64) -> StoreFuture<'_, u64> {
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| coordination::sweep_guards(ctx, now_ms)),
         )
     }
 

@@ -71,6 +71,12 @@ pub fn register_device(
 ) -> Result<(), StoreError> {
     let tx = ctx.tx;
     let id = &reg.identity;
+    if super::coordination::is_revoked(tx, id)? {
+        return Err(StoreError::Revoked(format!(
+            "device {} was revoked; a revoked device cannot register again",
+            id.device
+        )));
+    }
     tx.execute(
         "INSERT INTO devices (user, device_id, name, platform, app_version, registered_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -100,6 +106,7 @@ pub fn register_device(
         params![personal.as_str(), id.user.as_str()],
     )
     .map_err(backend)?;
+    super::coordination::announce_devices(ctx, &id.user, now_ms)?;
     Ok(())
 }
 
@@ -145,9 +152,14 @@ pub fn refresh_credentials(
     Ok(RefreshOutcome::Rotated(identity))
 }
 
-/// Revokes every credential of a device.
-pub fn revoke_device(ctx: &mut WriteCtx<'_>, device: &DeviceIdentity) -> Result<(), StoreError> {
+/// Revokes a device for good (see [`crate::store::Store::revoke_device`]).
+pub fn revoke_device(
+    ctx: &mut WriteCtx<'_>,
+    device: &DeviceIdentity,
+    now_ms: u64,
+) -> Result<(), StoreError> {
     delete_credentials(ctx.tx, device)?;
+    super::coordination::retire_device(ctx, device, now_ms)?;
     ctx.events.push(StoreEvent::DeviceRevoked(device.clone()));
     Ok(())
 }
@@ -348,6 +360,10 @@ fn push_one(
     }
     let outcome = if !is_member(tx, &m.space, &author.user)? {
         apply::not_a_member(m)
+    } else if let Some(fence) = &m.fence
+        && !super::coordination::fence_holds(tx, author, fence, now_ms)?
+    {
+        apply::stale_fence(fence)
     } else {
         let current = load_document(tx, m)?;
         match apply::decide(current.as_ref(), m, rules) {
