@@ -18,7 +18,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tandem_protocol::{Collection, CollectionPolicy};
+use tandem_protocol::api::{DeviceList, PushHint, PushToken};
+use tandem_protocol::wire::{Claim, Guard, GuardVerdict, Handoff, Release};
+use tandem_protocol::{
+    ClientMessage, Collection, CollectionPolicy, ErrorCode, RoleFence, ServerMessage,
+};
+
+use crate::coordination::{DeviceInfo, DevicesObserver, GuardOutcome, RoleInfo, RoleObserver};
 
 use crate::config::ClientConfig;
 use crate::document::{DocKey, DocRef, LocalDocument};
@@ -588,6 +594,9 @@ impl Client {
             && status.connection != ConnectionState::Online
             && let Some(error) = status.last_error
         {
+            if self.shared.auth_refused() {
+                return Err(Error::Unauthorized(error));
+            }
             return Err(Error::Network(error));
         }
         Ok(if settled && status.pending == 0 && status.failed == 0 {
@@ -732,6 +741,327 @@ impl Client {
         } else {
             Err(Error::Closed)
         }
+    }
+}
+
+/// How long a coordination request (claim, release, handoff, guard) waits
+/// for the server, a connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long [`Client::handle_push_hint`] syncs.
+pub const PUSH_HINT_SYNC_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Coordination between the user's devices (see [`crate::coordination`]).
+/// Everything here needs [`Client::start_sync`].
+impl Client {
+    async fn role_request(
+        &self,
+        message: impl FnOnce(u64) -> ClientMessage,
+    ) -> Result<RoleInfo, Error> {
+        let handle = self.sync_handle()?;
+        let me = self.store.identity().device_id.clone();
+        match handle.request(message, REQUEST_TIMEOUT).await? {
+            ServerMessage::Role(state) => Ok(RoleInfo::from_state(state, &me)),
+            ServerMessage::Error(e) => Err(request_error(e, None)),
+            other => Err(Error::Network(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Makes this device a candidate for `role` (until
+    /// [`Client::release_role`], across reconnects and restarts) and its
+    /// holder if the role has no live holder. `priority` orders candidates
+    /// when the holder is lost (higher first; then the most recently active
+    /// device). Returns the role's state.
+    pub async fn claim_role(&self, role: &str, priority: i32) -> Result<RoleInfo, Error> {
+        let role = role.to_owned();
+        self.role_request(move |request_id| {
+            ClientMessage::Claim(Claim {
+                request_id,
+                role,
+                priority,
+            })
+        })
+        .await
+    }
+
+    /// This device is no longer a candidate for `role`; if it held it, the
+    /// next eligible device takes it. Returns the role's state.
+    pub async fn release_role(&self, role: &str) -> Result<RoleInfo, Error> {
+        let role = role.to_owned();
+        self.role_request(move |request_id| ClientMessage::Release(Release { request_id, role }))
+            .await
+    }
+
+    /// Gives `role`, which this device holds, to the connected device
+    /// `to` (a device id). Fails with [`Error::StaleEpoch`] if this device
+    /// does not hold it.
+    pub async fn handoff_role(&self, role: &str, to: &str) -> Result<RoleInfo, Error> {
+        let to = tandem_protocol::DeviceId::new(to)?;
+        let role = role.to_owned();
+        self.role_request(move |request_id| {
+            ClientMessage::Handoff(Handoff {
+                request_id,
+                role,
+                to,
+            })
+        })
+        .await
+    }
+
+    /// The role's state as this device last heard it (`None` before the
+    /// first connection, or if the role was never claimed).
+    pub fn role(&self, role: &str) -> Option<RoleInfo> {
+        self.shared.role(role)
+    }
+
+    /// The fence to tag writes and guards made on behalf of `role` with:
+    /// `Some` while this device holds it (as last heard).
+    pub fn current_fence(&self, role: &str) -> Option<RoleFence> {
+        self.shared.role(role).and_then(|r| r.fence())
+    }
+
+    /// Calls `observer` with the role's state (now if known, then on each
+    /// change of holder or epoch) until the subscription is cancelled or
+    /// dropped.
+    pub fn observe_role(
+        &self,
+        role: &str,
+        observer: Arc<dyn RoleObserver>,
+    ) -> Result<Subscription, Error> {
+        self.ensure_open()?;
+        let id = self.shared.add_role_observer(role, observer);
+        let shared = Arc::downgrade(&self.shared);
+        Ok(Subscription::from_cancel(move || {
+            if let Some(shared) = shared.upgrade() {
+                shared.remove_observer(id);
+            }
+        }))
+    }
+
+    /// Asks the duplicate guard whether `content` (normalized: trimmed,
+    /// Unicode NFC, runs of whitespace as one space) was already seen in
+    /// `scope` by any device of the user within `window_ms` (default 5 s):
+    /// exactly one caller gets [`GuardOutcome::First`].
+    pub async fn guard(
+        &self,
+        scope: &str,
+        content: &str,
+        window_ms: Option<u64>,
+    ) -> Result<GuardOutcome, Error> {
+        self.guard_request(scope, content, window_ms, None).await
+    }
+
+    /// [`Client::guard`] on behalf of a role: refused with
+    /// [`Error::StaleEpoch`] (recording nothing) unless this device holds
+    /// the role at the fence's epoch.
+    pub async fn guard_fenced(
+        &self,
+        scope: &str,
+        content: &str,
+        window_ms: Option<u64>,
+        fence: RoleFence,
+    ) -> Result<GuardOutcome, Error> {
+        self.guard_request(scope, content, window_ms, Some(fence))
+            .await
+    }
+
+    async fn guard_request(
+        &self,
+        scope: &str,
+        content: &str,
+        window_ms: Option<u64>,
+        fence: Option<RoleFence>,
+    ) -> Result<GuardOutcome, Error> {
+        let handle = self.sync_handle()?;
+        let (scope, content, asked) = (scope.to_owned(), content.to_owned(), fence.clone());
+        let answer = handle
+            .request(
+                move |request_id| {
+                    ClientMessage::Guard(Guard {
+                        request_id,
+                        scope,
+                        content,
+                        window_ms,
+                        fence: asked,
+                    })
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        match answer {
+            ServerMessage::GuardResult(result) => Ok(match result.result {
+                GuardVerdict::First => GuardOutcome::First,
+                GuardVerdict::Duplicate => GuardOutcome::Duplicate,
+            }),
+            ServerMessage::Error(e) => Err(request_error(e, fence.as_ref())),
+            other => Err(Error::Network(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// [`Client::mutate`] on behalf of a role: the write carries `fence`,
+    /// and the server refuses it (`stale_epoch`: the write fails and is
+    /// rolled back from the view) unless this device still holds the role
+    /// at that epoch when it arrives.
+    pub fn mutate_fenced(
+        &self,
+        key: DocKey,
+        operation: &str,
+        payload_json: &str,
+        fence: RoleFence,
+    ) -> Result<LocalDocument, Error> {
+        let doc = self.resolve(&key)?;
+        let write = match Operation::parse(operation)? {
+            Operation::Put => Write::Put(parse_object(payload_json)?),
+            Operation::Patch => Write::Patch(parse_object(payload_json)?),
+            Operation::Delete => Write::Delete,
+            Operation::SetAdd | Operation::SetRemove => {
+                return Err(Error::InvalidPayload(
+                    "fenced writes are put, patch or delete".into(),
+                ));
+            }
+        };
+        let local = self.store.write_fenced(&doc, write, Some(fence))?;
+        self.store.touch(&doc);
+        self.notify_local_write();
+        Ok(local)
+    }
+
+    /// [`Client::put`] on behalf of a role (see [`Client::mutate_fenced`]).
+    pub fn put_fenced(
+        &self,
+        key: DocKey,
+        fields_json: &str,
+        fence: RoleFence,
+    ) -> Result<LocalDocument, Error> {
+        self.mutate_fenced(key, "put", fields_json, fence)
+    }
+
+    /// The user's devices (not revoked ones), by name, from the server.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        let list = credentials
+            .with_access(|api, token| async move { api.devices(&token).await })
+            .await?;
+        Ok(self.device_infos(list))
+    }
+
+    fn device_infos(&self, list: DeviceList) -> Vec<DeviceInfo> {
+        let me = &self.store.identity().device_id;
+        list.devices
+            .into_iter()
+            .map(|d| DeviceInfo::from_wire(d, me))
+            .collect()
+    }
+
+    /// Calls `observer` with the user's devices (now if known, then after
+    /// every change the server announces: a device connects, disconnects,
+    /// registers, is renamed or revoked) until the subscription is
+    /// cancelled or dropped.
+    pub fn observe_devices(
+        &self,
+        observer: Arc<dyn DevicesObserver>,
+    ) -> Result<Subscription, Error> {
+        self.ensure_open()?;
+        let id = self.shared.add_devices_observer(observer);
+        let shared = Arc::downgrade(&self.shared);
+        Ok(Subscription::from_cancel(move || {
+            if let Some(shared) = shared.upgrade() {
+                shared.remove_observer(id);
+            }
+        }))
+    }
+
+    /// Renames a device of the user (this one or another). Returns the
+    /// devices.
+    pub async fn rename_device(
+        &self,
+        device_id: &str,
+        name: &str,
+    ) -> Result<Vec<DeviceInfo>, Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        let list = credentials
+            .with_access(|api, token| {
+                let (device, name) = (device_id.to_owned(), name.to_owned());
+                async move { api.rename_device(&token, &device, &name).await }
+            })
+            .await?;
+        Ok(self.device_infos(list))
+    }
+
+    /// Revokes a device of the user: its connections close at once, its
+    /// credentials stop working and it cannot register again (a lost or
+    /// stolen phone). Returns the remaining devices.
+    pub async fn revoke_device(&self, device_id: &str) -> Result<Vec<DeviceInfo>, Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        let list = credentials
+            .with_access(|api, token| {
+                let device = device_id.to_owned();
+                async move { api.revoke_device(&token, &device).await }
+            })
+            .await?;
+        Ok(self.device_infos(list))
+    }
+
+    /// Registers this device's push token (`provider`: `apns`, `fcm`, ...):
+    /// while it is offline, the server's push webhook gets a hint when
+    /// changes land in its spaces.
+    pub async fn register_push_token(&self, token: &str, provider: &str) -> Result<(), Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        credentials
+            .with_access(|api, access| {
+                let body = PushToken {
+                    token: token.to_owned(),
+                    provider: provider.to_owned(),
+                };
+                async move { api.set_push_token(&access, Some(&body)).await }
+            })
+            .await
+    }
+
+    /// Removes this device's push token: no more hints.
+    pub async fn unregister_push_token(&self) -> Result<(), Error> {
+        let credentials = Arc::clone(&self.sync_handle()?.credentials);
+        credentials
+            .with_access(|api, access| async move { api.set_push_token(&access, None).await })
+            .await
+    }
+
+    /// Handles a push hint the app received (the JSON the server sent its
+    /// push webhook, relayed as the notification's payload): checks that it
+    /// is meant for this device, then runs a bounded [`Client::sync_once`]
+    /// of at most `timeout` (use [`PUSH_HINT_SYNC_TIMEOUT`] in a background
+    /// push handler).
+    pub async fn handle_push_hint(
+        &self,
+        payload_json: &str,
+        timeout: Duration,
+    ) -> Result<SyncOutcome, Error> {
+        let hint: PushHint = serde_json::from_str(payload_json)
+            .map_err(|e| Error::NotForThisDevice(format!("not a push hint: {e}")))?;
+        let identity = self.store.identity();
+        if hint.user != identity.user_id || hint.device_id != identity.device_id {
+            return Err(Error::NotForThisDevice(format!(
+                "the hint is for device {} of {}",
+                hint.device_id, hint.user
+            )));
+        }
+        tracing::info!(target: "tandem_core", spaces = hint.spaces.len(), "push hint: syncing");
+        self.sync_once(timeout).await
+    }
+}
+
+/// An `error` answering a request, as the app sees it.
+fn request_error(e: tandem_protocol::wire::ErrorMessage, fence: Option<&RoleFence>) -> Error {
+    match e.code {
+        ErrorCode::StaleEpoch => Error::StaleEpoch {
+            role: fence.map(|f| f.role.clone()).unwrap_or_default(),
+            epoch: fence.map_or(0, |f| f.epoch),
+            reason: e.message,
+        },
+        code => Error::Server {
+            code,
+            message: e.message,
+        },
     }
 }
 

@@ -172,6 +172,29 @@ pub enum Error {
     /// A bounded call did not finish in time.
     #[error("timed out")]
     Timeout,
+
+    /// The server refused this device's credentials (the user token was
+    /// refused, or the device was revoked): sign the user in again.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+
+    /// This device does not hold the role (any more) at the epoch it acted
+    /// under: another device took it. Nothing was done.
+    #[error("role {role} is not held by this device at epoch {epoch}: {reason}")]
+    StaleEpoch {
+        /// The role.
+        role: String,
+        /// The epoch the call was made under (0 if this device never held
+        /// it).
+        epoch: u64,
+        /// Why, for people.
+        reason: String,
+    },
+
+    /// A push hint was not meant for this device (another user or device),
+    /// or is not a hint.
+    #[error("not a push hint for this device: {0}")]
+    NotForThisDevice(String),
 }
 
 impl Error {
@@ -201,6 +224,9 @@ impl Error {
             Error::NotLocal { .. } => "not_local",
             Error::Token(_) => "token",
             Error::Timeout => "timeout",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::StaleEpoch { .. } => "stale_epoch",
+            Error::NotForThisDevice(_) => "not_for_this_device",
         }
     }
 
@@ -221,6 +247,8 @@ impl Error {
                 | Error::NotLocal { .. }
                 | Error::Token(_)
                 | Error::Timeout
+                | Error::Unauthorized(_)
+                | Error::StaleEpoch { .. }
         )
     }
 }

@@ -14,6 +14,8 @@
 //!   commit;
 //! - [`query`]: the [`Query`] type;
 //! - [`document`]: [`LocalDocument`], what the app reads, and [`DocKey`];
+//! - [`coordination`]: the user's other devices, roles with fencing, the
+//!   duplicate guard, push hints;
 //! - [`config`] and [`error`].
 //!
 //! - [`sync`]: syncing with the server: a sans-I/O engine (events in,
@@ -25,6 +27,7 @@
 
 pub mod client;
 pub mod config;
+pub mod coordination;
 pub mod document;
 pub mod error;
 pub mod observe;
@@ -34,6 +37,7 @@ pub mod sync;
 
 pub use client::{Client, ConnectionState, Operation, SpaceInfo, Status, SyncConfig, SyncOutcome};
 pub use config::{ClientConfig, DATABASE_FILE, DEFAULT_MAX_DOCUMENT_BYTES, Durability};
+pub use coordination::{DeviceInfo, DevicesObserver, GuardOutcome, RoleInfo, RoleObserver};
 pub use document::{DocKey, DocRef, LocalDocument};
 pub use error::Error;
 pub use observe::{DocumentObserver, QueryObserver, Subscription};
@@ -43,3 +47,4 @@ pub use sync::{
     Conflict, ConflictHandler, MutationFailure, Resolution, SpaceProgress, StaticToken,
     StatusObserver, SyncStatus, SyncTuning, TokenError, TokenProvider,
 };
+pub use tandem_protocol::RoleFence;

@@ -70,6 +70,15 @@ pub enum TandemError {
         reason: String,
     },
 
+    /// This device does not hold the role (any more) at the epoch it acted
+    /// under: another device took it over. Nothing was done; stop acting
+    /// for the role until it comes back (`observe_role`).
+    #[error("role lost: {reason}")]
+    RoleLost {
+        /// Which role and why, for logs.
+        reason: String,
+    },
+
     /// The client was closed; open a new one.
     #[error("the client is closed")]
     Closed,
@@ -99,6 +108,7 @@ impl From<CoreError> for TandemError {
             | CoreError::UnknownOperation(_)
             | CoreError::InvalidPayload(_)
             | CoreError::Rejected { .. }
+            | CoreError::NotForThisDevice(_)
             // The app opened a data directory with another user's id: the
             // pair it passed is wrong, and choosing another directory fixes it.
             | CoreError::UserMismatch { .. } => TandemError::InvalidInput { code, reason },
@@ -107,6 +117,8 @@ impl From<CoreError> for TandemError {
             | CoreError::Storage(_)
             | CoreError::Io(_) => TandemError::Storage { code, reason },
             CoreError::Closed => TandemError::Closed,
+            CoreError::Unauthorized(_) => TandemError::Unauthorized { reason },
+            CoreError::StaleEpoch { .. } => TandemError::RoleLost { reason },
             // Not reaching the server, not syncing with one, a bounded sync
             // that ran out of time, a document only the server has: all
             // mean "try again when online".
@@ -141,6 +153,7 @@ fn from_server(code: ErrorCode, reason: String) -> TandemError {
         | ErrorCode::SlowConsumer
         | ErrorCode::ShuttingDown
         | ErrorCode::Internal => TandemError::Network { reason },
+        ErrorCode::StaleEpoch => TandemError::RoleLost { reason },
         // The device spoke the protocol wrongly: a bug on this side.
         ErrorCode::BadFrame | ErrorCode::HelloRequired | ErrorCode::UnsupportedProtocol => {
             TandemError::Internal { reason }
@@ -286,6 +299,19 @@ mod tests {
         assert!(matches!(
             TandemError::from(CoreError::NotSyncing),
             TandemError::Network { .. }
+        ));
+        // A refused token in a bounded sync is Unauthorized, not Network.
+        assert!(matches!(
+            TandemError::from(CoreError::Unauthorized("the server refused the token".into())),
+            TandemError::Unauthorized { reason } if reason.contains("refused")
+        ));
+        assert!(matches!(
+            TandemError::from(CoreError::StaleEpoch {
+                role: "auto-responder".into(),
+                epoch: 3,
+                reason: "epoch moved".into(),
+            }),
+            TandemError::RoleLost { reason } if reason.contains("auto-responder")
         ));
         assert!(matches!(
             TandemError::from(CoreError::Token(TokenError::SignedOut("no session".into()))),

@@ -130,6 +130,18 @@ impl Store {
     /// Applies `write` to `doc` locally: view, outbox entry and clock in one
     /// transaction. Returns the document's new local view.
     pub fn write(&self, doc: &DocRef, write: Write) -> Result<LocalDocument, Error> {
+        self.write_fenced(doc, write, None)
+    }
+
+    /// [`Store::write`] on behalf of a role: the mutation carries `fence`,
+    /// and the server refuses it unless this device holds the role at that
+    /// epoch when it commits.
+    pub fn write_fenced(
+        &self,
+        doc: &DocRef,
+        write: Write,
+        fence: Option<tandem_protocol::RoleFence>,
+    ) -> Result<LocalDocument, Error> {
         let result = self.with_writer(|writer| {
             let policy = policy_of(&writer.policies, &doc.collection);
             let tx = writer
@@ -185,7 +197,7 @@ impl Store {
                 base_version: current.as_ref().and_then(|v| v.version),
                 device_id: hlc.node.clone(),
                 hlc,
-                fence: None,
+                fence,
             };
             let Some(next) = merge::apply_local(current_state, &mutation, &policy)? else {
                 // The policy makes this write a no-op (an `append_only`

@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tandem_protocol::api::{
-    AddMember, ApiError, CreateSpace, DeviceCredentials, RefreshCredentials, RegisterDevice,
-    SpaceList, SpaceMembers,
+    AddMember, ApiError, CreateSpace, DeviceCredentials, DeviceList, PushToken, RefreshCredentials,
+    RegisterDevice, RenameDevice, SpaceList, SpaceMembers,
 };
 use tandem_protocol::{DeviceId, ErrorCode};
 
@@ -230,6 +230,60 @@ impl Api {
             ))
             .bearer_auth(access);
         self.call(request).await
+    }
+}
+
+impl Api {
+    /// `GET /v1/devices`.
+    pub async fn devices(&self, access: &str) -> Result<DeviceList, ApiFailure> {
+        self.call(self.get("/v1/devices", access)).await
+    }
+
+    /// `PATCH /v1/devices/{device}`.
+    pub async fn rename_device(
+        &self,
+        access: &str,
+        device: &str,
+        name: &str,
+    ) -> Result<DeviceList, ApiFailure> {
+        let body = RenameDevice {
+            name: name.to_owned(),
+        };
+        let request = self
+            .http
+            .patch(format!("{}/v1/devices/{}", self.base, encode(device)))
+            .bearer_auth(access)
+            .json(&body);
+        self.call(request).await
+    }
+
+    /// `DELETE /v1/devices/{device}`.
+    pub async fn revoke_device(
+        &self,
+        access: &str,
+        device: &str,
+    ) -> Result<DeviceList, ApiFailure> {
+        let request = self
+            .http
+            .delete(format!("{}/v1/devices/{}", self.base, encode(device)))
+            .bearer_auth(access);
+        self.call(request).await
+    }
+
+    /// `PUT /v1/push-token`, or `DELETE` with `None`.
+    pub async fn set_push_token(
+        &self,
+        access: &str,
+        token: Option<&PushToken>,
+    ) -> Result<(), ApiFailure> {
+        let url = format!("{}/v1/push-token", self.base);
+        let request = match token {
+            Some(token) => self.http.put(url).json(token),
+            None => self.http.delete(url),
+        }
+        .bearer_auth(access);
+        let _: serde_json::Value = self.call(request).await?;
+        Ok(())
     }
 }
 

@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tandem_protocol::ServerMessage;
+use tandem_protocol::{ClientMessage, ServerMessage};
+
+use crate::coordination::{DeviceInfo, DevicesObserver, RoleInfo, RoleObserver};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -238,18 +240,31 @@ impl Credentials {
 pub(crate) enum Command {
     /// An engine event.
     Event(Event),
+    /// A request to the server (its message carries `id`), answered on
+    /// `reply`.
+    Request {
+        id: u64,
+        message: ClientMessage,
+        reply: oneshot::Sender<Result<ServerMessage, String>>,
+    },
     /// Answer when the engine is settled (see [`Engine::is_settled`]).
     WaitSettled(oneshot::Sender<()>),
     /// Stop: close the connection and end the task.
     Stop,
 }
 
-/// What the driver shares with the client: status and its observers.
+/// What the driver shares with the client: status, roles, devices and
+/// their observers.
 #[derive(Default)]
 pub(crate) struct Shared {
     status: Mutex<Option<SyncStatus>>,
     observers: Mutex<Vec<(u64, Arc<dyn StatusObserver>)>>,
     next_observer: Mutex<u64>,
+    roles: Mutex<BTreeMap<String, RoleInfo>>,
+    devices: Mutex<Option<Vec<DeviceInfo>>>,
+    role_observers: Mutex<Vec<(u64, String, Arc<dyn RoleObserver>)>>,
+    devices_observers: Mutex<Vec<(u64, Arc<dyn DevicesObserver>)>>,
+    auth_refused: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -258,23 +273,87 @@ impl Shared {
         lock(&self.status).clone()
     }
 
-    /// Forgets the published status (the driver stopped).
+    /// Forgets the published status, roles and devices (the driver
+    /// stopped).
     pub fn clear(&self) {
         lock(&self.status).take();
+        lock(&self.roles).clear();
+        lock(&self.devices).take();
+        self.auth_refused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn next_id(&self) -> u64 {
+        let mut next = lock(&self.next_observer);
+        *next += 1;
+        *next
     }
 
     pub fn add_observer(&self, observer: Arc<dyn StatusObserver>) -> u64 {
-        let id = {
-            let mut next = lock(&self.next_observer);
-            *next += 1;
-            *next
-        };
+        let id = self.next_id();
         lock(&self.observers).push((id, observer));
         id
     }
 
     pub fn remove_observer(&self, id: u64) {
         lock(&self.observers).retain(|(i, _)| *i != id);
+        lock(&self.role_observers).retain(|(i, _, _)| *i != id);
+        lock(&self.devices_observers).retain(|(i, _)| *i != id);
+    }
+
+    /// Adds a role observer and calls it with the role's state if known.
+    pub fn add_role_observer(&self, role: &str, observer: Arc<dyn RoleObserver>) -> u64 {
+        let id = self.next_id();
+        lock(&self.role_observers).push((id, role.to_owned(), Arc::clone(&observer)));
+        if let Some(info) = self.role(role) {
+            observer.on_role(info);
+        }
+        id
+    }
+
+    /// Adds a devices observer and calls it with the list if known.
+    pub fn add_devices_observer(&self, observer: Arc<dyn DevicesObserver>) -> u64 {
+        let id = self.next_id();
+        lock(&self.devices_observers).push((id, Arc::clone(&observer)));
+        let known = lock(&self.devices).clone();
+        if let Some(devices) = known {
+            observer.on_devices(devices);
+        }
+        id
+    }
+
+    /// The role's last known state.
+    pub fn role(&self, role: &str) -> Option<RoleInfo> {
+        lock(&self.roles).get(role).cloned()
+    }
+
+    /// Whether the server refused this device's credentials on the last
+    /// attempt.
+    pub fn auth_refused(&self) -> bool {
+        self.auth_refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn publish_role(&self, info: RoleInfo) {
+        lock(&self.roles).insert(info.role.clone(), info.clone());
+        let observers: Vec<Arc<dyn RoleObserver>> = lock(&self.role_observers)
+            .iter()
+            .filter(|(_, role, _)| role == &info.role)
+            .map(|(_, _, o)| Arc::clone(o))
+            .collect();
+        for observer in observers {
+            observer.on_role(info.clone());
+        }
+    }
+
+    fn publish_devices(&self, devices: Vec<DeviceInfo>) {
+        *lock(&self.devices) = Some(devices.clone());
+        let observers: Vec<Arc<dyn DevicesObserver>> = lock(&self.devices_observers)
+            .iter()
+            .map(|(_, o)| Arc::clone(o))
+            .collect();
+        for observer in observers {
+            observer.on_devices(devices.clone());
+        }
     }
 
     pub fn observers(&self) -> Vec<Arc<dyn StatusObserver>> {
@@ -308,13 +387,17 @@ pub(crate) struct SyncHandle {
     commands: mpsc::UnboundedSender<Command>,
     pub credentials: Arc<Credentials>,
     task: Mutex<Option<JoinHandle<()>>>,
+    next_request: std::sync::atomic::AtomicU64,
 }
 
 impl SyncHandle {
     /// Starts the driver on the current tokio runtime.
     pub fn start(engine: Engine, credentials: Arc<Credentials>, shared: Arc<Shared>) -> SyncHandle {
         let (tx, rx) = mpsc::unbounded_channel();
+        let me = engine.device_id();
         let driver = Driver {
+            me,
+            replies: std::collections::HashMap::new(),
             engine,
             credentials: Arc::clone(&credentials),
             shared,
@@ -331,6 +414,40 @@ impl SyncHandle {
             commands: tx,
             credentials,
             task: Mutex::new(Some(task)),
+            next_request: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// Sends a request built by `message` (given its request id) once the
+    /// connection is welcomed, and waits up to `timeout` for the answer.
+    pub async fn request(
+        &self,
+        message: impl FnOnce(u64) -> ClientMessage,
+        timeout: Duration,
+    ) -> Result<ServerMessage, Error> {
+        let id = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Request {
+            id,
+            message: message(id),
+            reply,
+        };
+        if self.commands.send(command).is_err() {
+            return Err(Error::NotSyncing);
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Ok(message))) => Ok(message),
+            Ok(Ok(Err(reason))) => Err(Error::Network(reason)),
+            Ok(Err(_)) => Err(Error::NotSyncing),
+            Err(_) => {
+                self.send(Event::CancelRequest(id));
+                Err(Error::Network(format!(
+                    "no answer from the server within {} s",
+                    timeout.as_secs_f32()
+                )))
+            }
         }
     }
 
@@ -468,6 +585,10 @@ fn decode(text: &str) -> Result<ServerMessage, serde_json::Error> {
 type Opened = Result<(Socket, u64), DisconnectReason>;
 
 struct Driver {
+    /// This device.
+    me: tandem_protocol::DeviceId,
+    /// Waiting requests.
+    replies: std::collections::HashMap<u64, oneshot::Sender<Result<ServerMessage, String>>>,
     engine: Engine,
     credentials: Arc<Credentials>,
     shared: Arc<Shared>,
@@ -490,6 +611,11 @@ impl Driver {
                 command = commands.recv() => match command {
                     None | Some(Command::Stop) => break,
                     Some(Command::Event(event)) => self.feed(event).await,
+                    Some(Command::Request { id, message, reply }) => {
+                        self.replies.retain(|_, waiting| !waiting.is_closed());
+                        self.replies.insert(id, reply);
+                        self.feed(Event::Request { id, message }).await;
+                    }
                     Some(Command::WaitSettled(tx)) => self.waiters.push(tx),
                 },
                 incoming = next_frame(&mut self.socket), if self.socket.is_some() => {
@@ -554,6 +680,10 @@ impl Driver {
                 self.shared.publish(status);
             }
         }
+        self.shared.auth_refused.store(
+            self.engine.auth_refused(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         if !self.waiters.is_empty() && self.engine.is_settled().unwrap_or(false) {
             for waiter in self.waiters.drain(..) {
                 let _ = waiter.send(());
@@ -573,7 +703,7 @@ impl Driver {
                     // Storage trouble: the state in the store is still
                     // consistent (each step is a transaction); drop the
                     // connection and try again later.
-                    tracing_like_warn(&format!("sync engine: {e}"));
+                    tracing::warn!(target: "tandem_core", error = %e, "the sync engine failed a step; reconnecting");
                     if self.socket.take().is_some() {
                         self.queue.push(Event::Disconnected {
                             reason: DisconnectReason::Transport(format!("local storage: {e}")),
@@ -592,6 +722,7 @@ impl Driver {
         match action {
             Action::Connect => {
                 if self.connecting.is_none() && self.socket.is_none() {
+                    tracing::debug!(target: "tandem_core", "connecting to the sync server");
                     let credentials = Arc::clone(&self.credentials);
                     self.connecting = Some(tokio::spawn(open(credentials)));
                 }
@@ -631,6 +762,23 @@ impl Driver {
                 }
             }
             Action::Notify(Notice::StatusChanged) => self.status_dirty = true,
+            Action::Reply { id, answer } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    let _ = reply.send(answer);
+                }
+            }
+            Action::Notify(Notice::RoleChanged(state)) => {
+                self.shared
+                    .publish_role(RoleInfo::from_state(state, &self.me));
+            }
+            Action::Notify(Notice::DevicesChanged(devices)) => {
+                let devices = devices
+                    .into_iter()
+                    .map(|d| DeviceInfo::from_wire(d, &self.me))
+                    .collect();
+                self.shared.publish_devices(devices);
+            }
+            Action::Notify(Notice::Link(_)) => self.status_dirty = true,
             Action::Notify(Notice::MutationFailed(failure)) => {
                 self.status_dirty = true;
                 for observer in self.shared.observers() {
@@ -639,12 +787,6 @@ impl Driver {
             }
         }
     }
-}
-
-/// Reports a problem the driver works around. The core has no logging
-/// dependency; the status's `last_error` carries what the app needs.
-fn tracing_like_warn(message: &str) {
-    let _ = message;
 }
 
 async fn next_frame(link: &mut Option<Link>) -> Incoming {

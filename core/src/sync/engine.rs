@@ -60,10 +60,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tandem_protocol::wire::{
-    Ack, Changes, ErrorMessage, Heartbeat, Hello, Limits, Outcome, Push, Subscribe, Welcome,
+    Ack, Changes, DeviceInfo, ErrorMessage, Heartbeat, Hello, Limits, Outcome, Push, Renew,
+    RoleState, Subscribe, Welcome,
 };
 use tandem_protocol::{
-    ClientMessage, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION,
+    ClientMessage, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION, RoleFence,
     ServerMessage, SpaceId,
 };
 
@@ -119,6 +120,9 @@ pub struct SyncTuning {
     /// Refresh the access token when this fraction of its remaining
     /// lifetime has passed (default 0.8).
     pub refresh_at_fraction: f64,
+    /// How often a role holder renews its leases (default 0.5 s; the
+    /// server's lease lasts 1.5 s by default, so two renewals may be lost).
+    pub role_renew_interval: Duration,
 }
 
 impl Default for SyncTuning {
@@ -133,6 +137,7 @@ impl Default for SyncTuning {
             max_outstanding_batches: 8,
             max_batch: 500,
             refresh_at_fraction: 0.8,
+            role_renew_interval: Duration::from_millis(500),
         }
     }
 }
@@ -164,6 +169,8 @@ pub enum Timer {
     AckTimeout,
     /// Time to refresh the access token.
     RefreshCredentials,
+    /// Time for the role holder's heartbeat (`renew`).
+    RenewRoles,
 }
 
 /// What happens to the engine.
@@ -198,6 +205,17 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The app asks the server something (`claim`, `release`, `handoff`,
+    /// `guard`): `message` carries `id` as its request id. Sent once the
+    /// connection is welcomed; answered with [`Action::Reply`].
+    Request {
+        /// The request id.
+        id: u64,
+        /// The message.
+        message: ClientMessage,
+    },
+    /// The app gave up waiting for request `id`.
+    CancelRequest(u64),
 }
 
 /// What the engine asks the driver to do.
@@ -223,6 +241,15 @@ pub enum Action {
     RefreshCredentials,
     /// Tell the app something.
     Notify(Notice),
+    /// The answer to request `id`: the server's message (`role`,
+    /// `guard_result`, or an `error` naming the request), or why there is
+    /// none (the connection was lost after it was sent).
+    Reply {
+        /// The request id.
+        id: u64,
+        /// The answer.
+        answer: Result<ServerMessage, String>,
+    },
 }
 
 /// What the app hears from the engine.
@@ -232,6 +259,12 @@ pub enum Notice {
     StatusChanged,
     /// A mutation failed for good.
     MutationFailed(MutationFailure),
+    /// A role's holder or epoch changed (or its state was first heard).
+    RoleChanged(RoleState),
+    /// The user's devices changed (registry or presence).
+    DevicesChanged(Vec<DeviceInfo>),
+    /// The connection was welcomed (`true`) or lost (`false`).
+    Link(bool),
 }
 
 /// Where the app's conflict handler is kept; the client replaces it at any
@@ -272,6 +305,8 @@ struct Session {
     /// of the feed: checksums are not comparable until the cursor passes
     /// it.
     ahead: HashMap<SpaceId, u64>,
+    /// Requests sent on this connection and not yet answered.
+    requests: BTreeSet<u64>,
 }
 
 #[derive(Debug)]
@@ -308,6 +343,14 @@ pub struct Engine {
     credentials_stale: bool,
     out: Vec<Action>,
     status_changed: bool,
+    /// The user's roles as the server last told them.
+    roles: BTreeMap<String, RoleState>,
+    /// Requests waiting for a welcomed connection, in order.
+    queued_requests: VecDeque<(u64, ClientMessage)>,
+    /// Whether the renew timer is armed.
+    renewing: bool,
+    /// The server refused this device's credentials on the last attempt.
+    auth_refused: bool,
 }
 
 impl Engine {
@@ -339,6 +382,10 @@ impl Engine {
             credentials_stale: false,
             out: Vec::new(),
             status_changed: false,
+            roles: BTreeMap::new(),
+            queued_requests: VecDeque::new(),
+            renewing: false,
+            auth_refused: false,
         })
     }
 
@@ -353,6 +400,17 @@ impl Engine {
         }
         let out = std::mem::take(&mut self.out);
         result.map(|()| out)
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> tandem_protocol::DeviceId {
+        self.store.identity().device_id.clone()
+    }
+
+    /// Whether the server refused this device's credentials on the last
+    /// attempt to connect (cleared by a welcome).
+    pub fn auth_refused(&self) -> bool {
+        self.auth_refused
     }
 
     /// The connection state.
@@ -474,7 +532,29 @@ impl Engine {
                 });
                 Ok(())
             }
+            Event::Request { id, message } => {
+                match &mut self.link {
+                    Link::Open(session) if session.welcomed => {
+                        session.requests.insert(id);
+                        self.out.push(Action::Send(message));
+                    }
+                    Link::Stopped => self.out.push(Action::Reply {
+                        id,
+                        answer: Err("the server speaks another protocol version".into()),
+                    }),
+                    _ => self.queued_requests.push_back((id, message)),
+                }
+                Ok(())
+            }
+            Event::CancelRequest(id) => {
+                self.queued_requests.retain(|(queued, _)| *queued != id);
+                if let Link::Open(session) = &mut self.link {
+                    session.requests.remove(&id);
+                }
+                Ok(())
+            }
             Event::CredentialsFailed { reason } => {
+                tracing::warn!(target: "tandem_core", %reason, "renewing the device's credentials failed");
                 self.last_error = Some(reason);
                 self.status_changed = true;
                 let after = self
@@ -543,6 +623,21 @@ impl Engine {
     /// Leaves the current connection: in-flight entries go back to the
     /// queue (no attempt counted).
     fn drop_connection(&mut self) -> Result<(), Error> {
+        if let Link::Open(session) = &mut self.link {
+            // Requests already sent may or may not have been carried out
+            // (a guard may have recorded its content): the app decides
+            // whether to ask again.
+            for id in std::mem::take(&mut session.requests) {
+                self.out.push(Action::Reply {
+                    id,
+                    answer: Err("the connection was lost before the answer came".into()),
+                });
+            }
+            if session.welcomed {
+                self.out.push(Action::Notify(Notice::Link(false)));
+            }
+        }
+        self.renewing = false;
         self.link = Link::Idle;
         self.status_changed = true;
         self.store.requeue_in_flight()?;
@@ -550,12 +645,14 @@ impl Engine {
     }
 
     fn on_disconnected(&mut self, reason: DisconnectReason) -> Result<(), Error> {
+        tracing::info!(target: "tandem_core", reason = ?reason, "disconnected from the sync server");
         self.drop_connection()?;
         match &reason {
             DisconnectReason::Transport(why) => self.last_error = Some(why.clone()),
             DisconnectReason::Unauthorized(why) => {
                 self.last_error = Some(format!("unauthorized: {why}"));
                 self.credentials_stale = true;
+                self.auth_refused = true;
             }
             DisconnectReason::UnsupportedProtocol => {
                 self.last_error = Some("the server speaks another protocol version".into());
@@ -647,6 +744,10 @@ impl Engine {
                 self.schedule_retry_timer()?;
             }
             Timer::RefreshCredentials => self.out.push(Action::RefreshCredentials),
+            Timer::RenewRoles => {
+                self.renewing = false;
+                self.renew_roles();
+            }
         }
         Ok(())
     }
@@ -668,7 +769,87 @@ impl Engine {
                 Ok(())
             }
             ServerMessage::Pong(_) => Ok(()),
+            ServerMessage::Role(state) => {
+                self.on_role(state);
+                Ok(())
+            }
+            ServerMessage::GuardResult(result) => {
+                let id = result.request_id;
+                self.answer(id, ServerMessage::GuardResult(result));
+                Ok(())
+            }
+            ServerMessage::Devices(devices) => {
+                self.out
+                    .push(Action::Notify(Notice::DevicesChanged(devices.devices)));
+                Ok(())
+            }
         }
+    }
+
+    /// Hands the answer of request `id` to the app, if it is waiting.
+    fn answer(&mut self, id: u64, message: ServerMessage) {
+        if let Link::Open(session) = &mut self.link
+            && session.requests.remove(&id)
+        {
+            self.out.push(Action::Reply {
+                id,
+                answer: Ok(message),
+            });
+        }
+    }
+
+    /// A role's state: remembered (an older epoch than the one known is
+    /// ignored), told to the app when its holder or epoch changed, and the
+    /// holder's heartbeat started when this device holds it.
+    fn on_role(&mut self, state: RoleState) {
+        if let Some(id) = state.request_id {
+            self.answer(id, ServerMessage::Role(state.clone()));
+        }
+        let known = self.roles.get(&state.role);
+        if known.is_some_and(|k| k.epoch > state.epoch) {
+            return;
+        }
+        let changed = known.is_none_or(|k| k.epoch != state.epoch || k.holder != state.holder);
+        let mut state = state;
+        state.request_id = None;
+        self.roles.insert(state.role.clone(), state.clone());
+        if changed {
+            tracing::debug!(target: "tandem_core", role = %state.role, epoch = state.epoch, holder = ?state.holder, "role changed");
+            self.out.push(Action::Notify(Notice::RoleChanged(state)));
+        }
+        self.renew_roles();
+    }
+
+    /// The roles this device holds, as last heard.
+    fn held_roles(&self) -> Vec<RoleFence> {
+        let me = &self.store.identity().device_id;
+        self.roles
+            .values()
+            .filter(|r| r.holder.as_ref() == Some(me))
+            .map(|r| RoleFence {
+                role: r.role.clone(),
+                epoch: r.epoch,
+            })
+            .collect()
+    }
+
+    /// Sends the holder's heartbeat now if it is not armed, and arms it.
+    fn renew_roles(&mut self) {
+        if self.renewing {
+            return;
+        }
+        let welcomed = matches!(&self.link, Link::Open(s) if s.welcomed);
+        let leases = self.held_roles();
+        if !welcomed || leases.is_empty() {
+            return;
+        }
+        self.out
+            .push(Action::Send(ClientMessage::Renew(Renew { leases })));
+        self.renewing = true;
+        self.out.push(Action::Schedule {
+            timer: Timer::RenewRoles,
+            after: self.tuning.role_renew_interval,
+        });
     }
 
     fn on_welcome(&mut self, welcome: Welcome) -> Result<(), Error> {
@@ -726,7 +907,16 @@ impl Engine {
             .collect();
         self.reconnect_failures = 0;
         self.last_error = None;
+        self.auth_refused = false;
         self.status_changed = true;
+        tracing::info!(target: "tandem_core", spaces = welcome.spaces.len(), "connected to the sync server");
+        self.out.push(Action::Notify(Notice::Link(true)));
+        while let Some((id, message)) = self.queued_requests.pop_front() {
+            if let Link::Open(session) = &mut self.link {
+                session.requests.insert(id);
+            }
+            self.out.push(Action::Send(message));
+        }
         self.fill_pipeline()
     }
 
@@ -736,6 +926,7 @@ impl Engine {
         };
         let sp = session.spaces.entry(page.space.clone()).or_default();
         if page.reset && !sp.resync {
+            tracing::info!(target: "tandem_core", space = %page.space, "the server reset the space's feed: fetching it again");
             self.store.begin_resync(&page.space)?;
             self.resync.insert(page.space.clone());
             sp.resync = true;
@@ -804,6 +995,7 @@ impl Engine {
             // still be on their way, and one of them (`more: false`) could
             // not be told from the re-sync's final page, which sweeps.
             self.checksum_mismatches += 1;
+            tracing::warn!(target: "tandem_core", space = %page.space, "checksum mismatch: fetching the space again");
             self.store.count_checksum_mismatch()?;
             self.resync.insert(page.space.clone());
             self.out.push(Action::Disconnect);
@@ -889,6 +1081,10 @@ impl Engine {
                 }
                 self.schedule_retry_timer()?;
             }
+            return Ok(());
+        }
+        if let Some(id) = error.request_id {
+            self.answer(id, ServerMessage::Error(error));
             return Ok(());
         }
         if let Some(space) = &error.space {

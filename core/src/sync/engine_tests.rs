@@ -389,6 +389,7 @@ fn transient_batch_errors_retry_with_backoff_until_the_attempt_limit() {
             fatal: false,
             batch_id: Some(batch),
             space: None,
+            request_id: None,
         }));
         let wait = scheduled(&actions, Timer::Retry).expect("a retry is scheduled");
         waits.push(wait);
@@ -417,6 +418,7 @@ fn transient_batch_errors_retry_with_backoff_until_the_attempt_limit() {
         fatal: false,
         batch_id: Some(batch),
         space: None,
+        request_id: None,
     }));
     assert!(actions.iter().any(|a| matches!(
         a,
