@@ -104,6 +104,17 @@ pub struct ServeOptions {
     /// Sync every commit to disk (survives power loss, slower).
     #[arg(long)]
     pub durable: bool,
+    /// A role's lease, in milliseconds: a holder that does not renew within
+    /// this loses the role (devices renew every 500 ms).
+    #[arg(long, value_name = "MS", default_value_t = 1_500)]
+    pub role_lease_ms: u64,
+    /// POST a push hint (JSON) to URL when changes land in a space of an
+    /// offline device with a push token (the app's push sender relays it).
+    #[arg(long, value_name = "URL")]
+    pub push_webhook: Option<String>,
+    /// At most one push hint per device per this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub push_hint_interval_ms: u64,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>, Failure> {
@@ -173,6 +184,9 @@ fn config(args: &ServeOptions) -> Result<ServerConfig, Failure> {
     config.feed.tombstone_retention = (args.tombstone_retention_days > 0)
         .then(|| Duration::from_secs(args.tombstone_retention_days * 24 * 3600));
     config.durable_commits = args.durable;
+    config.coordination.role_lease = Duration::from_millis(args.role_lease_ms.max(100));
+    config.push.webhook = args.push_webhook.clone();
+    config.push.min_interval = Duration::from_millis(args.push_hint_interval_ms);
     if let Some(url) = &args.postgres {
         let mut options = PostgresOptions::new(url.clone());
         options.schema = args.postgres_schema.clone();

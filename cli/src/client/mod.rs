@@ -9,6 +9,7 @@
 //! `watch`, `status` and the space commands talk to the server. The user
 //! token is `--token`, or `dev:USER` (what a `--dev-auth` server accepts).
 
+mod coordination;
 mod online;
 
 use std::path::PathBuf;
@@ -142,6 +143,59 @@ pub enum ClientCommand {
     Space(SpaceCommand),
     /// Print the user's spaces, one per line.
     Spaces,
+    /// Print the user's devices, one per line.
+    Devices,
+    /// Rename a device of the user (named by its current name or id).
+    Rename {
+        /// The device.
+        device: String,
+        /// Its new name.
+        name: String,
+    },
+    /// Revoke a device of the user (named by its name or id): its
+    /// connections close, its credentials stop working.
+    Revoke {
+        /// The device.
+        device: String,
+    },
+    /// Claim ROLE and stay in the foreground, heartbeating; print one line
+    /// per change of the role's holder. Ctrl-C releases the role.
+    Claim {
+        /// The role.
+        role: String,
+        /// Preference among candidates when the holder is lost (higher
+        /// first).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+    },
+    /// Stop being a candidate for ROLE (handing it on if held).
+    Release {
+        /// The role.
+        role: String,
+    },
+    /// Give ROLE, held by this device, to DEVICE (a name or id).
+    Handoff {
+        /// The role.
+        role: String,
+        /// The device that takes it.
+        device: String,
+    },
+    /// Print ROLE's holder and epoch.
+    Role {
+        /// The role.
+        role: String,
+    },
+    /// Ask the duplicate guard: prints `first` or `duplicate`.
+    Guard {
+        /// What the content is unique within.
+        scope: String,
+        /// The content.
+        content: String,
+        /// How long the first occurrence holds, in milliseconds (default
+        /// 5000).
+        #[arg(long, value_name = "N")]
+        window_ms: Option<u64>,
+    },
     /// Declare an index on fields of a collection, so queries can filter and
     /// order on them (kept in DIR).
     Index {
@@ -307,7 +361,15 @@ fn run_command(
         ClientCommand::Sync { .. }
         | ClientCommand::Watch { .. }
         | ClientCommand::Space(_)
-        | ClientCommand::Spaces => Err(Failure::new(
+        | ClientCommand::Spaces
+        | ClientCommand::Devices
+        | ClientCommand::Rename { .. }
+        | ClientCommand::Revoke { .. }
+        | ClientCommand::Claim { .. }
+        | ClientCommand::Release { .. }
+        | ClientCommand::Handoff { .. }
+        | ClientCommand::Role { .. }
+        | ClientCommand::Guard { .. } => Err(Failure::new(
             "offline",
             "this command needs the server: give --server URL and leave out --offline",
         )),

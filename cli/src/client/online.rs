@@ -141,6 +141,16 @@ async fn command(client: &Client, args: &ClientArgs) -> Result<(), Failure> {
                 .map_err(core_failure)?;
             print_json(&info)
         }
+        ClientCommand::Devices
+        | ClientCommand::Rename { .. }
+        | ClientCommand::Revoke { .. }
+        | ClientCommand::Claim { .. }
+        | ClientCommand::Release { .. }
+        | ClientCommand::Handoff { .. }
+        | ClientCommand::Role { .. }
+        | ClientCommand::Guard { .. } => {
+            super::coordination::run(client, &args.command, timeout).await
+        }
         ClientCommand::Spaces => {
             let spaces = client.spaces().await.map_err(core_failure)?;
             let mut out = std::io::stdout().lock();
@@ -212,7 +222,7 @@ async fn watch(client: &Client, space: Option<String>, collection: &str) -> Resu
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn stop_signal() {
+pub(super) async fn stop_signal() {
     #[cfg(unix)]
     {
         let mut term =
