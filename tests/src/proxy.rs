@@ -1,6 +1,8 @@
 //! A TCP proxy for fault injection: it forwards connections to an upstream
-//! address and can cut every open connection, delay what it forwards, and
-//! switch to another upstream (a restarted server on a new port).
+//! address and can cut every open connection, delay what it forwards,
+//! partition (hold everything, in both directions, without closing
+//! anything, as a network that silently drops packets), and switch to
+//! another upstream (a restarted server on a new port).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,16 @@ struct State {
     connections: Mutex<Vec<JoinHandle<()>>>,
     delay_ms: AtomicU64,
     accepted: AtomicU64,
+    partitioned: std::sync::atomic::AtomicBool,
+}
+
+impl State {
+    /// Waits while the proxy is partitioned.
+    async fn pass(&self) {
+        while self.partitioned.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -47,6 +59,7 @@ impl Proxy {
                 accept_state.accepted.fetch_add(1, Ordering::SeqCst);
                 let state = Arc::clone(&accept_state);
                 let task = tokio::spawn(async move {
+                    state.pass().await;
                     let upstream = *lock(&state.upstream);
                     let Some(upstream) = upstream else { return };
                     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -95,6 +108,13 @@ impl Proxy {
         );
     }
 
+    /// Starts (`true`) or ends a partition: while it lasts nothing is
+    /// forwarded and new connections wait, but nothing is closed, so
+    /// neither side notices except by silence.
+    pub fn partition(&self, on: bool) {
+        self.state.partitioned.store(on, Ordering::SeqCst);
+    }
+
     /// Forwards new connections to `upstream`.
     pub fn set_upstream(&self, upstream: SocketAddr) {
         *lock(&self.state.upstream) = Some(upstream);
@@ -124,6 +144,7 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        state.pass().await;
         let delay = state.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
