@@ -29,10 +29,7 @@ impl RoleLine {
     fn of(info: &RoleInfo) -> RoleLine {
         RoleLine {
             role: info.role.clone(),
-            holder: info
-                .holder_name
-                .clone()
-                .or_else(|| info.holder.clone()),
+            holder: info.holder_name.clone().or_else(|| info.holder.clone()),
             epoch: info.epoch,
             is_self: info.is_self,
         }
@@ -51,7 +48,11 @@ struct DeviceLine<'a> {
 }
 
 /// Runs a coordination command (syncing is started).
-pub async fn run(client: &Client, command: &ClientCommand, timeout: Duration) -> Result<(), Failure> {
+pub async fn run(
+    client: &Client,
+    command: &ClientCommand,
+    timeout: Duration,
+) -> Result<(), Failure> {
     // Connected and caught up: the roles and devices are known.
     if let Err(e) = client.sync_once(timeout).await {
         return Err(core_failure(e));
@@ -60,7 +61,10 @@ pub async fn run(client: &Client, command: &ClientCommand, timeout: Duration) ->
         ClientCommand::Devices => print_devices(&client.devices().await.map_err(core_failure)?),
         ClientCommand::Rename { device, name } => {
             let id = resolve(client, device).await?;
-            let devices = client.rename_device(&id, name).await.map_err(core_failure)?;
+            let devices = client
+                .rename_device(&id, name)
+                .await
+                .map_err(core_failure)?;
             print_devices(&devices)
         }
         ClientCommand::Revoke { device } => {

@@ -1246,7 +1246,7 @@ pub async fn fences_admit_only_the_holder_at_its_epoch(harness: &dyn StoreHarnes
     let space = personal("alice");
     let mut by_phone = Author::new(phone.clone());
     let mut by_tablet = Author::new(tablet.clone());
-    let mut fenced = |author: &mut Author, doc: &str, epoch: u64| {
+    let fenced = |author: &mut Author, doc: &str, epoch: u64| {
         let mut m = author.put(&space, "replies", doc, json!({"text": doc}));
         m.fence = Some(fence(epoch));
         m
