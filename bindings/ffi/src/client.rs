@@ -33,7 +33,7 @@ use crate::sync::{SpaceInfo, SyncConfig, SyncOutcome};
 #[derive(uniffi::Object)]
 pub struct Client {
     pub(crate) inner: Arc<tandem_core::Client>,
-    subscriptions: Arc<ActiveSubscriptions>,
+    pub(crate) subscriptions: Arc<ActiveSubscriptions>,
 }
 
 #[uniffi::export]

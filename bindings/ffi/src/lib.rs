@@ -16,6 +16,9 @@
 //!   [`Logger`].
 //! - [`Client::start_sync`] and the calls after it drive the sync engine;
 //!   [`TokenProvider`] and [`ConflictHandler`] are its host hooks.
+//! - [`coordination`]: the user's devices, roles with fencing
+//!   ([`RoleObserver`], [`DevicesObserver`]), the duplicate guard, push
+//!   hints.
 //!
 //! Everything is exported with UniFFI's proc-macros; `scripts/gen-bindings.sh`
 //! generates the Swift and Kotlin sources from the built library.
@@ -26,6 +29,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conflict;
+pub mod coordination;
 pub mod document;
 pub mod error;
 pub mod logging;
@@ -39,6 +43,9 @@ pub use auth::TokenProvider;
 pub use client::Client;
 pub use config::{ClientConfig, CollectionPolicy, MergePolicy};
 pub use conflict::{Conflict, ConflictHandler, ConflictRecord, Resolution};
+pub use coordination::{
+    DeviceInfo, DevicesObserver, GuardOutcome, RoleFence, RoleInfo, RoleObserver,
+};
 pub use document::{DocKey, Document};
 pub use error::TandemError;
 pub use logging::{LogLevel, Logger, set_logger};

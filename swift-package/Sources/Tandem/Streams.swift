@@ -1,5 +1,5 @@
 // Swift conveniences over the generated bindings (Generated/Tandem.swift):
-// queries, documents and the sync status as AsyncStreams.
+// queries, documents, the sync status, roles and devices as AsyncStreams.
 //
 // Swift task cancellation does not reach Rust, so each stream holds its
 // Subscription and cancels it when the stream terminates (the consuming
@@ -53,6 +53,40 @@ extension Client {
     }
 }
 
+extension Client {
+    /// The state of `role`: the current one if known, then each change of
+    /// holder or epoch (`isSelf` says whether this device holds it). Every
+    /// change is delivered: a holder that lost the role must hear it even
+    /// if another change follows. If the client is closed the stream
+    /// finishes at once.
+    public func roleUpdates(_ role: String) -> AsyncStream<RoleInfo> {
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: RoleInfo.self, bufferingPolicy: .unbounded)
+        do {
+            let subscription = try observeRole(
+                role: role, observer: RoleStreamObserver(continuation))
+            continuation.onTermination = { _ in subscription.cancel() }
+        } catch {
+            continuation.finish()
+        }
+        return stream
+    }
+
+    /// The user's devices: the current list if known, then after each
+    /// change (a device connects, disconnects, is renamed or revoked).
+    public func deviceUpdates() -> AsyncStream<[DeviceInfo]> {
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: [DeviceInfo].self, bufferingPolicy: .bufferingNewest(1))
+        do {
+            let subscription = try observeDevices(observer: DevicesStreamObserver(continuation))
+            continuation.onTermination = { _ in subscription.cancel() }
+        } catch {
+            continuation.finish()
+        }
+        return stream
+    }
+}
+
 private final class QueryStreamObserver: QueryObserver {
     let continuation: AsyncStream<[Document]>.Continuation
     init(_ continuation: AsyncStream<[Document]>.Continuation) { self.continuation = continuation }
@@ -85,4 +119,16 @@ public final class ClosureTokenProvider: TokenProvider {
     private let fetch: @Sendable () async throws -> String
     public init(_ fetch: @escaping @Sendable () async throws -> String) { self.fetch = fetch }
     public func userToken() async throws -> String { try await fetch() }
+}
+
+private final class RoleStreamObserver: RoleObserver {
+    let continuation: AsyncStream<RoleInfo>.Continuation
+    init(_ continuation: AsyncStream<RoleInfo>.Continuation) { self.continuation = continuation }
+    func onRole(role: RoleInfo) throws { continuation.yield(role) }
+}
+
+private final class DevicesStreamObserver: DevicesObserver {
+    let continuation: AsyncStream<[DeviceInfo]>.Continuation
+    init(_ continuation: AsyncStream<[DeviceInfo]>.Continuation) { self.continuation = continuation }
+    func onDevices(devices: [DeviceInfo]) throws { continuation.yield(devices) }
 }

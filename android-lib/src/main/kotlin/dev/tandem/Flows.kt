@@ -1,15 +1,19 @@
 // Kotlin conveniences over the generated bindings (package dev.tandem.ffi):
-// queries, documents and the sync status as Flows. Plain Kotlin/JVM (no
+// queries, documents, the sync status, roles and devices as Flows. Plain Kotlin/JVM (no
 // android.* imports), so the JVM test harness compiles and tests them too.
 package dev.tandem
 
 import dev.tandem.ffi.Client
+import dev.tandem.ffi.DeviceInfo
+import dev.tandem.ffi.DevicesObserver
 import dev.tandem.ffi.DocKey
 import dev.tandem.ffi.Document
 import dev.tandem.ffi.DocumentObserver
 import dev.tandem.ffi.MutationFailure
 import dev.tandem.ffi.Query
 import dev.tandem.ffi.QueryObserver
+import dev.tandem.ffi.RoleInfo
+import dev.tandem.ffi.RoleObserver
 import dev.tandem.ffi.StatusObserver
 import dev.tandem.ffi.Subscription
 import dev.tandem.ffi.SyncStatus
@@ -82,6 +86,34 @@ fun Client.statusUpdates(onMutationFailed: (MutationFailure) -> Unit = {}): Flow
  */
 fun Client.statusIn(scope: CoroutineScope): StateFlow<SyncStatus> =
     statusUpdates().stateIn(scope, SharingStarted.WhileSubscribed(5_000), status())
+
+/**
+ * The state of [role]: the current one if known, then each change of holder
+ * or epoch (`isSelf` says whether this device holds it). Cancelling the
+ * collector cancels the Rust subscription. Every change is delivered: a
+ * holder that lost the role must hear it even if another change follows.
+ */
+fun Client.roleUpdates(role: String): Flow<RoleInfo> = callbackFlow {
+    val subscription = observeRole(role, object : RoleObserver {
+        override fun onRole(role: RoleInfo) {
+            trySend(role)
+        }
+    })
+    awaitClose { subscription.release() }
+}.buffer(Channel.UNLIMITED)
+
+/**
+ * The user's devices: the current list if known, then after each change
+ * (a device connects, disconnects, is renamed or revoked).
+ */
+fun Client.deviceUpdates(): Flow<List<DeviceInfo>> = callbackFlow {
+    val subscription = observeDevices(object : DevicesObserver {
+        override fun onDevices(devices: List<DeviceInfo>) {
+            trySend(devices)
+        }
+    })
+    awaitClose { subscription.release() }
+}.buffer(Channel.CONFLATED)
 
 /** A [TokenProvider] from a suspending function, e.g. `tokenProvider { auth.freshToken() }`. */
 fun tokenProvider(userToken: suspend () -> String): TokenProvider = object : TokenProvider {
