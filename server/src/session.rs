@@ -95,6 +95,10 @@ struct Session {
     next_ping: u64,
     /// Counted in this instance's presence (undone when the session ends).
     welcomed: bool,
+    /// The presence stamp of this connection, while it runs.
+    presence: Option<tokio::task::JoinHandle<()>>,
+    /// The devices and roles were sent after the first catch-up.
+    coordination_sent: bool,
 }
 
 /// Runs a session on an upgraded socket of an authenticated device.
@@ -116,9 +120,14 @@ pub async fn run(state: Arc<ServerState>, identity: DeviceIdentity, socket: WebS
         inflight: None,
         next_ping: 1,
         welcomed: false,
+        presence: None,
+        coordination_sent: false,
     };
     let end = session.run().await;
     session.farewell(end).await;
+    if let Some(stamp) = session.presence.take() {
+        let _ = stamp.await;
+    }
     if session.welcomed {
         crate::coordination::disconnected(&state, &session.identity).await;
     }
@@ -288,10 +297,27 @@ impl Session {
             }
         }
         info!(user = %self.identity.user, device = %self.identity.device, spaces = self.feeds.len(), "device connected");
-        // Present before the registry and roles are read: what this device
-        // is told already counts it as connected.
-        crate::coordination::connected(&self.state, &self.identity).await;
+        // Stamped off the session's path: the catch-up starts at once (a
+        // device's first push then races it as before). The session waits
+        // for the stamp before it removes it.
+        let (state, identity) = (self.state.clone(), self.identity.clone());
+        self.presence = Some(tokio::spawn(async move {
+            crate::coordination::connected(&state, &identity).await;
+        }));
         self.welcomed = true;
+        Ok(())
+    }
+
+    /// The user's devices and roles, once the first catch-up is done (live
+    /// changes of them may come before; these are read later, so they are
+    /// at least as new).
+    async fn send_coordination(&mut self) -> Result<(), End> {
+        self.coordination_sent = true;
+        if let Some(stamp) = self.presence.as_mut() {
+            // The list says this device is online.
+            let _ = stamp.await;
+            self.presence = None;
+        }
         let store = self.state.store.clone();
         let devices = store
             .devices_of(self.identity.user.clone(), now_ms())
@@ -333,6 +359,9 @@ impl Session {
             }
             let read_frames = !draining && self.queued_pushes.len() < MAX_QUEUED_PUSHES;
             let catching_up = !draining && !self.catch_up.is_empty();
+            if !draining && !catching_up && !self.coordination_sent {
+                self.send_coordination().await?;
+            }
             tokio::select! {
                 biased;
                 _ = kill.cancelled() => {
