@@ -387,12 +387,15 @@ pub fn presence_heartbeat(
     Ok(())
 }
 
+/// A `roles` row as read: holder, epoch, lease expiry, the holder's name.
+type RawRoleRow = (Option<String>, i64, Option<i64>, Option<String>);
+
 fn role_row(
     conn: &Connection,
     user: &UserId,
     role: &str,
 ) -> Result<Option<(RoleRow, Option<String>)>, StoreError> {
-    let row: Option<(Option<String>, i64, Option<i64>, Option<String>)> = conn
+    let row: Option<RawRoleRow> = conn
         .prepare_cached(
             "SELECT r.holder, r.epoch, r.lease_expires_at, d.name FROM roles r
              LEFT JOIN devices d ON d.user = r.user AND d.device_id = r.holder
