@@ -45,10 +45,7 @@ impl DocumentObserver for Probe {
 pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     let idle_devices = args.count.unwrap_or(100);
     let repeat = args.repeat.unwrap_or(500).max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(failure)?;
+    let runtime = super::runtime()?;
     runtime.block_on(async move {
         let server = BenchServer::start().await?;
         // Connected devices of other users, reading whatever they get.
@@ -159,23 +156,14 @@ async fn background_load(mut raw: RawDevice, stop: Arc<std::sync::atomic::Atomic
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn a_small_run_reports_every_key() {
-        let args = BenchArgs {
-            scenario: "cross-device".into(),
-            json: true,
-            count: Some(5),
-            repeat: Some(10),
-            server: Default::default(),
-        };
-        let report = run(&args).unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
-        let value = serde_json::to_value(&report).unwrap_or_default();
-        for key in ["scenario", "p50_ms", "p99_ms", "p999_ms", "per_sec"] {
-            assert!(value.get(key).is_some(), "missing {key}: {value}");
-            assert!(value["floor"].get(key).is_some(), "floor is missing {key}");
-        }
+        let value = crate::bench::small_run::report(
+            "cross-device",
+            Some(5),
+            Some(10),
+            &["scenario", "p50_ms", "p99_ms", "p999_ms", "per_sec"],
+        );
         assert_eq!(value["count"], serde_json::json!(10));
     }
 }

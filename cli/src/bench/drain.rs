@@ -20,10 +20,7 @@ use crate::failure::Failure;
 /// Runs the scenario.
 pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     let count = args.count.unwrap_or(10_000).max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(failure)?;
+    let runtime = super::runtime()?;
     runtime.block_on(async move {
         let server = BenchServer::start().await?;
         let device = BenchDevice::open("offline-phone")?;
@@ -59,23 +56,14 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn a_small_run_reports_every_key() {
-        let args = BenchArgs {
-            scenario: "drain".into(),
-            json: true,
-            count: Some(700),
-            repeat: None,
-            server: Default::default(),
-        };
-        let report = run(&args).unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
-        let value = serde_json::to_value(&report).unwrap_or_default();
-        for key in ["scenario", "p50_ms", "p99_ms", "per_sec"] {
-            assert!(value.get(key).is_some(), "missing {key}: {value}");
-            assert!(value["floor"].get(key).is_some(), "floor is missing {key}");
-        }
+        let value = crate::bench::small_run::report(
+            "drain",
+            Some(700),
+            None,
+            &["scenario", "p50_ms", "p99_ms", "per_sec"],
+        );
         assert_eq!(value["count"], serde_json::json!(700));
     }
 }

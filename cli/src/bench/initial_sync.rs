@@ -97,29 +97,7 @@ impl BenchServer {
             user: UserId::new(user).map_err(failure)?,
             device: DeviceId::new(device).map_err(failure)?,
         };
-        let access = new_access_token();
-        let refresh = new_refresh_token();
-        let later = wall_ms() + 3_600_000;
-        self.server
-            .store()
-            .register_device(
-                DeviceRegistration {
-                    identity: identity.clone(),
-                    name: device.to_owned(),
-                    platform: "bench".into(),
-                    app_version: env!("CARGO_PKG_VERSION").into(),
-                },
-                NewCredentials {
-                    access: access.hash,
-                    access_expires_at: later,
-                    refresh: refresh.hash,
-                    refresh_expires_at: later,
-                },
-                wall_ms(),
-            )
-            .await
-            .map_err(failure)?;
-        Ok((identity, access.token))
+        register_device(&self.server, identity, device.to_owned()).await
     }
 
     /// A raw device of `user`, connected and caught up.
@@ -336,6 +314,39 @@ impl BenchDevice {
     }
 }
 
+/// Registers `identity` as `name` straight in the server's store, with
+/// credentials valid for an hour (longer than any run); returns the
+/// identity and its access token.
+pub(super) async fn register_device(
+    server: &RunningServer,
+    identity: DeviceIdentity,
+    name: String,
+) -> Result<(DeviceIdentity, String), Failure> {
+    let access = new_access_token();
+    let refresh = new_refresh_token();
+    let later = wall_ms() + 3_600_000;
+    server
+        .store()
+        .register_device(
+            DeviceRegistration {
+                identity: identity.clone(),
+                name,
+                platform: "bench".into(),
+                app_version: env!("CARGO_PKG_VERSION").into(),
+            },
+            NewCredentials {
+                access: access.hash,
+                access_expires_at: later,
+                refresh: refresh.hash,
+                refresh_expires_at: later,
+            },
+            wall_ms(),
+        )
+        .await
+        .map_err(failure)?;
+    Ok((identity, access.token))
+}
+
 /// A measurement of one timed run: `p50_ms` is its duration, `per_sec`
 /// items per second.
 pub(super) fn one_run(scenario: &str, items: u64, took: Duration) -> Result<Measurement, Failure> {
@@ -353,10 +364,7 @@ pub(super) fn one_run(scenario: &str, items: u64, took: Duration) -> Result<Meas
 /// Runs the scenario.
 pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     let docs = args.count.unwrap_or(100_000).max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(failure)?;
+    let runtime = super::runtime()?;
     runtime.block_on(async move {
         let server = BenchServer::start().await?;
         let mut seeder = server.raw_device(USER, "seeder").await?;
@@ -432,20 +440,12 @@ mod tests {
 
     #[test]
     fn a_small_run_reports_every_key() {
-        let args = BenchArgs {
-            scenario: "initial-sync".into(),
-            json: true,
-            count: Some(1200),
-            repeat: None,
-            server: Default::default(),
-        };
-        let report = run(&args).unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
-        let value = serde_json::to_value(&report).unwrap_or_default();
-        for key in ["scenario", "p50_ms", "p99_ms", "per_sec"] {
-            assert!(value.get(key).is_some(), "missing {key}: {value}");
-            assert!(value["floor"].get(key).is_some(), "floor is missing {key}");
-        }
-        assert_eq!(value["scenario"], json!("initial-sync"));
+        let value = crate::bench::small_run::report(
+            "initial-sync",
+            Some(1200),
+            None,
+            &["scenario", "p50_ms", "p99_ms", "per_sec"],
+        );
         assert_eq!(value["count"], json!(1200));
     }
 }

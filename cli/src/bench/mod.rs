@@ -84,6 +84,15 @@ pub fn run(args: BenchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The multi-threaded runtime a sync scenario runs its server and devices
+/// on.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new("bench_failed", e))
+}
+
 /// What a scenario measured, and its floor.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -172,5 +181,43 @@ impl Report {
             ));
         }
         out
+    }
+}
+
+/// Small runs of the scenarios, for their tests.
+#[cfg(test)]
+pub(crate) mod small_run {
+    use super::*;
+
+    /// Runs `scenario` at a small size and returns its report as JSON,
+    /// after checking that the measurement and its floor both carry `keys`.
+    pub fn report(
+        scenario: &str,
+        count: Option<u64>,
+        repeat: Option<u64>,
+        keys: &[&str],
+    ) -> serde_json::Value {
+        let args = BenchArgs {
+            scenario: scenario.into(),
+            json: true,
+            count,
+            repeat,
+            server: Default::default(),
+        };
+        let (_, run) = SCENARIOS
+            .iter()
+            .find(|(name, _)| *name == scenario)
+            .unwrap_or_else(|| panic!("no scenario {scenario}"));
+        let report = run(&args).unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
+        let value = serde_json::to_value(&report).unwrap_or_default();
+        for key in keys {
+            assert!(value.get(key).is_some(), "missing {key}: {value}");
+            assert!(
+                value["floor"].get(key).is_some(),
+                "floor is missing {key}: {value}"
+            );
+        }
+        assert_eq!(value["scenario"], serde_json::json!(scenario), "{value}");
+        value
     }
 }

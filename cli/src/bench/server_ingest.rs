@@ -31,10 +31,8 @@ use tandem_protocol::{
     ClientMessage, Collection, DeviceId, DocId, HybridClock, Mutation, MutationId, Op,
     PROTOCOL_VERSION, ServerMessage, SpaceId, UserId,
 };
-use tandem_server::auth::{UserTokenVerifier, new_access_token, new_refresh_token};
-use tandem_server::store::{
-    DeviceIdentity, DeviceRegistration, NewCredentials, PostgresOptions, PostgresStore,
-};
+use tandem_server::auth::UserTokenVerifier;
+use tandem_server::store::{DeviceIdentity, PostgresOptions, PostgresStore};
 use tandem_server::{RunningServer, Server, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -92,10 +90,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
             "--instances needs --postgres: SQLite serves one instance",
         ));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(failure)?;
+    let runtime = super::runtime()?;
     runtime.block_on(async move {
         let floor = echo_floor(pushers, per_pusher).await?;
         let measured = ingest(&options, devices, pushers, per_pusher).await?;
@@ -206,29 +201,7 @@ async fn register(server: &RunningServer, d: u64) -> Result<(DeviceIdentity, Str
         user: UserId::new(format!("user{}", d / DEVICES_PER_USER)).map_err(failure)?,
         device: DeviceId::new(format!("device{d}")).map_err(failure)?,
     };
-    let access = new_access_token();
-    let refresh = new_refresh_token();
-    let later = wall_ms() + 3_600_000;
-    server
-        .store()
-        .register_device(
-            DeviceRegistration {
-                identity: identity.clone(),
-                name: format!("bench device {d}"),
-                platform: "bench".into(),
-                app_version: env!("CARGO_PKG_VERSION").into(),
-            },
-            NewCredentials {
-                access: access.hash,
-                access_expires_at: later,
-                refresh: refresh.hash,
-                refresh_expires_at: later,
-            },
-            wall_ms(),
-        )
-        .await
-        .map_err(failure)?;
-    Ok((identity, access.token))
+    super::initial_sync::register_device(server, identity, format!("bench device {d}")).await
 }
 
 async fn connect(url: &str, identity: &DeviceIdentity, token: &str) -> Result<Socket, Failure> {
@@ -407,23 +380,12 @@ mod tests {
 
     #[test]
     fn a_small_run_reports_every_key() {
-        let args = BenchArgs {
-            scenario: "server-ingest".into(),
-            json: true,
-            count: Some(20),
-            repeat: Some(5),
-            server: ServerOptions::default(),
-        };
-        let report = run(&args).unwrap_or_else(|f| panic!("{}: {}", f.code, f.message));
-        let value = serde_json::to_value(&report).unwrap_or_default();
-        for key in ["scenario", "p50_ms", "p99_ms", "per_sec"] {
-            assert!(value.get(key).is_some(), "missing {key}: {value}");
-            assert!(
-                value["floor"].get(key).is_some(),
-                "floor is missing {key}: {value}"
-            );
-        }
-        assert_eq!(value["scenario"], json!("server-ingest"));
+        let value = crate::bench::small_run::report(
+            "server-ingest",
+            Some(20),
+            Some(5),
+            &["scenario", "p50_ms", "p99_ms", "per_sec"],
+        );
         assert_eq!(value["count"], json!(10));
     }
 }
