@@ -11,15 +11,21 @@
 //!   cursors, checksums), so tests can compare what devices see.
 //! - [`Writer`] builds mutations with a hybrid logical clock.
 //! - [`tokens`] signs user tokens for servers that check JWTs.
-//! - [`Proxy`] is a TCP proxy that cuts and delays connections.
+//! - [`Proxy`] is a TCP proxy that injects faults: cuts, resets, half-open
+//!   connections, partitions, latency with jitter, bandwidth limits.
+//! - [`ServerProcess`] and [`DeviceSpec`] run a server and devices as OS
+//!   processes that tests kill with SIGKILL and start again.
+//! - [`Rng`] is a seeded generator, so a random run can be replayed.
 //! - [`Device`] is a real device: a `tandem_core::Client` with its own
 //!   SQLite database, syncing with a test server.
 
 mod client;
 mod device;
 mod http;
+mod process;
 mod proxy;
 mod replica;
+mod rng;
 mod server;
 pub mod tokens;
 mod writer;
@@ -27,8 +33,10 @@ mod writer;
 pub use client::{WsClient, WsError};
 pub use device::{Device, eventually, server_docs, test_tuning};
 pub use http::{Http, Response};
+pub use process::{DeviceSpec, ServerProcess, integrity_check, kill, read_log};
 pub use proxy::Proxy;
 pub use replica::Replica;
+pub use rng::Rng;
 pub use server::{TestServer, TestServerOptions};
 pub use writer::Writer;
 
