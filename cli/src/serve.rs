@@ -92,6 +92,10 @@ pub struct ServeOptions {
     /// Mutations one device may push in a burst.
     #[arg(long, value_name = "N", default_value_t = 2_000)]
     pub rate_burst: u32,
+    /// Seconds a connection has to send a complete HTTP request head (the
+    /// upgrade request included); slower clients are cut off.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub request_header_timeout: u64,
     /// Seconds a connection has to send `hello`.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub handshake_timeout: u64,
@@ -179,6 +183,7 @@ fn config(args: &ServeOptions) -> Result<ServerConfig, Failure> {
     config.limits.max_document_bytes = args.max_document_bytes;
     config.limits.device_mutations_per_sec = args.rate_limit;
     config.limits.device_mutation_burst = args.rate_burst;
+    config.limits.request_header_timeout = Duration::from_secs(args.request_header_timeout.max(1));
     config.limits.handshake_timeout = Duration::from_secs(args.handshake_timeout);
     config.feed.page_size = args.page_size.max(1);
     config.feed.tombstone_retention = (args.tombstone_retention_days > 0)

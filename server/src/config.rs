@@ -72,6 +72,11 @@ pub struct Limits {
     pub device_mutations_per_sec: u32,
     /// Mutations one device may push in a burst.
     pub device_mutation_burst: u32,
+    /// Time a connection has to send a request's headers: from the accept
+    /// (or the end of the previous request) to the blank line. A client that
+    /// trickles its upgrade request, or sends nothing, is cut off after this
+    /// instead of holding a socket and a task forever.
+    pub request_header_timeout: Duration,
     /// Time a connection has to send `hello` after the upgrade.
     pub handshake_timeout: Duration,
     /// The server sends `ping` after this much silence...
@@ -88,6 +93,7 @@ impl Default for Limits {
             max_document_bytes: 1 << 20,
             device_mutations_per_sec: 1_000,
             device_mutation_burst: 2_000,
+            request_header_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),

@@ -34,6 +34,7 @@ pub mod fanout;
 pub mod feed;
 pub mod guard;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod push_hints;
 pub mod rate_limit;
@@ -159,20 +160,12 @@ impl Server {
             background.push(tokio::spawn(push_hints::run(state.clone(), url, spaces)));
         }
         let app = http::router(state.clone());
-        let stop = state.shutdown.clone();
-        let http = tokio::spawn(async move {
-            // Without TCP_NODELAY, an ack followed by a changes frame waits
-            // for the device's delayed ACK (40 ms on Linux): Nagle's algorithm.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                error!(error = %e, "the HTTP server failed");
-            }
-        });
+        let http = tokio::spawn(listener::serve(
+            listener,
+            app,
+            state.config.limits.request_header_timeout,
+            state.shutdown.clone(),
+        ));
         let compaction = tokio::spawn(compact_periodically(state.clone()));
         info!(addr = %local_addr, %database, "tandem server listening");
         Ok(RunningServer {

@@ -1,0 +1,88 @@
+//! Accepting TCP connections and serving HTTP/1.1 on them, WebSocket
+//! upgrades included.
+//!
+//! This is what `axum::serve` does, plus a deadline on request headers:
+//! `axum::serve` gives hyper no timer, so a client that opens a connection
+//! and sends its request a byte at a time (or nothing at all) holds a socket
+//! and a task for as long as it likes, and enough of them exhaust the
+//! server's file descriptors (slowloris). Here every connection gets
+//! [`Limits::request_header_timeout`](crate::Limits::request_header_timeout)
+//! from the accept, and again from the end of each request on a kept-alive
+//! connection, to deliver a complete request head; hyper closes it
+//! otherwise. Once a connection is upgraded to a WebSocket, the session's
+//! own limits (handshake, idle) take over.
+//!
+//! Only HTTP/1.1 is spoken: devices use it for the WebSocket upgrade and the
+//! HTTP endpoints, and without TLS there is no ALPN to offer HTTP/2 anyway.
+
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error};
+
+/// How long to wait before accepting again after `accept` failed (out of
+/// file descriptors, most likely): retrying at once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves `app` on every connection `listener` accepts until `stop` is
+/// cancelled; then stops accepting, asks every connection still serving
+/// HTTP to finish its current request and close, and returns when they
+/// have. (Upgraded WebSockets are not connections here any more: their
+/// sessions end on their own at shutdown.)
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    request_header_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_header_timeout);
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _peer)) => tcp,
+            Err(e) => {
+                error!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Without TCP_NODELAY, an ack followed by a changes frame waits for
+        // the device's delayed ACK (40 ms on Linux): Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                // Timeouts, resets and malformed requests: the client's
+                // business, not the server's.
+                debug!(error = %e, "an HTTP connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
