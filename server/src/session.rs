@@ -625,6 +625,10 @@ impl Session {
     ) -> Result<(), End> {
         match result {
             Ok(results) => {
+                // A crash between the batch's commit and its ack: the
+                // connection drops without an answer, and the device's
+                // retry is answered from the recorded outcomes.
+                fail::fail_point!("server.push.after_apply_before_ack", |_| Err(End::Peer));
                 self.state
                     .metrics
                     .pushed(results.iter().map(|r| &r.outcome));

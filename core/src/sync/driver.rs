@@ -737,6 +737,21 @@ impl Driver {
                 }
             }
             Action::Send(message) => {
+                // A crash between a write's commit and its push on the
+                // socket: the outbox entries are durable and marked in
+                // flight, and the connection goes as if the send had failed.
+                fail::fail_point!(
+                    "core.outbox.before_send",
+                    matches!(message, ClientMessage::Push(_)),
+                    |_| {
+                        self.socket = None;
+                        self.queue.push(Event::Disconnected {
+                            reason: DisconnectReason::Transport(
+                                "fail point core.outbox.before_send".into(),
+                            ),
+                        });
+                    }
+                );
                 if let Some(link) = &mut self.socket
                     && let Err(e) = link.sink.send(Message::text(message.encode())).await
                 {

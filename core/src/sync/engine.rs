@@ -1126,6 +1126,16 @@ impl Engine {
         let Some(batch) = batch else {
             return Ok(());
         };
+        // A crash between receiving the ack and recording it (which removes
+        // the entries or marks them acknowledged): the outbox still holds
+        // them as in flight, so they go out again and the server answers
+        // `duplicate`.
+        fail::fail_point!("core.outbox.after_ack_before_delete", |_| {
+            self.out.push(Action::Disconnect);
+            self.on_disconnected(DisconnectReason::Transport(
+                "fail point core.outbox.after_ack_before_delete".into(),
+            ))
+        });
         let by_id: HashMap<MutationId, &OutboxEntry> = batch
             .entries
             .iter()
