@@ -199,6 +199,12 @@ impl WsClient {
         }
     }
 
+    /// The messages received but not yet taken by `recv` or a `recv_*`
+    /// call, oldest first; they are taken now.
+    pub fn take_unclaimed(&mut self) -> Vec<ServerMessage> {
+        self.stash.drain(..).collect()
+    }
+
     /// Reads until the server closes the connection and returns every
     /// message it sent before closing.
     pub async fn until_closed(&mut self) -> Vec<ServerMessage> {

@@ -17,6 +17,10 @@ const RSA_PRIVATE_PEM: &[u8] = include_bytes!("../fixtures/rsa-private.pem");
 /// The Ed25519 public key (EdDSA).
 pub const ED25519_PUBLIC_PEM: &[u8] = include_bytes!("../fixtures/ed25519-public.pem");
 const ED25519_PRIVATE_PEM: &[u8] = include_bytes!("../fixtures/ed25519-private.pem");
+/// Keys no test server is configured with: what a forger would sign with.
+const RSA_UNKNOWN_PRIVATE_PEM: &[u8] = include_bytes!("../fixtures/rsa-unknown-private.pem");
+const ED25519_UNKNOWN_PRIVATE_PEM: &[u8] =
+    include_bytes!("../fixtures/ed25519-unknown-private.pem");
 
 fn now() -> i64 {
     jsonwebtoken::get_current_timestamp() as i64
@@ -58,6 +62,39 @@ pub fn rs256(claims: &Value) -> String {
 pub fn eddsa(claims: &Value) -> String {
     let key = EncodingKey::from_ed_pem(ED25519_PRIVATE_PEM).unwrap_or_else(|e| panic!("{e}"));
     sign(Algorithm::EdDSA, claims, &key)
+}
+
+/// An RS256 token signed by an RSA key no test server knows.
+pub fn rs256_unknown_key(claims: &Value) -> String {
+    sign(Algorithm::RS256, claims, &rsa_unknown_key())
+}
+
+/// An EdDSA token signed by an Ed25519 key no test server knows.
+pub fn eddsa_unknown_key(claims: &Value) -> String {
+    let key =
+        EncodingKey::from_ed_pem(ED25519_UNKNOWN_PRIVATE_PEM).unwrap_or_else(|e| panic!("{e}"));
+    sign(Algorithm::EdDSA, claims, &key)
+}
+
+fn rsa_unknown_key() -> EncodingKey {
+    EncodingKey::from_rsa_pem(RSA_UNKNOWN_PRIVATE_PEM).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An RS256 token signed by an unknown RSA key whose header vouches for
+/// that key every way a JWT header can: the key itself (`jwk`), a URL to
+/// fetch it from (`jku`, `x5u`) and a key id (`kid`). A verifier that took
+/// its key from the token instead of its configuration would accept it.
+pub fn rs256_self_certified(claims: &Value) -> String {
+    let key = rsa_unknown_key();
+    let mut header = Header::new(Algorithm::RS256);
+    header.jwk = Some(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256)
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    header.jku = Some("http://127.0.0.1:9/keys.json".into());
+    header.x5u = Some("http://127.0.0.1:9/cert.pem".into());
+    header.kid = Some("the-app-key".into());
+    jsonwebtoken::encode(&header, claims, &key).unwrap_or_else(|e| panic!("signing failed: {e}"))
 }
 
 /// An unsigned token (`"alg": "none"`).
