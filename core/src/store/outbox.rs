@@ -790,3 +790,7 @@ mod tests {
         assert!(!store.discard(&first).unwrap());
     }
 }
+
+#[cfg(test)]
+#[path = "outbox_model_tests.rs"]
+mod model_tests;
