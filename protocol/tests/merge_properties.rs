@@ -1,6 +1,11 @@
 //! Property tests of the merge rules: the `lww` join is a semilattice, and
 //! applying the same set of changes in any order, with any duplication, gives
 //! the same document under every policy.
+//!
+//! Each policy (`lww`, `server_wins`, `append_only`, `manual`, each with a
+//! set field) has a test of its own that delivers the server's changes in
+//! an arbitrary permutation with arbitrary duplicates; set operations, and
+//! `lww` mutations, converge the same way without the server ordering them.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
@@ -144,6 +149,144 @@ fn server_log(
         }
     }
     (changes, doc)
+}
+
+/// `policy` with the set field.
+fn with_set_field(policy: Policy) -> CollectionPolicy {
+    let mut policy = CollectionPolicy::of(policy);
+    policy.set_fields.insert(SET_FIELD.into());
+    policy
+}
+
+/// The indices `0..n` (each once) and `extra` (duplicates), in the order
+/// of the random sort `keys`: any permutation of any multiset that holds
+/// every index at least once can come out.
+fn shuffled_with_duplicates(n: usize, extra: &[prop::sample::Index], keys: &[u64]) -> Vec<usize> {
+    let mut indices: Vec<usize> = (0..n).collect();
+    if n > 0 {
+        indices.extend(extra.iter().map(|i| i.index(n)));
+    }
+    let mut keyed: Vec<(u64, usize)> = indices
+        .into_iter()
+        .enumerate()
+        .map(|(at, index)| (keys[at % keys.len()].wrapping_add(at as u64), index))
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, index)| index).collect()
+}
+
+/// The server's changes of `ms` under `policy`, delivered to a device in
+/// a shuffled order with duplicates, leave the device with the server's
+/// document.
+fn assert_changes_converge(
+    policy: &CollectionPolicy,
+    ms: &[Mutation],
+    extra: &[prop::sample::Index],
+    keys: &[u64],
+) -> Result<(), TestCaseError> {
+    let (changes, server_doc) = server_log(ms, policy);
+    let mut device: Option<Document> = None;
+    for i in shuffled_with_duplicates(changes.len(), extra, keys) {
+        if let Some(next) = apply_change(device.as_ref(), &changes[i], policy) {
+            device = Some(next);
+        }
+    }
+    prop_assert_eq!(device, server_doc);
+    Ok(())
+}
+
+/// Only set operations.
+fn set_mutation() -> impl Strategy<Value = Mutation> {
+    mutation().prop_filter("a set operation", |m| m.op.is_set_op())
+}
+
+/// Applies `mutations` in order under `policy` as a device does.
+fn device_state(mutations: &[&Mutation], policy: &CollectionPolicy) -> Option<DocState> {
+    let mut doc: Option<Document> = None;
+    for (i, m) in mutations.iter().enumerate() {
+        if let MergeOutcome::Changed(state) = apply_mutation(doc.as_ref(), m, policy) {
+            doc = Some(Document {
+                space: m.space.clone(),
+                collection: m.collection.clone(),
+                id: m.doc_id.clone(),
+                version: Some(i as u64 + 1),
+                state,
+            });
+        }
+    }
+    doc.map(|d| d.state)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn lww_changes_converge_in_any_permutation_with_duplicates(
+        ms in prop::collection::vec(mutation(), 1..10),
+        extra in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        keys in prop::collection::vec(any::<u64>(), 1..24),
+    ) {
+        assert_changes_converge(&with_set_field(Policy::Lww), &ms, &extra, &keys)?;
+    }
+
+    #[test]
+    fn server_wins_changes_converge_in_any_permutation_with_duplicates(
+        ms in prop::collection::vec(mutation(), 1..10),
+        extra in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        keys in prop::collection::vec(any::<u64>(), 1..24),
+    ) {
+        assert_changes_converge(&with_set_field(Policy::ServerWins), &ms, &extra, &keys)?;
+    }
+
+    #[test]
+    fn append_only_changes_converge_in_any_permutation_with_duplicates(
+        ms in prop::collection::vec(mutation(), 1..10),
+        extra in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        keys in prop::collection::vec(any::<u64>(), 1..24),
+    ) {
+        assert_changes_converge(&with_set_field(Policy::AppendOnly), &ms, &extra, &keys)?;
+    }
+
+    #[test]
+    fn manual_changes_converge_in_any_permutation_with_duplicates(
+        ms in prop::collection::vec(mutation(), 1..10),
+        extra in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        keys in prop::collection::vec(any::<u64>(), 1..24),
+    ) {
+        assert_changes_converge(&with_set_field(Policy::Manual), &ms, &extra, &keys)?;
+    }
+
+    #[test]
+    fn set_operations_converge_in_any_permutation_with_duplicates(
+        policy in policy(),
+        ms in prop::collection::vec(set_mutation(), 1..10),
+        extra in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        keys in prop::collection::vec(any::<u64>(), 1..24),
+    ) {
+        // Set operations are not ordered by the server: a device applying
+        // them in any order, some twice, ends where the server's order ends.
+        let in_order: Vec<&Mutation> = ms.iter().collect();
+        let delivered: Vec<&Mutation> = shuffled_with_duplicates(ms.len(), &extra, &keys)
+            .into_iter()
+            .map(|i| &ms[i])
+            .collect();
+        prop_assert_eq!(device_state(&delivered, &policy), device_state(&in_order, &policy));
+    }
+
+    #[test]
+    fn lww_mutations_converge_in_any_permutation_with_duplicates(
+        ms in prop::collection::vec(mutation(), 1..10),
+        extra in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        keys in prop::collection::vec(any::<u64>(), 1..24),
+    ) {
+        let policy = lww_policy();
+        let in_order: Vec<&Mutation> = ms.iter().collect();
+        let delivered: Vec<&Mutation> = shuffled_with_duplicates(ms.len(), &extra, &keys)
+            .into_iter()
+            .map(|i| &ms[i])
+            .collect();
+        prop_assert_eq!(device_state(&delivered, &policy), device_state(&in_order, &policy));
+    }
 }
 
 proptest! {
