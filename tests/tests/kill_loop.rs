@@ -8,7 +8,8 @@
 //!
 //! `TANDEM_KILL_LOOP_ITERATIONS` (default 200) sets the iterations and
 //! `TANDEM_SOAK_SEED` the seed; the seed is printed so a failure can be
-//! replayed.
+//! replayed. With `TANDEM_SOAK_KEEP` set, the databases and logs stay in
+//! the directory the test prints.
 
 #![allow(clippy::unwrap_used)]
 
@@ -67,7 +68,12 @@ async fn writes_survive_sigkill_of_the_device_and_the_server_exactly_once() {
     let seed = env_u64("TANDEM_SOAK_SEED").unwrap_or_else(Rng::fresh_seed);
     println!("kill loop: seed {seed} (replay with TANDEM_SOAK_SEED={seed})");
     let mut rng = Rng::new(seed);
-    let dir = tempfile::TempDir::new().unwrap();
+    let mut dir = tempfile::TempDir::new().unwrap();
+    if std::env::var_os("TANDEM_SOAK_KEEP").is_some() {
+        // The databases and logs, kept for a look after the run.
+        dir.disable_cleanup(true);
+        println!("kill loop: files kept in {}", dir.path().display());
+    }
     let mut server = ServerProcess::start(
         &PathBuf::from(env!("CARGO_BIN_EXE_tandem-e2e-server")),
         &dir.path().join("server.db"),

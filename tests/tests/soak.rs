@@ -23,7 +23,9 @@
 //!
 //! `TANDEM_SOAK_SECS` (default 60) sets the duration and `TANDEM_SOAK_SEED`
 //! the seed of the fault schedule and of the devices; the seed is printed
-//! so a failure can be replayed (as far as thread timing allows).
+//! so a failure can be replayed (as far as thread timing allows). With
+//! `TANDEM_SOAK_KEEP` set, the databases and logs stay in the directory the
+//! test prints.
 
 #![allow(clippy::unwrap_used)]
 
@@ -119,7 +121,12 @@ async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_double
     let seed = env_u64("TANDEM_SOAK_SEED").unwrap_or_else(Rng::fresh_seed);
     println!("soak: {secs} s, seed {seed} (replay with TANDEM_SOAK_SEED={seed})");
     let mut rng = Rng::new(seed);
-    let dir = tempfile::TempDir::new().unwrap();
+    let mut dir = tempfile::TempDir::new().unwrap();
+    if std::env::var_os("TANDEM_SOAK_KEEP").is_some() {
+        // The databases and logs, kept for a look after the run.
+        dir.disable_cleanup(true);
+        println!("soak: files kept in {}", dir.path().display());
+    }
     let mut server = ServerProcess::start(
         &PathBuf::from(env!("CARGO_BIN_EXE_tandem-e2e-server")),
         &dir.path().join("server.db"),
