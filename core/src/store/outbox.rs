@@ -17,8 +17,9 @@
 //! earlier entry of its document is acknowledged, and is then sent with the
 //! earlier one's revision as its `base_version` (it was written on top of
 //! that entry, so checking it against the version before would make it
-//! conflict with itself). Entries of different documents never wait for
-//! each other.
+//! conflict with itself; an entry written after that ack, before the
+//! change carrying it arrives, takes the revision when it is written).
+//! Entries of different documents never wait for each other.
 //!
 //! # States
 //!
@@ -273,6 +274,21 @@ pub(crate) fn pending_of(tx: &Transaction<'_>, doc: &DocRef) -> Result<Vec<Mutat
         );
     }
     Ok(out)
+}
+
+/// The highest revision at which the server acknowledged an entry of `doc`
+/// whose change has not arrived yet.
+pub(crate) fn latest_acked_rev(tx: &Transaction<'_>, doc: &DocRef) -> Result<Option<u64>, Error> {
+    let rev: Option<i64> = tx
+        .prepare_cached(
+            "SELECT max(acked_rev) FROM outbox
+             WHERE space = ?1 AND collection = ?2 AND doc_id = ?3 AND state != 'failed'",
+        )?
+        .query_row(
+            params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
+            |row| row.get(0),
+        )?;
+    rev.map(|r| from_sql_int(r, "acked rev")).transpose()
 }
 
 impl Store {
@@ -768,6 +784,43 @@ mod tests {
             OutboxState::Queued
         );
         assert_eq!(store.take_sendable(10, 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_write_on_top_of_an_acknowledged_entry_is_based_on_its_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let notes = Collection::new("notes").unwrap();
+        store
+            .set_policy(
+                &notes,
+                &tandem_protocol::CollectionPolicy::of(tandem_protocol::Policy::ServerWins),
+            )
+            .unwrap();
+        let note = DocRef {
+            collection: notes,
+            ..doc("n")
+        };
+        let put = |n: i64| {
+            store
+                .write(
+                    &note,
+                    Write::Put(json!({ "n": n }).as_object().unwrap().clone()),
+                )
+                .unwrap();
+        };
+        put(1);
+        let first = store.take_sendable(10, 0).unwrap();
+        assert_eq!(first[0].mutation.base_version, None);
+        // The server applied it at revision 7; its change has not arrived.
+        assert!(!store.mark_acked(&first[0].mutation.mutation_id, 7).unwrap());
+        put(2);
+        let second = store.take_sendable(10, 0).unwrap();
+        assert_eq!(
+            second[0].mutation.base_version,
+            Some(7),
+            "made on top of the acknowledged write"
+        );
     }
 
     #[test]

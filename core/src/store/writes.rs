@@ -187,6 +187,19 @@ impl Store {
                     }
                 }
             };
+            let view_version = current.as_ref().and_then(|v| v.version);
+            // In a version-checked collection a write made on top of an
+            // entry the server has acknowledged, whose change has not
+            // arrived yet (the view still has the version before it), is
+            // based on that entry's revision: on the version before, the
+            // server would find it in conflict with this device's own
+            // earlier write. (Entries written before the ack get the
+            // revision from `mark_acked`.)
+            let base_version = if policy.policy.checks_version() {
+                view_version.max(outbox::latest_acked_rev(&tx, doc)?)
+            } else {
+                view_version
+            };
             let hlc = writer.clock.tick(now_millis());
             let mutation = Mutation {
                 mutation_id: MutationId::generate(),
@@ -194,7 +207,7 @@ impl Store {
                 collection: doc.collection.clone(),
                 doc_id: doc.id.clone(),
                 op,
-                base_version: current.as_ref().and_then(|v| v.version),
+                base_version,
                 device_id: hlc.node.clone(),
                 hlc,
                 fence,
