@@ -10,16 +10,20 @@
 //!
 //! The model states the rules of `outbox.rs` directly: an entry may be
 //! sent when queued, or retrying and due, unless an earlier entry of its
-//! document is retrying and not yet due; a failed entry holds back
-//! nothing; an acknowledged entry is never sent again and leaves when the
-//! cursor reaches its revision; a dropped connection and a restart put
+//! document is retrying and not yet due, or (in a version-checked
+//! collection, for anything but a set operation) an earlier entry of its
+//! document is neither failed nor acknowledged; a failed entry holds back
+//! nothing; an acknowledgement in a version-checked collection becomes the
+//! `base_version` of the later entries written on top of it; an
+//! acknowledged entry is never sent again and leaves when the cursor
+//! reaches its revision; a dropped connection and a restart put
 //! unacknowledged in-flight entries back in the queue.
 
 use std::path::Path;
 
 use proptest::prelude::*;
 use serde_json::json;
-use tandem_protocol::{Collection, DocId, MutationId, SpaceId};
+use tandem_protocol::{Collection, CollectionPolicy, DocId, Mutation, MutationId, Policy, SpaceId};
 
 use super::OutboxState;
 use crate::document::DocRef;
@@ -27,7 +31,13 @@ use crate::store::test_support::open_store;
 use crate::store::{PageEnd, Resync, Store, Write};
 
 /// Documents the writes go to: few, so entries of one document pile up.
-const DOCS: usize = 3;
+/// The first [`LWW_DOCS`] are in `tasks` (`lww`), the rest in `notes`
+/// (`server_wins`, version-checked).
+const DOCS: usize = 5;
+const LWW_DOCS: usize = 3;
+
+/// The set field of both collections.
+const SET_FIELD: &str = "tags";
 
 /// Transient failures before an entry fails for good (the engine's
 /// `max_attempts`, small so the limit is reached).
@@ -38,6 +48,7 @@ enum WriteKind {
     Put,
     Patch,
     Delete,
+    SetAdd,
 }
 
 /// One step. `pick` chooses among the entries the step applies to.
@@ -73,10 +84,11 @@ fn step() -> impl Strategy<Value = Step> {
     let kind = prop_oneof![
         Just(WriteKind::Put),
         Just(WriteKind::Patch),
-        Just(WriteKind::Delete)
+        Just(WriteKind::Delete),
+        Just(WriteKind::SetAdd)
     ];
     prop_oneof![
-        4 => (0..DOCS, kind).prop_map(|(doc, kind)| Step::Write { doc, kind }),
+        5 => (0..DOCS, kind).prop_map(|(doc, kind)| Step::Write { doc, kind }),
         3 => (1usize..5).prop_map(|limit| Step::Send { limit }),
         2 => any::<usize>().prop_map(|pick| Step::Ack { pick }),
         1 => any::<usize>().prop_map(|pick| Step::AckAgain { pick }),
@@ -109,6 +121,19 @@ struct ModelEntry {
     attempt: u32,
     /// The revision the server acknowledged it at.
     acked_rev: Option<u64>,
+    /// The version the write was made on.
+    base_version: Option<u64>,
+    /// A set operation (never waits for earlier entries to be
+    /// acknowledged, and keeps its base).
+    set_op: bool,
+}
+
+impl ModelEntry {
+    /// Sent only once every earlier entry of its document is acknowledged
+    /// or failed.
+    fn waits_for_acks(&self) -> bool {
+        self.doc >= LWW_DOCS && !self.set_op
+    }
 }
 
 #[derive(Debug, Default)]
@@ -144,7 +169,10 @@ impl Model {
                 };
                 let held_back = self.entries[..i].iter().any(|earlier| {
                     earlier.doc == e.doc
-                        && matches!(earlier.state, ModelState::Retrying { at_ms } if at_ms > now)
+                        && (matches!(earlier.state, ModelState::Retrying { at_ms } if at_ms > now)
+                            || (e.waits_for_acks()
+                                && !matches!(earlier.state, ModelState::Failed { .. })
+                                && earlier.acked_rev.is_none()))
                 });
                 ready && !held_back
             })
@@ -171,8 +199,46 @@ impl Model {
         n
     }
 
-    /// What `pending_mutations` must list: id, document, state.
-    fn listed(&self) -> Vec<(String, String, OutboxState)> {
+    /// The base of a new write of `doc`. No page here carries a change,
+    /// so views have no version; in a version-checked collection a write
+    /// made on top of an acknowledged entry is based on its revision.
+    fn base_for(&self, doc: usize) -> Option<u64> {
+        if doc < LWW_DOCS {
+            return None;
+        }
+        self.entries
+            .iter()
+            .filter(|e| e.doc == doc && !matches!(e.state, ModelState::Failed { .. }))
+            .filter_map(|e| e.acked_rev)
+            .max()
+    }
+
+    /// Entry `i` is acknowledged at `rev`: in a version-checked
+    /// collection the later entries written on top of it (same base) take
+    /// `rev` as their base.
+    fn acknowledge(&mut self, i: usize, rev: u64) {
+        let acked = self.entries[i].clone();
+        if acked.doc >= LWW_DOCS {
+            for later in &mut self.entries[i + 1..] {
+                if later.doc == acked.doc
+                    && !matches!(later.state, ModelState::Failed { .. })
+                    && later.acked_rev.is_none()
+                    && !later.set_op
+                    && later.base_version == acked.base_version
+                {
+                    later.base_version = Some(rev);
+                }
+            }
+        }
+        if self.cursor >= rev {
+            self.entries.remove(i);
+        } else {
+            self.entries[i].acked_rev = Some(rev);
+        }
+    }
+
+    /// What `pending_mutations` must list: id, document, state, base.
+    fn listed(&self) -> Vec<(String, String, OutboxState, Option<u64>)> {
         self.entries
             .iter()
             .map(|e| {
@@ -187,7 +253,7 @@ impl Model {
                         reason: reason.clone(),
                     },
                 };
-                (e.id.to_string(), doc_name(e.doc), state)
+                (e.id.to_string(), doc_name(e.doc), state, e.base_version)
             })
             .collect()
     }
@@ -201,12 +267,27 @@ fn doc_name(doc: usize) -> String {
     format!("d{doc}")
 }
 
+fn collection_of(doc: usize) -> Collection {
+    Collection::new(if doc < LWW_DOCS { "tasks" } else { "notes" }).unwrap()
+}
+
 fn doc_ref(doc: usize) -> DocRef {
     DocRef {
         space: space(),
-        collection: Collection::new("tasks").unwrap(),
+        collection: collection_of(doc),
         id: DocId::new(doc_name(doc)).unwrap(),
     }
+}
+
+/// A real store with both collections' policies.
+fn open(dir: &Path) -> Store {
+    let store = open_store(dir);
+    for (doc, policy) in [(0, Policy::Lww), (LWW_DOCS, Policy::ServerWins)] {
+        let mut policy = CollectionPolicy::of(policy);
+        policy.set_fields.insert(SET_FIELD.into());
+        store.set_policy(&collection_of(doc), &policy).unwrap();
+    }
+    store
 }
 
 /// The pick-th of `candidates`, if there are any.
@@ -217,7 +298,7 @@ fn choose(candidates: &[usize], pick: usize) -> Option<usize> {
 /// Runs `steps` on a real store in `dir` and on the model, comparing after
 /// each.
 fn run(dir: &Path, steps: &[Step]) {
-    let mut store = open_store(dir);
+    let mut store = open(dir);
     let mut model = Model::new();
     let mut written = 0u64;
     for (n, step) in steps.iter().enumerate() {
@@ -237,6 +318,10 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
                 WriteKind::Put => Write::Put(json!({ "n": n }).as_object().unwrap().clone()),
                 WriteKind::Patch => Write::Patch(json!({ "m": n }).as_object().unwrap().clone()),
                 WriteKind::Delete => Write::Delete,
+                WriteKind::SetAdd => Write::SetAdd {
+                    field: SET_FIELD.into(),
+                    values: vec![json!(n)],
+                },
             };
             store.write(&doc_ref(doc), write).unwrap();
             let last = store.pending_mutations().unwrap().pop().unwrap();
@@ -247,26 +332,34 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
                 state: ModelState::Queued,
                 attempt: 0,
                 acked_rev: None,
+                base_version: model.base_for(doc),
+                set_op: matches!(kind, WriteKind::SetAdd),
             });
         }
         Step::Send { limit } => {
             let taken = store.take_sendable(limit, now).unwrap();
             let expected: Vec<usize> = model.sendable().into_iter().take(limit).collect();
-            let taken_view: Vec<(String, u32, OutboxState)> = taken
+            let taken_view: Vec<_> = taken
                 .iter()
                 .map(|e| {
                     (
                         e.mutation.mutation_id.to_string(),
                         e.attempt,
                         e.state.clone(),
+                        e.mutation.base_version,
                     )
                 })
                 .collect();
-            let expected_view: Vec<(String, u32, OutboxState)> = expected
+            let expected_view: Vec<_> = expected
                 .iter()
                 .map(|&i| {
                     let e = &model.entries[i];
-                    (e.id.to_string(), e.attempt, OutboxState::InFlight)
+                    (
+                        e.id.to_string(),
+                        e.attempt,
+                        OutboxState::InFlight,
+                        e.base_version,
+                    )
                 })
                 .collect();
             assert_eq!(taken_view, expected_view, "what is sent, in order");
@@ -281,11 +374,7 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
                 let removed = store.mark_acked(&model.entries[i].id, rev).unwrap();
                 let reached = model.cursor >= rev;
                 assert_eq!(removed, reached, "removed at once only below the cursor");
-                if reached {
-                    model.entries.remove(i);
-                } else {
-                    model.entries[i].acked_rev = Some(rev);
-                }
+                model.acknowledge(i, rev);
             }
         }
         Step::AckAgain { pick } => {
@@ -296,6 +385,7 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
                 let rev = model.entries[i].acked_rev.unwrap_or_default();
                 // Still above the cursor, or a page would have removed it.
                 assert!(!store.mark_acked(&model.entries[i].id, rev).unwrap());
+                model.acknowledge(i, rev);
             }
         }
         Step::Reject { pick } => {
@@ -349,7 +439,7 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
         }
         Step::Restart => {
             store.close();
-            *store = open_store(dir);
+            *store = open(dir);
             model.requeue();
         }
         Step::Advance { ms } => model.now_ms += ms,
@@ -378,11 +468,14 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
 
 fn compare(store: &Store, model: &Model, n: usize, step: &Step) {
     let context = format!("after step {n}: {step:?}");
-    let listed: Vec<(String, String, OutboxState)> = store
+    let listed: Vec<_> = store
         .pending_mutations()
         .unwrap()
         .into_iter()
-        .map(|p| (p.mutation_id, p.doc_id, p.state))
+        .map(|p| {
+            let mutation: Mutation = serde_json::from_str(&p.mutation_json).unwrap();
+            (p.mutation_id, p.doc_id, p.state, mutation.base_version)
+        })
         .collect();
     assert_eq!(listed, model.listed(), "the entries, {context}");
     let failed = model
