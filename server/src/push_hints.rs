@@ -8,10 +8,11 @@
 //! ([`crate::store::Store::claim_push_hints`], which also marks them, so two
 //! instances on one database do not both send one). Each gets one POST of a
 //! [`PushHint`] naming its changed spaces. A device left out by its interval
-//! is tried again when the interval has passed. Delivery is best effort: a
-//! hint only shortens the time until the device syncs.
+//! is tried again when the interval has passed; a device hinted after a
+//! space's latest change is not hinted again for it. Delivery is best
+//! effort: a hint only shortens the time until the device syncs.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::state::{ServerState, now_ms};
+use crate::store::HintedSpace;
+
+/// How far the database's clock (PostgreSQL stamps hints with its own) may
+/// be behind this instance's: a hint is taken to follow a change only if
+/// it is this much later, so a skewed clock costs a redundant hint, never a
+/// missing one.
+const CLOCK_MARGIN_MS: u64 = 1_000;
 
 /// How long one POST to the webhook may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,18 +48,20 @@ pub async fn run(
     };
     let config = state.config.push.clone();
     let min_interval = u64::try_from(config.min_interval.as_millis()).unwrap_or(u64::MAX);
-    let mut waiting: BTreeSet<SpaceId> = BTreeSet::new();
+    // Spaces with changes not hinted to every device yet, with the time of
+    // their latest change.
+    let mut waiting: BTreeMap<SpaceId, u64> = BTreeMap::new();
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             space = spaces.recv() => {
                 let Some(space) = space else { return };
-                waiting.insert(space);
+                waiting.insert(space, now_ms());
                 // Let a burst of commits gather.
                 tokio::time::sleep(config.batch_delay).await;
                 while let Ok(space) = spaces.try_recv() {
-                    waiting.insert(space);
+                    waiting.insert(space, now_ms());
                 }
             }
             _ = sleep_until(retry_at), if retry_at.is_some() => {
@@ -62,7 +72,13 @@ pub async fn run(
             continue;
         }
         let now = now_ms();
-        let batch: Vec<SpaceId> = waiting.iter().cloned().collect();
+        let batch: Vec<HintedSpace> = waiting
+            .iter()
+            .map(|(space, changed_at)| HintedSpace {
+                space: space.clone(),
+                told_after_ms: changed_at + CLOCK_MARGIN_MS,
+            })
+            .collect();
         let claim = match state.store.claim_push_hints(batch, min_interval, now).await {
             Ok(claim) => claim,
             Err(e) => {

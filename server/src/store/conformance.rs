@@ -27,9 +27,9 @@ use tandem_protocol::{
 };
 
 use super::{
-    ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, Leases,
-    NewCredentials, PresenceStamp, PushRules, RefreshOutcome, RoleRequest, Store, StoreError,
-    StoreEvent,
+    ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, HintedSpace,
+    Leases, NewCredentials, PresenceStamp, PushRules, RefreshOutcome, RoleRequest, Store,
+    StoreError, StoreEvent,
 };
 use crate::auth::{TokenHash, hash_token};
 use crate::schema::Schema;
@@ -1464,20 +1464,40 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
         )
         .await
         .expect("token");
+    let changed = |told_after_ms: u64| {
+        vec![HintedSpace {
+            space: personal("alice"),
+            told_after_ms,
+        }]
+    };
     let claim = store
-        .claim_push_hints(vec![personal("alice")], 60_000, wall())
+        .claim_push_hints(changed(wall()), 60_000, wall())
         .await
         .expect("hints");
     assert_eq!(claim.ready.len(), 1, "only the offline device: {claim:?}");
     assert_eq!(claim.ready[0].device, tablet);
     assert_eq!(claim.ready[0].token.token, "tok");
     assert_eq!(claim.ready[0].spaces, vec![personal("alice")]);
+    // A later change: held back by the interval until it passes.
     let again = store
-        .claim_push_hints(vec![personal("alice")], 60_000, wall())
+        .claim_push_hints(changed(wall() + 60_000), 60_000, wall())
         .await
         .expect("hints");
     assert!(again.ready.is_empty());
     assert!(again.retry_at.is_some());
+    // With the interval passed, a device hinted after the changes is not
+    // hinted again for them, and is for changes after its hint.
+    let told = store
+        .claim_push_hints(changed(1), 0, wall())
+        .await
+        .expect("hints");
+    assert!(told.ready.is_empty(), "{told:?}");
+    assert_eq!(told.retry_at, None);
+    let newer = store
+        .claim_push_hints(changed(wall() + 60_000), 0, wall())
+        .await
+        .expect("hints");
+    assert_eq!(newer.ready.len(), 1, "{newer:?}");
 
     // Revocation: gone from the list, no credentials, no registering again.
     store.revoke_device(tablet.clone()).await.expect("revoke");

@@ -291,6 +291,17 @@ pub struct HintTarget {
     pub spaces: Vec<SpaceId>,
 }
 
+/// A space whose changes wait for push hints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HintedSpace {
+    /// The space.
+    pub space: SpaceId,
+    /// A device whose last hint is at or after this time (Unix
+    /// milliseconds) was hinted after these changes committed: it is not
+    /// hinted again for them.
+    pub told_after_ms: u64,
+}
+
 /// What [`Store::claim_push_hints`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HintClaim {
@@ -397,11 +408,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'_, ()>;
 
     /// The offline devices with a push token among the members of `spaces`
+    /// that were not hinted since the space's changes (`told_after_ms`) and
     /// whose last hint is older than `min_interval_ms`; their last hint time
     /// becomes now (so another instance does not send the same hint).
     fn claim_push_hints(
         &self,
-        spaces: Vec<SpaceId>,
+        spaces: Vec<HintedSpace>,
         min_interval_ms: u64,
         now_ms: u64,
     ) -> StoreFuture<'_, HintClaim>;

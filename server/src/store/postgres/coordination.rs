@@ -23,14 +23,14 @@ use std::collections::BTreeMap;
 use deadpool_postgres::GenericClient;
 use tandem_protocol::api::PushToken;
 use tandem_protocol::wire::{DeviceInfo, GuardVerdict, RoleState};
-use tandem_protocol::{DeviceId, RoleFence, SpaceId, UserId};
+use tandem_protocol::{DeviceId, RoleFence, UserId};
 
 use super::reads::{corrupt, int, uint, user};
 use super::{TxError, WriteTx, pg_error};
 use crate::roles::{self, CandidacyChange, Candidate, RoleRow};
 use crate::store::{
-    DeviceIdentity, HintClaim, HintTarget, Leases, PresenceStamp, RoleChange, RoleRequest,
-    StoreError, StoreEvent,
+    DeviceIdentity, HintClaim, HintTarget, HintedSpace, Leases, PresenceStamp, RoleChange,
+    RoleRequest, StoreError, StoreEvent,
 };
 
 /// The database's clock, Unix milliseconds.
@@ -183,11 +183,15 @@ pub(crate) async fn set_push_token(
 /// rows are locked, so two instances do not both send a device's hint.
 pub(crate) async fn claim_push_hints(
     w: &mut WriteTx<'_>,
-    spaces: &[SpaceId],
+    spaces: &[HintedSpace],
     min_interval_ms: u64,
 ) -> Result<HintClaim, TxError> {
     let now = int(db_now(&w.tx).await?);
-    let names: Vec<&str> = spaces.iter().map(SpaceId::as_str).collect();
+    let names: Vec<&str> = spaces.iter().map(|s| s.space.as_str()).collect();
+    let told_after: BTreeMap<&str, u64> = spaces
+        .iter()
+        .map(|s| (s.space.as_str(), s.told_after_ms))
+        .collect();
     let rows =
         w.tx.query(
             "SELECT m.space, d.user_id, d.device_id, d.push_token, d.push_provider,
@@ -205,6 +209,12 @@ pub(crate) async fn claim_push_hints(
     let mut retry_at: Option<u64> = None;
     for row in rows {
         let last: Option<i64> = row.get(5);
+        let space: &str = row.get(0);
+        if let (Some(last), Some(told_after)) = (last, told_after.get(space))
+            && uint(last) >= *told_after
+        {
+            continue;
+        }
         if let Some(last) = last
             && uint(last) + min_interval_ms > uint(now)
         {

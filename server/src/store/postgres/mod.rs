@@ -64,7 +64,7 @@ use super::{
     DeviceRegistration, FeedPosition, NewCredentials, PushRules, RefreshOutcome, Store, StoreError,
     StoreEvent, StoreFuture,
 };
-use super::{HintClaim, Leases, PresenceStamp, RoleChange, RoleRequest};
+use super::{HintClaim, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
 use tandem_protocol::api::{PushToken, SpaceMembers, SpaceSummary};
 use tandem_protocol::wire::{DeviceInfo, GuardVerdict, MutationResult, RoleState};
@@ -470,7 +470,7 @@ impl Store for PostgresStore {
 
     fn claim_push_hints(
         &self,
-        spaces: Vec<SpaceId>,
+        spaces: Vec<HintedSpace>,
         min_interval_ms: u64,
         _now_ms: u64,
     ) -> StoreFuture<'_, HintClaim> {

@@ -5,13 +5,13 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use tandem_protocol::api::PushToken;
 use tandem_protocol::wire::{DeviceInfo, GuardVerdict, RoleState};
-use tandem_protocol::{DeviceId, RoleFence, SpaceId, UserId};
+use tandem_protocol::{DeviceId, RoleFence, UserId};
 
 use super::writer::{WriteCtx, backend};
 use crate::roles::{self, CandidacyChange, Candidate, RoleRow};
 use crate::store::{
-    DeviceIdentity, HintClaim, HintTarget, Leases, PresenceStamp, RoleChange, RoleRequest,
-    StoreError, StoreEvent,
+    DeviceIdentity, HintClaim, HintTarget, HintedSpace, Leases, PresenceStamp, RoleChange,
+    RoleRequest, StoreError, StoreEvent,
 };
 
 fn ms(v: u64) -> i64 {
@@ -177,7 +177,7 @@ pub fn set_push_token(
 /// Claims the push hints due for the members of `spaces`.
 pub fn claim_push_hints(
     ctx: &mut WriteCtx<'_>,
-    spaces: &[SpaceId],
+    spaces: &[HintedSpace],
     min_interval_ms: u64,
     now_ms: u64,
 ) -> Result<HintClaim, StoreError> {
@@ -196,7 +196,11 @@ pub fn claim_push_hints(
                                    AND p.device_id = d.device_id AND p.expires_at > ?2)",
             )
             .map_err(backend)?;
-        for space in spaces {
+        for HintedSpace {
+            space,
+            told_after_ms,
+        } in spaces
+        {
             let rows = stmt
                 .query_map(params![space.as_str(), ms(now_ms)], |r| {
                     Ok((
@@ -210,7 +214,11 @@ pub fn claim_push_hints(
                 .map_err(backend)?;
             for row in rows {
                 let (user, device, token, provider, last) = row.map_err(backend)?;
-                if let Some(last) = last.map(uint)
+                let last = last.map(uint);
+                if last.is_some_and(|last| last >= *told_after_ms) {
+                    continue;
+                }
+                if let Some(last) = last
                     && last + min_interval_ms > now_ms
                 {
                     limited.push(last + min_interval_ms);
