@@ -756,13 +756,22 @@ pub const PUSH_HINT_SYNC_TIMEOUT: Duration = Duration::from_secs(25);
 impl Client {
     async fn role_request(
         &self,
+        role: &str,
         message: impl FnOnce(u64) -> ClientMessage,
     ) -> Result<RoleInfo, Error> {
         let handle = self.sync_handle()?;
         let me = self.store.identity().device_id.clone();
         match handle.request(message, REQUEST_TIMEOUT).await? {
             ServerMessage::Role(state) => Ok(RoleInfo::from_state(state, &me)),
-            ServerMessage::Error(e) => Err(request_error(e, None)),
+            ServerMessage::Error(e) => {
+                // A refusal names the role and the epoch this device last
+                // heard of.
+                let known = RoleFence {
+                    role: role.to_owned(),
+                    epoch: self.role(role).map_or(0, |r| r.epoch),
+                };
+                Err(request_error(e, Some(&known)))
+            }
             other => Err(Error::Network(format!("unexpected answer {other:?}"))),
         }
     }
@@ -773,11 +782,11 @@ impl Client {
     /// when the holder is lost (higher first; then the most recently active
     /// device). Returns the role's state.
     pub async fn claim_role(&self, role: &str, priority: i32) -> Result<RoleInfo, Error> {
-        let role = role.to_owned();
-        self.role_request(move |request_id| {
+        let name = role.to_owned();
+        self.role_request(role, move |request_id| {
             ClientMessage::Claim(Claim {
                 request_id,
-                role,
+                role: name,
                 priority,
             })
         })
@@ -787,9 +796,14 @@ impl Client {
     /// This device is no longer a candidate for `role`; if it held it, the
     /// next eligible device takes it. Returns the role's state.
     pub async fn release_role(&self, role: &str) -> Result<RoleInfo, Error> {
-        let role = role.to_owned();
-        self.role_request(move |request_id| ClientMessage::Release(Release { request_id, role }))
-            .await
+        let name = role.to_owned();
+        self.role_request(role, move |request_id| {
+            ClientMessage::Release(Release {
+                request_id,
+                role: name,
+            })
+        })
+        .await
     }
 
     /// Gives `role`, which this device holds, to the connected device
@@ -797,11 +811,11 @@ impl Client {
     /// does not hold it.
     pub async fn handoff_role(&self, role: &str, to: &str) -> Result<RoleInfo, Error> {
         let to = tandem_protocol::DeviceId::new(to)?;
-        let role = role.to_owned();
-        self.role_request(move |request_id| {
+        let name = role.to_owned();
+        self.role_request(role, move |request_id| {
             ClientMessage::Handoff(Handoff {
                 request_id,
-                role,
+                role: name,
                 to,
             })
         })

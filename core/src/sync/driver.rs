@@ -253,6 +253,9 @@ pub(crate) enum Command {
     Stop,
 }
 
+/// A role observer: its subscription id, the role it watches and itself.
+type RoleObserverEntry = (u64, String, Arc<dyn RoleObserver>);
+
 /// What the driver shares with the client: status, roles, devices and
 /// their observers.
 #[derive(Default)]
@@ -262,7 +265,7 @@ pub(crate) struct Shared {
     next_observer: Mutex<u64>,
     roles: Mutex<BTreeMap<String, RoleInfo>>,
     devices: Mutex<Option<Vec<DeviceInfo>>>,
-    role_observers: Mutex<Vec<(u64, String, Arc<dyn RoleObserver>)>>,
+    role_observers: Mutex<Vec<RoleObserverEntry>>,
     devices_observers: Mutex<Vec<(u64, Arc<dyn DevicesObserver>)>>,
     auth_refused: std::sync::atomic::AtomicBool,
 }
