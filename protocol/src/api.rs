@@ -130,7 +130,7 @@ pub struct RenameDevice {
     pub name: String,
 }
 
-/// `PUT /v1/devices/push-token`: the calling device's push token, which the
+/// `PUT /v1/push-token`: the calling device's push token, which the
 /// server hands to the push webhook when a change lands in one of its spaces
 /// while it is offline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

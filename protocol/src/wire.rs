@@ -66,13 +66,14 @@ pub enum ServerMessage {
     /// Answer to the device's `ping`.
     Pong(Heartbeat),
     /// The state of one of the user's roles: sent to every connected device
-    /// of the user when its holder changes, after `welcome` for every role
-    /// the user has, and as the answer to `claim`, `release` and `handoff`
+    /// of the user when its holder changes, after the connection's first
+    /// catch-up for every role the user has, and as the answer to `claim`, `release` and `handoff`
     /// (then with their `request_id`).
     Role(RoleState),
     /// The answer to `guard`.
     GuardResult(GuardResult),
-    /// The user's devices: sent after `welcome` and whenever one of them
+    /// The user's devices: sent after the connection's first catch-up and
+    /// whenever one of them
     /// connects, disconnects, is renamed, registers or is revoked.
     Devices(Devices),
 }
@@ -435,7 +436,8 @@ pub struct DeviceInfo {
     pub app_version: String,
     /// When it first registered, Unix milliseconds.
     pub registered_at: u64,
-    /// When it was last connected (now, if online), Unix milliseconds.
+    /// When the server last heard from it (the last frame of a connection,
+    /// stamped at most about once a second), Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<u64>,
     /// Whether it has a connection to the server now.
