@@ -7,7 +7,10 @@
 //! - `server.push.after_apply_before_ack`: the server committed the push,
 //!   the connection drops before the ack;
 //! - `core.outbox.after_ack_before_delete`: the ack arrived, the device
-//!   goes down before recording it.
+//!   goes down before recording it;
+//! - `core.outbox.after_ack_recorded`: the device recorded the ack and dies
+//!   (a panic in its sync task) before the change that confirms the write
+//!   arrives.
 //!
 //! Each test writes before, during and after the failure, restarts the side
 //! that crashed on its own database, and then checks that every write is on
@@ -24,9 +27,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
-use tandem_core::DocKey;
+use tandem_core::{ConnectionState, DocKey};
 use tandem_e2e::{Device, Proxy, TestServer, eventually, server_docs};
 
 const USER: &str = "alice";
@@ -58,7 +63,7 @@ impl Scene {
             written: Vec::new(),
             expected: BTreeMap::new(),
         };
-        scene.write_round(0);
+        scene.write_round(0).await;
         scene.device.start_sync(&scene.proxy.http_url()).await;
         scene.device.settle().await;
         scene
@@ -66,8 +71,17 @@ impl Scene {
 
     /// One round of writes, each of which changes its document: puts of
     /// three documents, a patch of the first, and in odd rounds a delete of
-    /// the last (which the next round's put brings back).
-    fn write_round(&mut self, round: u64) {
+    /// the last (which the next round's put brings back). The device is
+    /// offline while it writes, so that each write's entry is still in the
+    /// outbox when its id is read back (online, a quick ack and change could
+    /// take it out first); the round goes out when the device is back.
+    async fn write_round(&mut self, round: u64) {
+        let client = Arc::clone(&self.device.client);
+        client.set_network_available(false);
+        eventually("the device to go offline", || {
+            client.sync_status().unwrap().connection == ConnectionState::Offline
+        })
+        .await;
         for (i, id) in ["t0", "t1", "t2"].into_iter().enumerate() {
             let fields = json!({ "round": round, "doc": i });
             self.write(id, |client, key| {
@@ -87,11 +101,11 @@ impl Scene {
             });
             self.expected.remove("t2");
         }
+        client.set_network_available(true);
     }
 
     /// Makes one write and records its mutation id, read from the outbox
-    /// right after the write committed it (while a fail point holds it
-    /// there, or before syncing starts).
+    /// right after the write committed it.
     fn write(&mut self, id: &str, make: impl FnOnce(&tandem_core::Client, DocKey)) {
         let before: BTreeSet<String> = self.outbox_ids().into_iter().collect();
         make(&self.device.client, DocKey::personal(COLLECTION, id));
@@ -218,8 +232,8 @@ async fn a_crash_between_the_local_commit_and_the_send_loses_nothing() {
 
     // Every push dies on the device before it reaches the socket.
     fail::cfg("core.outbox.before_send", "return").unwrap();
+    scene.write_round(1).await;
     let since = scene.proxy.accepted();
-    scene.write_round(1);
     scene.reconnects(since, 3).await;
     assert_eq!(
         recorded_outcomes(scene.server.database()).len(),
@@ -236,7 +250,7 @@ async fn a_crash_between_the_local_commit_and_the_send_loses_nothing() {
     let mut scene = scene.restart_device();
     fail::remove("core.outbox.before_send");
     scene.device.start_sync(&scene.proxy.http_url()).await;
-    scene.write_round(2);
+    scene.write_round(2).await;
     scene.device.settle().await;
 
     scene.assert_exactly_once().await;
@@ -251,8 +265,8 @@ async fn a_server_crash_between_the_commit_and_the_ack_duplicates_nothing() {
     // The server commits every push and drops the connection before the
     // ack, again and again.
     fail::cfg("server.push.after_apply_before_ack", "return").unwrap();
+    scene.write_round(1).await;
     let since = scene.proxy.accepted();
-    scene.write_round(1);
     let database = scene.server.database().to_owned();
     let written = scene.written.clone();
     eventually("the server to commit the writes", || {
@@ -273,7 +287,7 @@ async fn a_server_crash_between_the_commit_and_the_ack_duplicates_nothing() {
     fail::remove("server.push.after_apply_before_ack");
     scene.server.restart().await;
     scene.proxy.set_upstream(scene.server.addr());
-    scene.write_round(2);
+    scene.write_round(2).await;
     scene.device.settle().await;
 
     scene.assert_exactly_once().await;
@@ -288,8 +302,8 @@ async fn a_crash_between_the_ack_and_the_outbox_delete_duplicates_nothing() {
 
     // Every ack is lost on the device before it is recorded.
     fail::cfg("core.outbox.after_ack_before_delete", "return").unwrap();
+    scene.write_round(1).await;
     let since = scene.proxy.accepted();
-    scene.write_round(1);
     let database = scene.server.database().to_owned();
     let written = scene.written.clone();
     eventually("the server to apply the writes", || {
@@ -311,7 +325,46 @@ async fn a_crash_between_the_ack_and_the_outbox_delete_duplicates_nothing() {
     let mut scene = scene.restart_device();
     fail::remove("core.outbox.after_ack_before_delete");
     scene.device.start_sync(&scene.proxy.http_url()).await;
-    scene.write_round(2);
+    scene.write_round(2).await;
+    scene.device.settle().await;
+
+    scene.assert_exactly_once().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_recorded_ack_and_the_confirming_change_duplicates_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let mut scene = Scene::start().await;
+    let round0 = scene.written.len();
+
+    // The first ack recorded kills the device's sync task.
+    let crashed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&crashed);
+    fail::cfg_callback("core.outbox.after_ack_recorded", move || {
+        flag.store(true, Ordering::SeqCst);
+        panic!("the app dies after recording an ack");
+    })
+    .unwrap();
+    scene.write_round(1).await;
+    eventually("the crash after an ack", || crashed.load(Ordering::SeqCst)).await;
+    // The round went out in one batch, which the server applied. Its
+    // entries are acknowledged and wait for their changes, unless the
+    // catch-up of the same connection brought those first (the server
+    // committed the batch while reading the page).
+    let on_server = recorded_outcomes(scene.server.database());
+    assert!(
+        scene.written[round0..]
+            .iter()
+            .all(|id| on_server.contains_key(&uuid_hex(id))),
+        "the round was applied before the crash"
+    );
+
+    // The app restarts on the same database, the fail point gone.
+    let mut scene = scene.restart_device();
+    fail::remove("core.outbox.after_ack_recorded");
+    scene.device.start_sync(&scene.proxy.http_url()).await;
+    scene.write_round(2).await;
     scene.device.settle().await;
 
     scene.assert_exactly_once().await;
