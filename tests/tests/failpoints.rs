@@ -168,6 +168,8 @@ impl Scene {
         let n = self.written.len() as u64;
         assert_eq!(revs, (1..=n).collect::<Vec<_>>(), "one revision per write");
         assert_eq!(space_head(self.server.database()), n, "the space's head");
+        assert_eq!(answered(&self.server, "conflict"), 0, "no conflicts");
+        assert_eq!(answered(&self.server, "rejected"), 0, "no refusals");
 
         assert!(
             self.device.client.pending_mutations().unwrap().is_empty(),
@@ -204,6 +206,20 @@ fn recorded_outcomes(database: &Path) -> BTreeMap<String, Value> {
         (id, serde_json::from_str(&outcome).unwrap())
     })
     .collect()
+}
+
+/// How many mutations the running server instance answered with
+/// `outcome` (its metrics).
+fn answered(server: &TestServer, outcome: &str) -> u64 {
+    let line = format!("tandem_mutations_total{{outcome=\"{outcome}\"}} ");
+    server
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .unwrap_or_else(|| panic!("no {outcome} counter"))
+        .parse()
+        .unwrap()
 }
 
 /// The personal space's head revision on the server.
@@ -289,6 +305,10 @@ async fn a_server_crash_between_the_commit_and_the_ack_duplicates_nothing() {
     scene.proxy.set_upstream(scene.server.addr());
     scene.write_round(2).await;
     scene.device.settle().await;
+    assert!(
+        answered(&scene.server, "duplicate") >= 1,
+        "a write the server had committed came again and was answered from its record"
+    );
 
     scene.assert_exactly_once().await;
     scenario.teardown();
@@ -327,6 +347,10 @@ async fn a_crash_between_the_ack_and_the_outbox_delete_duplicates_nothing() {
     scene.device.start_sync(&scene.proxy.http_url()).await;
     scene.write_round(2).await;
     scene.device.settle().await;
+    assert!(
+        answered(&scene.server, "duplicate") >= 1,
+        "a write whose ack was lost came again and was answered from its record"
+    );
 
     scene.assert_exactly_once().await;
     scenario.teardown();
