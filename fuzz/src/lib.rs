@@ -10,9 +10,12 @@ use tandem_protocol::merge::apply_change;
 use tandem_protocol::{Change, ClientMessage, CollectionPolicy, Document, Policy, ServerMessage};
 use tandem_server::auth::UserTokenVerifier;
 
+/// A target's check of one input: panics if a property does not hold.
+pub type Check = fn(&[u8]);
+
 /// Every target: its name (as cargo-fuzz knows it, and its corpus
 /// directory) and its check.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("wire_decode", wire_decode),
     ("change_apply", change_apply),
     ("user_token", user_token),
