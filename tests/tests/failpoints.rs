@@ -19,6 +19,9 @@
 //! each document holds its last write, and that the device's outbox is
 //! empty with its view equal to the server's.
 //!
+//! One more test holds the device at `core.outbox.after_ack_recorded` to
+//! write in a version-checked collection between an ack and its change.
+//!
 //! The fail point registry is global to the process: each test holds a
 //! [`fail::FailScenario`] for its whole run, which also serializes them.
 
@@ -27,12 +30,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use serde_json::{Value, json};
 use tandem_core::{ConnectionState, DocKey};
-use tandem_e2e::{Device, Proxy, TestServer, eventually, server_docs};
+use tandem_e2e::{Device, Proxy, TestServer, TestServerOptions, eventually, server_docs};
 
 const USER: &str = "alice";
 const SPACE: &str = "personal:alice";
@@ -392,5 +395,54 @@ async fn a_crash_between_the_recorded_ack_and_the_confirming_change_duplicates_n
     scene.device.settle().await;
 
     scene.assert_exactly_once().await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_between_an_ack_and_its_change_is_not_in_conflict_with_its_own_device() {
+    let scenario = fail::FailScenario::setup();
+    let server = TestServer::start(
+        TestServerOptions::dev().schema(r#"{"collections": {"notes": {"policy": "server_wins"}}}"#),
+    )
+    .await;
+    let url = server.http_url();
+    let device = Device::online(&url, USER, "phone").await;
+    device.settle().await;
+    let note = || DocKey::personal("notes", "n1");
+
+    // The sync task stops right after recording the first write's ack,
+    // before the change carrying it arrives, until released.
+    let held = Arc::new(AtomicBool::new(false));
+    let (release, released) = mpsc::channel::<()>();
+    let released = Mutex::new(released);
+    let flag = Arc::clone(&held);
+    fail::cfg_callback("core.outbox.after_ack_recorded", move || {
+        flag.store(true, Ordering::SeqCst);
+        // Returns when the sender is dropped (and at once ever after).
+        let _ = released.lock().unwrap().recv();
+    })
+    .unwrap();
+    device.client.put(note(), r#"{"v": 1}"#).unwrap();
+    eventually("the ack of the first write", || held.load(Ordering::SeqCst)).await;
+
+    // Written on top of the acknowledged write, whose change has not
+    // arrived: the view still has no version.
+    device.client.put(note(), r#"{"v": 2}"#).unwrap();
+    drop(release);
+    device.settle().await;
+    fail::remove("core.outbox.after_ack_recorded");
+
+    let on_server = server_docs(&url, USER, SPACE, "notes").await;
+    assert_eq!(
+        on_server["n1"].0,
+        json!({"v": 2}),
+        "the second write was applied, not refused as a conflict"
+    );
+    assert_eq!(device.docs(None, "notes"), on_server);
+    assert!(
+        device.client.conflicts(10).unwrap().is_empty(),
+        "no conflict"
+    );
+    assert_eq!(answered(&server, "conflict"), 0);
     scenario.teardown();
 }
