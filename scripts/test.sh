@@ -114,4 +114,47 @@ else
 fi
 # ---- end of Kotlin and Swift bindings ----------------------------------------
 
+# ---- Fuzzing ------------------------------------------------------------------
+# Every fuzz target (fuzz/: the wire decoder, the change-apply path, the user
+# token parser) runs for TANDEM_FUZZ_SECONDS (default 20) each when a nightly
+# toolchain and cargo-fuzz are installed; new inputs go to a scratch
+# directory, not fuzz/corpus. Without them, the kept corpus is replayed
+# through the same checks on the stable toolchain. The output says which ran,
+# with executions and crashes per target; a crash fails the script.
+fuzz_started=$SECONDS
+if cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+  section "fuzzing: each target for ${TANDEM_FUZZ_SECONDS:-20} s (nightly, cargo-fuzz)"
+  scripts/fuzz.sh --seconds "${TANDEM_FUZZ_SECONDS:-20}" --scratch
+else
+  section "fuzzing: NOT RUN (no nightly toolchain or no cargo-fuzz); replaying the kept corpus on stable instead"
+  scripts/fuzz.sh --replay
+fi
+echo "fuzzing: $((SECONDS - fuzz_started)) s"
+# ---- end of fuzzing ------------------------------------------------------------
+
+# ---- cargo deny ----------------------------------------------------------------
+# Licenses, banned and duplicate crates and sources (deny.toml) are checked
+# offline. Advisories need the RustSec database from github.com: when it
+# cannot be fetched the output says so plainly and the script goes on; when
+# it can, any finding fails the script.
+deny_started=$SECONDS
+section "cargo deny: licenses, bans, sources"
+need cargo-deny "cargo install --locked cargo-deny"
+cargo deny --locked check licenses bans sources
+section "cargo deny: advisories"
+advisories_log="$(mktemp)"
+if cargo deny --locked check advisories >"$advisories_log" 2>&1; then
+  echo "advisories: checked against the RustSec advisory database, no findings"
+elif grep -q "failed to fetch advisory database" "$advisories_log"; then
+  echo "advisories: not checked, the advisory database (github.com/rustsec/advisory-db) is unreachable from this machine"
+else
+  cat "$advisories_log" >&2
+  rm -f "$advisories_log"
+  echo "error: cargo deny found advisories (see above)" >&2
+  exit 1
+fi
+rm -f "$advisories_log"
+echo "cargo deny: $((SECONDS - deny_started)) s"
+# ---- end of cargo deny -----------------------------------------------------------
+
 section "done"
