@@ -92,6 +92,9 @@ pub struct ServeOptions {
     /// Mutations one device may push in a burst.
     #[arg(long, value_name = "N", default_value_t = 2_000)]
     pub rate_burst: u32,
+    /// WebSocket connections one device may have open at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections_per_device: usize,
     /// Seconds a connection has to send a complete HTTP request head (the
     /// upgrade request included); slower clients are cut off.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
@@ -183,6 +186,7 @@ fn config(args: &ServeOptions) -> Result<ServerConfig, Failure> {
     config.limits.max_document_bytes = args.max_document_bytes;
     config.limits.device_mutations_per_sec = args.rate_limit;
     config.limits.device_mutation_burst = args.rate_burst;
+    config.limits.max_connections_per_device = args.max_connections_per_device.max(1);
     config.limits.request_header_timeout = Duration::from_secs(args.request_header_timeout.max(1));
     config.limits.handshake_timeout = Duration::from_secs(args.handshake_timeout);
     config.feed.page_size = args.page_size.max(1);

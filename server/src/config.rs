@@ -70,6 +70,12 @@ pub struct Limits {
     pub max_document_bytes: usize,
     /// Mutations per second one device may push (sustained).
     pub device_mutations_per_sec: u32,
+    /// WebSocket connections one device may have open on this instance; an
+    /// upgrade over the cap is refused with `429 rate_limited`. A device
+    /// needs one; the rest leaves room for reconnects while connections
+    /// that went silent (a network that dropped them) wait for the idle
+    /// timeout.
+    pub max_connections_per_device: usize,
     /// Mutations one device may push in a burst.
     pub device_mutation_burst: u32,
     /// Time a connection has to send a request's headers: from the accept
@@ -93,6 +99,7 @@ impl Default for Limits {
             max_document_bytes: 1 << 20,
             device_mutations_per_sec: 1_000,
             device_mutation_burst: 2_000,
+            max_connections_per_device: 64,
             request_header_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(30),

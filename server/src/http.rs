@@ -560,6 +560,20 @@ async fn sync(
             HttpError::new(ErrorCode::ShuttingDown, "the server is shutting down"),
         ));
     }
+    // Counted from here: the slot goes with the session and is freed when
+    // it ends, or now if the upgrade never completes.
+    let Some(slot) = state.connections.try_open(&identity) else {
+        return Err(fail(
+            &state,
+            HttpError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this device has {} connections open already; close one first",
+                    state.connections.max_per_device()
+                ),
+            ),
+        ));
+    };
     let limit = state.config.limits.max_frame_bytes;
     let sessions = state.sessions.clone();
     Ok(upgrade
@@ -569,7 +583,12 @@ async fn sync(
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_frame_size(limit)
         .max_message_size(limit)
-        .on_upgrade(move |socket| sessions.track_future(session::run(state, identity, socket))))
+        .on_upgrade(move |socket| {
+            sessions.track_future(async move {
+                session::run(state, identity, socket).await;
+                drop(slot);
+            })
+        }))
 }
 
 /// The longest push token, in bytes.

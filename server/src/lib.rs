@@ -29,6 +29,7 @@
 pub mod apply;
 pub mod auth;
 pub mod config;
+pub mod connection_limit;
 pub mod coordination;
 pub mod fanout;
 pub mod feed;
@@ -144,6 +145,9 @@ impl Server {
             rate_limit: DeviceRateLimit::new(
                 config.limits.device_mutations_per_sec,
                 config.limits.device_mutation_burst,
+            ),
+            connections: connection_limit::DeviceConnections::new(
+                config.limits.max_connections_per_device,
             ),
             config,
             store,

@@ -24,6 +24,8 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// Per-device mutation rate limit.
     pub rate_limit: DeviceRateLimit,
+    /// Per-device cap on open WebSocket connections.
+    pub connections: crate::connection_limit::DeviceConnections,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
     /// WebSocket sessions, so that shutdown can wait for them.

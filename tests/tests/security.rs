@@ -816,3 +816,58 @@ async fn user_a_cannot_touch_user_b_devices_roles_or_guards() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_device_cannot_open_more_connections_than_its_cap() {
+    let server = TestServer::start(
+        TestServerOptions::dev().with(|c| c.limits.max_connections_per_device = 3),
+    )
+    .await;
+    let http = Http::new(server.http_url());
+    let phone = http.register("dev:alice", "phone").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut client = WsClient::connect_ok(&server.sync_url(), &phone.access_token).await;
+        client.hello("phone", BTreeMap::new()).await;
+        open.push(client);
+    }
+    // Over the cap, with or without hello on the others.
+    for _ in 0..2 {
+        let (status, code, message) = socket_refused(&server, &phone.access_token).await;
+        assert_eq!((status, code.as_str()), (429, "rate_limited"), "{message}");
+    }
+    // Other devices, of this user or another one with the same device id,
+    // have their own count.
+    let laptop = http.register("dev:alice", "laptop").await;
+    WsClient::connect_ok(&server.sync_url(), &laptop.access_token)
+        .await
+        .hello("laptop", BTreeMap::new())
+        .await;
+    let bobs_phone = http.register("dev:bob", "phone").await;
+    WsClient::connect_ok(&server.sync_url(), &bobs_phone.access_token)
+        .await
+        .hello("phone", BTreeMap::new())
+        .await;
+    // A closed connection frees its place.
+    open.pop().unwrap().close().await;
+    let deadline = Instant::now() + PATIENCE;
+    let _in_the_freed_place = loop {
+        match WsClient::connect(&server.sync_url(), Some(&phone.access_token)).await {
+            Ok(mut client) => {
+                client.hello("phone", BTreeMap::new()).await;
+                break client;
+            }
+            Err(WsError::Rejected { status: 429, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("no place after a close: {other:?}"),
+        }
+    };
+    // The cap holds again, and the connections it let in still work.
+    let (status, _, _) = socket_refused(&server, &phone.access_token).await;
+    assert_eq!(status, 429);
+    open[0].send_text(r#"{"type":"ping","nonce":1}"#).await;
+    open[0]
+        .recv_matching("pong", |m| matches!(m, ServerMessage::Pong(_)))
+        .await;
+}
