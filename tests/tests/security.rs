@@ -63,6 +63,8 @@ async fn forged_user_tokens_are_refused_whatever_key_they_name_or_carry() {
     let mut wrong_issuer = claims.clone();
     wrong_issuer["iss"] = json!("https://evil.test");
     let mallory = tokens::claims("mallory", 300);
+    let mut not_yet_valid = claims.clone();
+    not_yet_valid["nbf"] = json!(jsonwebtoken::get_current_timestamp() + 3600);
 
     // RS256: an unknown signer, a token that vouches for its own key, a
     // genuine signature over another payload, the right key with the wrong
@@ -91,6 +93,10 @@ async fn forged_user_tokens_are_refused_whatever_key_they_name_or_carry() {
             ("tampered payload", with_payload(&genuine, &mallory)),
             ("wrong audience", tokens::rs256(&wrong_audience)),
             ("wrong issuer", tokens::rs256(&wrong_issuer)),
+            (
+                "not valid before an hour from now",
+                tokens::rs256(&not_yet_valid),
+            ),
             (
                 "HS256 keyed with the public key",
                 tokens::hs256_with(tokens::RSA_PUBLIC_PEM, &claims),

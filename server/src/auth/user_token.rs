@@ -5,8 +5,8 @@
 //! HS256, an RSA public key only RS256, an Ed25519 public key only EdDSA. A
 //! token whose header names any other algorithm (including `none`) is refused
 //! before its signature is looked at. `exp`, `aud` and `iss` are required and
-//! checked. In development mode (`--dev-auth`) the token `dev:<user>` is
-//! accepted for any user, without a signature.
+//! checked, and `nbf` when present. In development mode (`--dev-auth`) the
+//! token `dev:<user>` is accepted for any user, without a signature.
 
 use std::fmt;
 
@@ -159,6 +159,9 @@ impl UserTokenVerifier {
         };
         let mut validation = Validation::new(pinned.algorithm);
         validation.leeway = 30;
+        // A token that says it is not valid yet (`nbf`) is refused like an
+        // expired one; jsonwebtoken ignores `nbf` unless asked.
+        validation.validate_nbf = true;
         validation.set_audience(&[&self.audience]);
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
@@ -206,6 +209,12 @@ mod tests {
         let mut iss = good.clone();
         iss["iss"] = json!("https://evil.example");
         assert!(v.verify(&hs(iss, b"s3cret")).is_err());
+        let mut not_yet = good.clone();
+        not_yet["nbf"] = json!(now() + 3600);
+        assert!(v.verify(&hs(not_yet, b"s3cret")).is_err());
+        let mut valid_already = good.clone();
+        valid_already["nbf"] = json!(now() - 60);
+        assert!(v.verify(&hs(valid_already, b"s3cret")).is_ok());
         let mut no_exp = good;
         no_exp.as_object_mut().unwrap().remove("exp");
         assert!(v.verify(&hs(no_exp, b"s3cret")).is_err());
