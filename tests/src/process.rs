@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 
 use serde_json::Value;
 
@@ -104,6 +104,14 @@ impl ServerProcess {
     /// Whether the process is running (as far as this handle knows).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// How the process ended, if it ended by itself (it should not: only a
+    /// test stops it).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|(child, _)| child.try_wait().ok().flatten())
     }
 
     /// The address it listens on (the last one, if stopped).

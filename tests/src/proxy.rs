@@ -256,9 +256,9 @@ async fn forward(
         let (sr, sw) = server.split();
         let up = pump(cr, sw, &state, Rng::new(seed));
         let down = pump(sr, cw, &state, Rng::new(!seed));
+        // The receiver was subscribed when the connection was accepted, so
+        // it sees the faults sent since (while connecting too), not older.
         let blown = async {
-            // A fault sent before this connection subscribed is not for it.
-            blows.borrow_and_update();
             match blows.changed().await {
                 Ok(()) => blows.borrow().1,
                 Err(_) => std::future::pending().await,

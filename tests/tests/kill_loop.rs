@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,17 @@ async fn writes_survive_sigkill_of_the_device_and_the_server_exactly_once() {
         // 0: the device, 1: the server, 2: both (in a random order).
         let victims = rng.below(3);
         let server_first = rng.chance(50);
+        assert_eq!(
+            device.try_wait().unwrap(),
+            None,
+            "iteration {iteration}: the device ended by itself; see {}",
+            spec.stderr.display()
+        );
+        assert_eq!(
+            server.exited(),
+            None,
+            "iteration {iteration}: the server ended by itself"
+        );
         if victims == 1 || (victims == 2 && server_first) {
             server.kill();
             server_kills += 1;
@@ -126,7 +138,16 @@ async fn writes_survive_sigkill_of_the_device_and_the_server_exactly_once() {
         let stopped = tokio::task::spawn_blocking(move || device.wait())
             .await
             .unwrap();
-        assert!(stopped.is_ok(), "iteration {iteration}: device wait");
+        let stopped = stopped.unwrap();
+        assert!(
+            victims == 1 || stopped.signal() == Some(9),
+            "iteration {iteration}: the device ended by itself ({stopped}) before its kill"
+        );
+        assert!(
+            victims != 1 || stopped.success(),
+            "iteration {iteration}: the device did not stop cleanly ({stopped}); see {}",
+            spec.stderr.display()
+        );
         server.terminate();
 
         for database in [server.database().to_owned(), spec.database()] {

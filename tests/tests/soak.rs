@@ -48,7 +48,8 @@ const ENTRY_SPACES: [(&str, &str, &[&str]); 2] = [
 ];
 /// The shared space of contended documents.
 const BOARD: (&str, &str, &[&str]) = ("board", "carol", &["alice", "bob"]);
-/// The least time between two kills of the server.
+/// The least time between two kills of the server, unless
+/// `TANDEM_SOAK_SERVER_GAP_MS` says otherwise.
 const SERVER_KILL_GAP: Duration = Duration::from_secs(8);
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -121,6 +122,8 @@ async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_double
     let seed = env_u64("TANDEM_SOAK_SEED").unwrap_or_else(Rng::fresh_seed);
     println!("soak: {secs} s, seed {seed} (replay with TANDEM_SOAK_SEED={seed})");
     let mut rng = Rng::new(seed);
+    let server_gap =
+        env_u64("TANDEM_SOAK_SERVER_GAP_MS").map_or(SERVER_KILL_GAP, Duration::from_millis);
     let mut dir = tempfile::TempDir::new().unwrap();
     if std::env::var_os("TANDEM_SOAK_KEEP").is_some() {
         // The databases and logs, kept for a look after the run.
@@ -171,6 +174,17 @@ async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_double
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(rng.between(100, 500))).await;
         let now = Instant::now();
+        assert_eq!(server.exited(), None, "the server ended by itself");
+        for device in &mut devices {
+            let exited = device.child.as_mut().and_then(|c| c.try_wait().unwrap());
+            assert_eq!(
+                exited,
+                None,
+                "{} ended by itself; see {}",
+                device.spec.device,
+                device.spec.stderr.display()
+            );
+        }
         for (i, device) in devices.iter_mut().enumerate() {
             if device.child.is_none() && now >= device.restart_at {
                 device.start(seed ^ i as u64);
@@ -218,7 +232,7 @@ async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_double
                 }
             }
             _ => {
-                if now.duration_since(last_server_kill) >= SERVER_KILL_GAP {
+                if now.duration_since(last_server_kill) >= server_gap {
                     server.kill();
                     server_kills += 1;
                     last_server_kill = now;
@@ -379,6 +393,26 @@ async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_double
         );
         committed += documents;
         duplicated += u64::try_from(head).unwrap().saturating_sub(documents);
+    }
+    // No device heard of an epoch the server never reached.
+    for (user, _) in USERS {
+        let server_epoch: i64 = conn
+            .query_row(
+                "SELECT epoch FROM roles WHERE user = ?1 AND role = 'soak-lead'",
+                [user],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let heard = holders
+            .keys()
+            .filter(|(u, _)| u == user)
+            .map(|(_, epoch)| *epoch)
+            .max()
+            .unwrap_or_default();
+        assert!(
+            heard <= u64::try_from(server_epoch).unwrap(),
+            "{user}: heard of epoch {heard}, the server is at {server_epoch}"
+        );
     }
     drop(conn);
 
