@@ -60,6 +60,12 @@ fi
 section "cargo test"
 cargo test --workspace --locked
 
+# Crashes at named fail points (compiled in only with the feature).
+section "cargo clippy with fail points"
+cargo clippy -p tandem-e2e --all-targets --features failpoints --locked -- -D warnings
+section "fail points: crashes between commit, send, ack and outbox delete"
+cargo test -p tandem-e2e --features failpoints --test failpoints --locked
+
 # ---- Kotlin and Swift bindings ---------------------------------------------
 # The generated bindings, checked where Linux can check them: the Kotlin
 # bindings (host-JVM flavour) compiled with android-lib's conveniences and
