@@ -45,3 +45,12 @@ use std::time::Duration;
 /// How long a test waits for anything before it fails: generous, only to
 /// turn a hang into a failure.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The runtime of a test process (the server, a soak device, a responder):
+/// two workers, as a phone app or a small server would have.
+pub fn process_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

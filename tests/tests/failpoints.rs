@@ -140,6 +140,18 @@ impl Scene {
         }
     }
 
+    /// The app is killed and opened again on the same database with the
+    /// fail point `point` gone; it syncs, writes one more round and
+    /// settles.
+    async fn restart_app_without(self, point: &str) -> Scene {
+        let mut scene = self.restart_device();
+        fail::remove(point);
+        scene.device.start_sync(&scene.proxy.http_url()).await;
+        scene.write_round(2).await;
+        scene.device.settle().await;
+        scene
+    }
+
     /// Waits until the device has opened `n` more connections through the
     /// proxy than `since`: each one after a connection the fail point ended.
     async fn reconnects(&self, since: u64, n: u64) {
@@ -265,12 +277,7 @@ async fn a_crash_between_the_local_commit_and_the_send_loses_nothing() {
         "every unsent write is still in the outbox"
     );
 
-    // The app restarts on the same database, the fail point gone.
-    let mut scene = scene.restart_device();
-    fail::remove("core.outbox.before_send");
-    scene.device.start_sync(&scene.proxy.http_url()).await;
-    scene.write_round(2).await;
-    scene.device.settle().await;
+    let scene = scene.restart_app_without("core.outbox.before_send").await;
 
     scene.assert_exactly_once().await;
     scenario.teardown();
@@ -344,12 +351,9 @@ async fn a_crash_between_the_ack_and_the_outbox_delete_duplicates_nothing() {
         "an acknowledged write is still in the outbox"
     );
 
-    // The app restarts on the same database, the fail point gone.
-    let mut scene = scene.restart_device();
-    fail::remove("core.outbox.after_ack_before_delete");
-    scene.device.start_sync(&scene.proxy.http_url()).await;
-    scene.write_round(2).await;
-    scene.device.settle().await;
+    let scene = scene
+        .restart_app_without("core.outbox.after_ack_before_delete")
+        .await;
     assert!(
         answered(&scene.server, "duplicate") >= 1,
         "a write whose ack was lost came again and was answered from its record"
@@ -387,12 +391,9 @@ async fn a_crash_between_the_recorded_ack_and_the_confirming_change_duplicates_n
         "the round was applied before the crash"
     );
 
-    // The app restarts on the same database, the fail point gone.
-    let mut scene = scene.restart_device();
-    fail::remove("core.outbox.after_ack_recorded");
-    scene.device.start_sync(&scene.proxy.http_url()).await;
-    scene.write_round(2).await;
-    scene.device.settle().await;
+    let scene = scene
+        .restart_app_without("core.outbox.after_ack_recorded")
+        .await;
 
     scene.assert_exactly_once().await;
     scenario.teardown();

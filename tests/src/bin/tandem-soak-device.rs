@@ -136,11 +136,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tandem_e2e::process_runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: runtime: {e}");
