@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tandem_server::auth::UserTokenVerifier;
 use tandem_server::store::PostgresOptions;
-use tandem_server::{Schema, Server, ServerConfig};
+use tandem_server::{Schema, Server, ServerConfig, TlsIdentity};
 
 use crate::failure::Failure;
 
@@ -55,6 +55,14 @@ pub struct ServeOptions {
     /// The schema file (JSON): collection policies, set fields, field rules.
     #[arg(long, value_name = "FILE")]
     pub schema: Option<PathBuf>,
+    /// Serve HTTPS and WSS with this certificate chain (PEM, leaf first) on
+    /// the listen address. Without it the server speaks plain HTTP (local
+    /// use, or behind a load balancer that terminates TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Accept `dev:<user>` as the user token of any user. Local use only.
     #[arg(long)]
     pub dev_auth: bool,
@@ -196,6 +204,12 @@ fn config(args: &ServeOptions) -> Result<ServerConfig, Failure> {
     config.coordination.role_lease = Duration::from_millis(args.role_lease_ms.max(100));
     config.push.webhook = args.push_webhook.clone();
     config.push.min_interval = Duration::from_millis(args.push_hint_interval_ms);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(TlsIdentity {
+            cert_chain_pem: read(cert, "TLS certificate")?,
+            key_pem: read(key, "TLS key")?,
+        });
+    }
     if let Some(url) = &args.postgres {
         let mut options = PostgresOptions::new(url.clone());
         options.schema = args.postgres_schema.clone();
@@ -225,6 +239,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         } else {
             "jwt"
         };
+        let tls = config.tls.is_some();
         // The connection string may carry a password: print only the schema.
         let database = match &config.postgres {
             Some(options) => format!("postgresql schema {}", options.schema),
@@ -237,6 +252,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             "listening": server.local_addr().to_string(),
             "database": database,
             "auth": auth,
+            "tls": tls,
         });
         println!("{line}");
         let stop = server.shutdown_token();

@@ -26,7 +26,8 @@ use tandem_protocol::{
 
 use crate::coordination::{DeviceInfo, DevicesObserver, GuardOutcome, RoleInfo, RoleObserver};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, DatabaseKey};
+use crate::credentials::CredentialVault;
 use crate::document::{DocKey, DocRef, LocalDocument};
 use crate::error::{Error, json_type_name};
 use crate::observe::{DocumentObserver, Observers, QueryObserver, Subscription};
@@ -34,10 +35,12 @@ use crate::query::{Query, ResolvedQuery};
 use crate::store::{
     CheckpointSettings, ConflictRecord, OutboxState, PendingMutation, Store, Write,
 };
-use crate::sync::driver::{Credentials, DeviceLabel, Shared, SyncHandle};
+use crate::sync::driver::{Credentials, DeviceLabel, Settling, Shared, SyncHandle};
+use crate::sync::endpoint::Endpoint;
 use crate::sync::engine::{ConflictSlot, Engine, Event, SystemClock};
 use crate::sync::{
-    ConflictHandler, SeededJitter, StatusObserver, SyncStatus, SyncTuning, TokenProvider,
+    ConflictHandler, SeededJitter, StatusObserver, SyncErrorKind, SyncStatus, SyncTuning,
+    TlsSettings, TokenProvider,
 };
 
 /// The state of the link to the sync server.
@@ -103,8 +106,13 @@ impl Operation {
 /// How to reach the sync server ([`Client::start_sync`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncConfig {
-    /// The server's base URL, `http://host:port`.
+    /// The server: `https://host[:port][/prefix]`, or `http://` for a
+    /// development server; the `wss://` and `ws://` forms of the same
+    /// address mean the same server. Checked at [`Client::start_sync`].
     pub server_url: String,
+    /// Extra trusted roots and public-key pins for an `https://` server
+    /// (see [`crate::sync::tls`] for what each platform trusts by itself).
+    pub tls: TlsSettings,
     /// The platform the device reports ("ios", "android", "cli", ...).
     pub platform: String,
     /// The app's version, as the device reports it.
@@ -119,6 +127,7 @@ impl SyncConfig {
     pub fn new(server_url: &str) -> SyncConfig {
         SyncConfig {
             server_url: server_url.to_owned(),
+            tls: TlsSettings::default(),
             platform: std::env::consts::OS.to_owned(),
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
             tuning: SyncTuning::default(),
@@ -157,6 +166,7 @@ pub struct SpaceInfo {
 /// A device's handle on Tandem. Open one per data directory and share it.
 pub struct Client {
     store: Arc<Store>,
+    credentials: CredentialVault,
     observers: Observers,
     device_name: String,
     sync: Mutex<Option<Arc<SyncHandle>>>,
@@ -170,7 +180,11 @@ impl Client {
     pub fn open(config: ClientConfig) -> Result<Client, Error> {
         let (sink, registry) = Observers::sink();
         let store = Arc::new(Store::open(&config, CheckpointSettings::default(), sink)?);
-        let observers = match Observers::start(Arc::clone(&store), registry) {
+        let credentials = CredentialVault::new(Arc::clone(&store), config.credential_store.clone());
+        let observers = match credentials
+            .adopt_database_credentials()
+            .and_then(|()| Observers::start(Arc::clone(&store), registry))
+        {
             Ok(observers) => observers,
             Err(e) => {
                 store.close();
@@ -179,6 +193,7 @@ impl Client {
         };
         Ok(Client {
             store,
+            credentials,
             observers,
             device_name: config.device_name,
             sync: Mutex::new(None),
@@ -186,6 +201,24 @@ impl Client {
             conflicts: Arc::new(RwLock::new(None)),
             network_available: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Changes the key the database in `data_dir` is encrypted with:
+    /// `current` is the key it has now (`None`: plain), `new` the key it
+    /// gets (`None`: decrypt). Every page is written again under the new
+    /// key; a crash leaves either the old or the new database, whole. No
+    /// client may have the directory open. A wrong `current` is
+    /// [`Error::WrongKey`], and nothing changes.
+    pub fn change_encryption_key(
+        data_dir: &str,
+        current: Option<DatabaseKey>,
+        new: Option<DatabaseKey>,
+    ) -> Result<(), Error> {
+        crate::store::change_key(
+            std::path::Path::new(data_dir),
+            current.as_ref(),
+            new.as_ref(),
+        )
     }
 
     /// This device's id: generated when the data directory was first used,
@@ -508,12 +541,18 @@ impl Client {
     /// keeps doing so (reconnecting with backoff) until
     /// [`Client::stop_sync`] or [`Client::close`]. Starting again replaces
     /// the running sync.
+    ///
+    /// The server URL and the TLS settings are checked first: a bad one is
+    /// [`Error::InvalidConfig`] at once, and the running sync (if any) is
+    /// left as it was.
     pub async fn start_sync(
         &self,
         config: SyncConfig,
         tokens: Arc<dyn TokenProvider>,
     ) -> Result<(), Error> {
         self.ensure_open()?;
+        let endpoint = Endpoint::parse(&config.server_url)?;
+        let tls = config.tls.check()?;
         self.stop_sync().await;
         let engine = Engine::new(
             Arc::clone(&self.store),
@@ -524,7 +563,9 @@ impl Client {
         )?;
         let credentials = Arc::new(Credentials::new(
             Arc::clone(&self.store),
-            &config.server_url,
+            self.credentials.clone(),
+            &endpoint,
+            &tls,
             tokens,
             DeviceLabel {
                 name: self.device_name.clone(),
@@ -585,28 +626,37 @@ impl Client {
     /// be done now or after `timeout`. Needs [`Client::start_sync`] first;
     /// syncing keeps running afterwards (stop it with
     /// [`Client::stop_sync`] when the background task ends).
+    ///
+    /// An error that retrying within `timeout` cannot mend ends it at once:
+    /// [`Error::Tls`] (the server's certificate is not trusted),
+    /// [`Error::Unauthorized`]. Unreachable servers are retried with
+    /// backoff until `timeout`, then [`Error::Network`].
     pub async fn sync_once(&self, timeout: Duration) -> Result<SyncOutcome, Error> {
         let handle = self.sync_handle()?;
         handle.send(Event::SyncNow);
-        let settled = handle.wait_settled(timeout).await;
+        let end = handle.wait_settled(timeout).await;
         let status = self.sync_status()?;
-        if !settled
+        if end != Settling::Settled
             && status.connection != ConnectionState::Online
             && let Some(error) = status.last_error
         {
-            if self.shared.auth_refused() {
-                return Err(Error::Unauthorized(error));
-            }
-            return Err(Error::Network(error));
+            return Err(match error.kind {
+                SyncErrorKind::Unauthorized => Error::Unauthorized(error.message),
+                SyncErrorKind::Tls => Error::Tls(error.message),
+                SyncErrorKind::Network => Error::Network(error.message),
+                _ => Error::Network(error.to_string()),
+            });
         }
-        Ok(if settled && status.pending == 0 && status.failed == 0 {
-            SyncOutcome::CaughtUp
-        } else {
-            SyncOutcome::PendingLeft {
-                pending: status.pending,
-                failed: status.failed,
-            }
-        })
+        Ok(
+            if end == Settling::Settled && status.pending == 0 && status.failed == 0 {
+                SyncOutcome::CaughtUp
+            } else {
+                SyncOutcome::PendingLeft {
+                    pending: status.pending,
+                    failed: status.failed,
+                }
+            },
+        )
     }
 
     /// The outbox entries the server refused (or whose attempts ran out),
@@ -716,6 +766,35 @@ impl Client {
         self.shared.clear();
         self.observers.stop();
         self.store.close();
+    }
+
+    /// Signs this device out: stops syncing, removes its credentials
+    /// (from the app's credential store too), closes the client and
+    /// deletes its database, with every document and the outbox. Returns
+    /// how many writes had not been confirmed by the server (pending or
+    /// failed) and are now gone.
+    ///
+    /// The client is closed afterwards; opening the directory again makes
+    /// a new device. The server still lists this device until it is
+    /// revoked: call [`Client::revoke_device`] with [`Client::device_id`]
+    /// first (while online) so its tokens stop working there too.
+    pub fn wipe(&self) -> Result<u64, Error> {
+        self.ensure_open()?;
+        let (pending, failed) = self.store.outbox_counts()?;
+        self.credentials.delete()?;
+        let database = self.store.path().to_path_buf();
+        self.close();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = database.clone().into_os_string();
+            name.push(suffix);
+            match std::fs::remove_file(&name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        tracing::info!(target: "tandem_core", discarded = pending + failed, "device wiped");
+        Ok(pending + failed)
     }
 
     fn write(&self, doc: &DocRef, write: Write) -> Result<LocalDocument, Error> {

@@ -1,5 +1,10 @@
 //! How a [`Client`](crate::Client) is opened.
 
+use std::sync::Arc;
+
+use crate::credentials::CredentialStore;
+use crate::error::Error;
+
 /// The name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "tandem.db";
 
@@ -39,7 +44,7 @@ impl Durability {
 }
 
 /// Everything [`Client::open`](crate::Client::open) needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// The directory holding the device's database ([`DATABASE_FILE`]); it is
     /// created if missing. The same directory is the same device across
@@ -51,9 +56,6 @@ pub struct ClientConfig {
     /// A name for this device, for people ("Alice's iPad"). It may change
     /// between runs; the device id does not.
     pub device_name: String,
-    /// The sync server's URL. Kept for the sync engine; the local store does
-    /// not use it.
-    pub server_url: Option<String>,
     /// What a committed write survives.
     pub durability: Durability,
     /// The largest document, in bytes of its merge state as JSON (what the
@@ -68,6 +70,29 @@ pub struct ClientConfig {
     /// [`Self::cache_limit_bytes`] and fetched again when needed. Default:
     /// none.
     pub evictable_collections: Vec<String>,
+    /// The key the database is encrypted with (SQLCipher); `None` (the
+    /// default) keeps it plain SQLite. See [`DatabaseKey`].
+    pub encryption_key: Option<DatabaseKey>,
+    /// Where the device's access and refresh tokens are kept: `None` (the
+    /// default) keeps them in the database; an app gives the platform's
+    /// secret store (see [`crate::credentials`]).
+    pub credential_store: Option<Arc<dyn CredentialStore>>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("data_dir", &self.data_dir)
+            .field("user_id", &self.user_id)
+            .field("device_name", &self.device_name)
+            .field("durability", &self.durability)
+            .field("max_document_bytes", &self.max_document_bytes)
+            .field("cache_limit_bytes", &self.cache_limit_bytes)
+            .field("evictable_collections", &self.evictable_collections)
+            .field("encrypted", &self.encryption_key.is_some())
+            .field("credential_store", &self.credential_store.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientConfig {
@@ -78,11 +103,47 @@ impl ClientConfig {
             data_dir: data_dir.to_owned(),
             user_id: user_id.to_owned(),
             device_name: device_name.to_owned(),
-            server_url: None,
             durability: Durability::Normal,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
             cache_limit_bytes: None,
             evictable_collections: Vec::new(),
+            encryption_key: None,
+            credential_store: None,
         }
+    }
+}
+
+/// A 256-bit key that encrypts the device's database with SQLCipher
+/// (AES-256, a random salt in the file, an HMAC on every page).
+///
+/// The key is used as it is, with no key derivation: generate 32 random
+/// bytes once (`SecRandomCopyBytes`, `SecureRandom`) and keep them where
+/// the platform keeps secrets (the Keychain, the Android Keystore), like
+/// the device's credentials. Opening with another key fails with
+/// [`Error::WrongKey`]; [`crate::Client::change_encryption_key`] changes it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseKey([u8; 32]);
+
+impl DatabaseKey {
+    /// The key in `bytes`, which must be 32 long.
+    pub fn new(bytes: &[u8]) -> Result<DatabaseKey, Error> {
+        <[u8; 32]>::try_from(bytes).map(DatabaseKey).map_err(|_| {
+            Error::InvalidConfig(format!(
+                "a database key is 32 bytes, not {}: generate 32 random bytes",
+                bytes.len()
+            ))
+        })
+    }
+
+    /// The key as SQLCipher's raw-key literal, `x'<64 hex digits>'`.
+    pub(crate) fn raw_literal(&self) -> String {
+        format!("x'{}'", hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for DatabaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        f.write_str("DatabaseKey(..)")
     }
 }

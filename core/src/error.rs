@@ -145,6 +145,31 @@ pub enum Error {
     #[error("network: {0}")]
     Network(String),
 
+    /// The TLS connection to the server could not be made: its certificate
+    /// is not trusted (unknown authority, wrong host name, expired, no
+    /// pinned key) or it does not speak TLS. Syncing retries with backoff;
+    /// the message says what to fix.
+    #[error("tls: {0}")]
+    Tls(String),
+
+    /// The database could not be opened with the key given: another key
+    /// encrypted it, it is encrypted and no key was given, or it is plain
+    /// and a key was given. Nothing was changed.
+    #[error("wrong_key: {0}")]
+    WrongKey(String),
+
+    /// The app's [`CredentialStore`](crate::CredentialStore) failed (the
+    /// Keychain is locked, the Keystore key is gone) or holds something
+    /// this device did not save.
+    #[error("credential_store: {0}")]
+    CredentialStore(String),
+
+    /// A setting given to the client cannot work: a server URL that is not
+    /// `http(s)://` or `ws(s)://`, a trusted root that is not a PEM
+    /// certificate, a malformed pin. Nothing was started.
+    #[error("invalid_config: {0}")]
+    InvalidConfig(String),
+
     /// The server refused the request; `code` is the protocol's error code
     /// (`unauthorized`, `forbidden`, `not_found`, `already_exists`, ...).
     #[error("server: {}: {message}", code.as_str())]
@@ -220,6 +245,10 @@ impl Error {
             Error::Closed => "closed",
             Error::NotSyncing => "not_syncing",
             Error::Network(_) => "network",
+            Error::Tls(_) => "tls",
+            Error::InvalidConfig(_) => "invalid_config",
+            Error::CredentialStore(_) => "credential_store",
+            Error::WrongKey(_) => "wrong_key",
             Error::Server { code, .. } => code.as_str(),
             Error::NotLocal { .. } => "not_local",
             Error::Token(_) => "token",
@@ -227,6 +256,24 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::StaleEpoch { .. } => "stale_epoch",
             Error::NotForThisDevice(_) => "not_for_this_device",
+        }
+    }
+
+    /// The message without the code in front: for callers that print the
+    /// code themselves (`error: <code>: <reason>`), so it is not said
+    /// twice.
+    pub fn reason(&self) -> String {
+        if let Error::Server { message, .. } = self {
+            return message.clone();
+        }
+        let message = self.to_string();
+        let code = self.code();
+        match message
+            .strip_prefix(code)
+            .and_then(|m| m.strip_prefix(": "))
+        {
+            Some(rest) => rest.to_owned(),
+            None => message,
         }
     }
 
@@ -243,6 +290,8 @@ impl Error {
                 | Error::UserMismatch { .. }
                 | Error::NotSyncing
                 | Error::Network(_)
+                | Error::Tls(_)
+                | Error::CredentialStore(_)
                 | Error::Server { .. }
                 | Error::NotLocal { .. }
                 | Error::Token(_)

@@ -16,6 +16,8 @@
 //! - [`document`]: [`LocalDocument`], what the app reads, and [`DocKey`];
 //! - [`coordination`]: the user's other devices, roles with fencing, the
 //!   duplicate guard, push hints;
+//! - [`credentials`]: where the device's tokens are kept (the database,
+//!   or the platform's secret store through a [`CredentialStore`]);
 //! - [`config`] and [`error`].
 //!
 //! - [`sync`]: syncing with the server: a sans-I/O engine (events in,
@@ -28,6 +30,7 @@
 pub mod client;
 pub mod config;
 pub mod coordination;
+pub mod credentials;
 pub mod document;
 pub mod error;
 pub mod observe;
@@ -36,8 +39,11 @@ pub mod store;
 pub mod sync;
 
 pub use client::{Client, ConnectionState, Operation, SpaceInfo, Status, SyncConfig, SyncOutcome};
-pub use config::{ClientConfig, DATABASE_FILE, DEFAULT_MAX_DOCUMENT_BYTES, Durability};
+pub use config::{
+    ClientConfig, DATABASE_FILE, DEFAULT_MAX_DOCUMENT_BYTES, DatabaseKey, Durability,
+};
 pub use coordination::{DeviceInfo, DevicesObserver, GuardOutcome, RoleInfo, RoleObserver};
+pub use credentials::{CredentialStore, CredentialStoreError, MemoryCredentialStore};
 pub use document::{DocKey, DocRef, LocalDocument};
 pub use error::Error;
 pub use observe::{DocumentObserver, QueryObserver, Subscription};
@@ -45,6 +51,7 @@ pub use query::{Filter, FilterOp, FilterValue, Query};
 pub use store::{ConflictRecord, OutboxState, PendingMutation};
 pub use sync::{
     Conflict, ConflictHandler, MutationFailure, Resolution, SpaceProgress, StaticToken,
-    StatusObserver, SyncStatus, SyncTuning, TokenError, TokenProvider,
+    StatusObserver, SyncError, SyncErrorKind, SyncStatus, SyncTuning, TlsSettings, TokenError,
+    TokenProvider,
 };
 pub use tandem_protocol::RoleFence;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::auth::UserTokenVerifier;
 use crate::schema::Schema;
 use crate::store::PostgresOptions;
+use crate::tls::TlsIdentity;
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
@@ -37,6 +38,10 @@ pub struct ServerConfig {
     pub coordination: CoordinationConfig,
     /// Push hints to offline devices.
     pub push: PushConfig,
+    /// Terminate TLS with this certificate and key (`https://`, `wss://`);
+    /// `None` serves plain HTTP, for local use or behind a load balancer
+    /// that terminates TLS.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl ServerConfig {
@@ -55,6 +60,7 @@ impl ServerConfig {
             durable_commits: false,
             coordination: CoordinationConfig::default(),
             push: PushConfig::default(),
+            tls: None,
         }
     }
 }

@@ -44,6 +44,7 @@ pub mod schema;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub use config::{
     CoordinationConfig, CredentialLifetimes, FeedConfig, Limits, PushConfig, ServerConfig,
 };
 pub use schema::Schema;
+pub use tls::TlsIdentity;
 
 use crate::fanout::FanOut;
 use crate::metrics::Metrics;
@@ -76,6 +78,9 @@ pub enum StartError {
     /// The store could not be opened.
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
+    /// The TLS certificate or key cannot be used.
+    #[error("cannot serve TLS: {0}")]
+    Tls(#[from] tls::TlsSetupError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -106,6 +111,9 @@ impl Server {
                 "DEVELOPMENT AUTH IS ON: any client can act as any user with the token dev:<user>. Never expose this server."
             );
         }
+        // Checked before anything is opened: a bad certificate stops the
+        // start, not the first connection.
+        let tls = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
         let metrics = Arc::new(Metrics::default());
         let fanout = FanOut::new(metrics.clone());
         let rules = PushRules {
@@ -167,11 +175,12 @@ impl Server {
         let http = tokio::spawn(listener::serve(
             listener,
             app,
+            tls,
             state.config.limits.request_header_timeout,
             state.shutdown.clone(),
         ));
         let compaction = tokio::spawn(compact_periodically(state.clone()));
-        info!(addr = %local_addr, %database, "tandem server listening");
+        info!(addr = %local_addr, %database, tls = state.config.tls.is_some(), "tandem server listening");
         Ok(RunningServer {
             local_addr,
             state,

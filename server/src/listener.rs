@@ -12,8 +12,13 @@
 //! otherwise. Once a connection is upgraded to a WebSocket, the session's
 //! own limits (handshake, idle) take over.
 //!
+//! With a TLS acceptor ([`crate::tls`]) each connection's handshake comes
+//! first, within the same deadline as the request head, so a client that
+//! opens a connection and never finishes its handshake is cut off the same
+//! way.
+//!
 //! Only HTTP/1.1 is spoken: devices use it for the WebSocket upgrade and the
-//! HTTP endpoints, and without TLS there is no ALPN to offer HTTP/2 anyway.
+//! HTTP endpoints; with TLS, ALPN says so.
 
 use std::time::Duration;
 
@@ -21,7 +26,9 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
@@ -30,14 +37,15 @@ use tracing::{debug, error};
 /// file descriptors, most likely): retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves `app` on every connection `listener` accepts until `stop` is
-/// cancelled; then stops accepting, asks every connection still serving
-/// HTTP to finish its current request and close, and returns when they
-/// have. (Upgraded WebSockets are not connections here any more: their
-/// sessions end on their own at shutdown.)
+/// Serves `app` on every connection `listener` accepts (through `tls` when
+/// given) until `stop` is cancelled; then stops accepting, asks every
+/// connection still serving HTTP to finish its current request and close,
+/// and returns when they have. (Upgraded WebSockets are not connections
+/// here any more: their sessions end on their own at shutdown.)
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     request_header_timeout: Duration,
     stop: CancellationToken,
 ) {
@@ -62,27 +70,54 @@ pub async fn serve(
         // Without TCP_NODELAY, an ack followed by a changes frame waits for
         // the device's delayed ACK (40 ms on Linux): Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection(TokioIo::new(tcp), service)
-            .with_upgrades();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+        let (builder, app, stop) = (builder.clone(), app.clone(), stop.clone());
+        match tls.clone() {
+            None => connections.spawn(serve_connection(builder, TokioIo::new(tcp), app, stop)),
+            Some(acceptor) => connections.spawn(async move {
+                let handshake = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    handshake = tokio::time::timeout(request_header_timeout, acceptor.accept(tcp)) => handshake,
+                };
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        serve_connection(builder, TokioIo::new(stream), app, stop).await;
+                    }
+                    // A client that does not trust the certificate, speaks
+                    // plain HTTP to the TLS port, or is too slow: its
+                    // business, not the server's.
+                    Ok(Err(e)) => debug!(error = %e, "a TLS handshake failed"),
+                    Err(_) => debug!("a TLS handshake timed out"),
                 }
-            };
-            if let Err(e) = served {
-                // Timeouts, resets and malformed requests: the client's
-                // business, not the server's.
-                debug!(error = %e, "an HTTP connection ended with an error");
-            }
-        });
+            }),
+        };
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Serves HTTP/1.1 (and upgrades) on one connection until it ends or
+/// `stop` asks it to finish.
+async fn serve_connection<I>(
+    builder: http1::Builder,
+    io: TokioIo<I>,
+    app: Router,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        // Timeouts, resets and malformed requests: the client's
+        // business, not the server's.
+        debug!(error = %e, "an HTTP connection ended with an error");
+    }
 }

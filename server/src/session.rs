@@ -308,9 +308,10 @@ impl Session {
         Ok(())
     }
 
-    /// The user's devices and roles, once the first catch-up is done (live
+    /// The user's roles and devices, once the first catch-up is done (live
     /// changes of them may come before; these are read later, so they are
-    /// at least as new).
+    /// at least as new). The devices come last: a device that has them
+    /// knows every role (docs/PROTOCOL.md).
     async fn send_coordination(&mut self) -> Result<(), End> {
         self.coordination_sent = true;
         if let Some(stamp) = self.presence.as_mut() {
@@ -319,12 +320,6 @@ impl Session {
             self.presence = None;
         }
         let store = self.state.store.clone();
-        let devices = store
-            .devices_of(self.identity.user.clone(), now_ms())
-            .await
-            .map_err(store_failure)?;
-        self.send(&ServerMessage::Devices(Devices { devices }))
-            .await?;
         for role in store
             .roles_of(self.identity.user.clone())
             .await
@@ -332,6 +327,12 @@ impl Session {
         {
             self.send(&ServerMessage::Role(role)).await?;
         }
+        let devices = store
+            .devices_of(self.identity.user.clone(), now_ms())
+            .await
+            .map_err(store_failure)?;
+        self.send(&ServerMessage::Devices(Devices { devices }))
+            .await?;
         Ok(())
     }
 

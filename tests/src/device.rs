@@ -51,10 +51,6 @@ impl Device {
         Self::open_with(Arc::new(dir), user, name, change)
     }
 
-    fn open_in(dir: Arc<TempDir>, user: &str, name: &str) -> Device {
-        Self::open_with(dir, user, name, |_| {})
-    }
-
     fn open_with(
         dir: Arc<TempDir>,
         user: &str,
@@ -87,6 +83,11 @@ impl Device {
     pub async fn start_sync(&self, server_url: &str) {
         let mut config = SyncConfig::new(server_url);
         config.tuning = test_tuning();
+        self.start_sync_with(config).await;
+    }
+
+    /// Starts syncing with `config`, as `dev:<user>`.
+    pub async fn start_sync_with(&self, config: SyncConfig) {
         self.client
             .start_sync(
                 config,
@@ -99,11 +100,16 @@ impl Device {
     /// Closes the client and opens the same directory again (a restart of
     /// the app), not syncing.
     pub fn reopen(self) -> Device {
+        self.reopen_with(|_| {})
+    }
+
+    /// Like [`Device::reopen`], with the configuration changed first.
+    pub fn reopen_with(self, change: impl FnOnce(&mut ClientConfig)) -> Device {
         self.client.close();
         let Device {
             dir, user, name, ..
         } = self;
-        Self::open_in(dir, &user, &name)
+        Self::open_with(dir, &user, &name, change)
     }
 
     /// The data directory.

@@ -16,6 +16,8 @@
 //! - [`ServerProcess`] and [`DeviceSpec`] run a server and devices as OS
 //!   processes that tests kill with SIGKILL and start again.
 //! - [`Rng`] is a seeded generator, so a random run can be replayed.
+//! - [`tls::TestCa`] makes a throwaway certificate authority and server
+//!   certificates for the TLS tests.
 //! - [`Device`] is a real device: a `tandem_core::Client` with its own
 //!   SQLite database, syncing with a test server.
 
@@ -27,6 +29,7 @@ mod proxy;
 mod replica;
 mod rng;
 mod server;
+pub mod tls;
 pub mod tokens;
 mod writer;
 

@@ -99,6 +99,11 @@ impl TestServer {
         format!("http://{}", self.addr())
     }
 
+    /// `https://127.0.0.1:<port>`, for a server started with TLS.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr())
+    }
+
     /// `ws://127.0.0.1:<port>/v1/sync`.
     pub fn sync_url(&self) -> String {
         format!("ws://{}/v1/sync", self.addr())

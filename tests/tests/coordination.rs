@@ -444,3 +444,29 @@ async fn push_hints_reach_the_webhook_for_offline_devices_and_a_hint_syncs_the_d
     ));
     receiver.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_sync_knows_every_role_and_device_when_it_returns() {
+    let server = TestServer::dev().await;
+    let url = server.http_url();
+    let holder = Device::online(&url, "alice", "holder").await;
+    holder.settle().await;
+    let claimed = holder.client.claim_role(ROLE, 0).await.unwrap();
+    assert!(claimed.is_self);
+    // A fresh device, like `tandem client role ROLE` run again and again:
+    // right after its bounded sync it must name the holder. (Before, it
+    // could return between the catch-up and the role messages that follow
+    // it, and print no holder.)
+    for i in 0..15 {
+        let device = Device::online(&url, "alice", &format!("reader-{i}")).await;
+        device.settle().await;
+        let role = device.client.role(ROLE);
+        assert_eq!(
+            role.as_ref().and_then(|r| r.holder.clone()),
+            Some(holder.client.device_id()),
+            "run {i}: {role:?}"
+        );
+        assert!(role.is_some_and(|r| r.epoch >= 1), "run {i}");
+        device.client.stop_sync().await;
+    }
+}

@@ -622,3 +622,25 @@ async fn a_checksum_mismatch_refetches_the_space_and_repairs_the_copy() {
     assert_converged(&url, "alice", "tasks", &[&writer, &reader]).await;
     assert_eq!(reader.client.sync_status().unwrap().checksum_mismatches, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_observers_hear_a_local_write_change_the_pending_count_while_offline() {
+    let server = TestServer::dev().await;
+    let device = Device::online(&server.http_url(), "alice", "phone").await;
+    device.settle().await;
+    device.client.set_network_available(false);
+    let log = Arc::new(StatusLog(Mutex::new(Vec::new()), Mutex::new(Vec::new())));
+    let _subscription = device.client.observe_status(log.clone()).unwrap();
+    for (i, id) in ["a", "b"].into_iter().enumerate() {
+        device.client.put(key("tasks", id), "{}").unwrap();
+        let want = i as u64 + 1;
+        eventually("a status with the new pending count", || {
+            log.0
+                .lock()
+                .unwrap()
+                .last()
+                .is_some_and(|s| s.pending == want)
+        })
+        .await;
+    }
+}

@@ -20,7 +20,10 @@
 //! empty with its view equal to the server's.
 //!
 //! One more test holds the device at `core.outbox.after_ack_recorded` to
-//! write in a version-checked collection between an ack and its change.
+//! write in a version-checked collection between an ack and its change,
+//! and one crashes the device at `core.conflict.before_resolution`, in the
+//! middle of settling a `manual` conflict the user decided in favour of
+//! their own version.
 //!
 //! The fail point registry is global to the process: each test holds a
 //! [`fail::FailScenario`] for its whole run, which also serializes them.
@@ -445,5 +448,87 @@ async fn a_write_between_an_ack_and_its_change_is_not_in_conflict_with_its_own_d
         "no conflict"
     );
     assert_eq!(answered(&server, "conflict"), 0);
+    scenario.teardown();
+}
+
+/// Keeps the local side of every conflict.
+struct KeepLocal;
+
+impl tandem_core::ConflictHandler for KeepLocal {
+    fn resolve(&self, _conflict: tandem_core::Conflict) -> tandem_core::Resolution {
+        tandem_core::Resolution::KeepLocal
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_settling_a_conflict_keeps_the_users_version() {
+    let scenario = fail::FailScenario::setup();
+    let server = TestServer::start(
+        TestServerOptions::dev().schema(r#"{"collections": {"notes": {"policy": "manual"}}}"#),
+    )
+    .await;
+    let url = server.http_url();
+    let note = || DocKey::personal("notes", "n1");
+    let phone = Device::online(&url, USER, "phone").await;
+    let tablet = Device::online(&url, USER, "tablet").await;
+    phone.client.set_conflict_handler(Some(Arc::new(KeepLocal)));
+    phone.client.put(note(), r#"{"v": "first"}"#).unwrap();
+    phone.settle().await;
+    tablet.settle().await;
+
+    // The phone edits offline while the tablet edits the same note: the
+    // phone's write is in conflict when it goes out, and the user chose to
+    // keep it.
+    phone.client.set_network_available(false);
+    phone.client.put(note(), r#"{"v": "mine"}"#).unwrap();
+    tablet.client.put(note(), r#"{"v": "theirs"}"#).unwrap();
+    tablet.settle().await;
+
+    // The app dies in the middle of settling the conflict: after the
+    // server's document and the discards, before the resolution is written.
+    let crashed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&crashed);
+    fail::cfg_callback("core.conflict.before_resolution", move || {
+        flag.store(true, Ordering::SeqCst);
+        panic!("the app dies while settling a conflict");
+    })
+    .unwrap();
+    phone.client.set_network_available(true);
+    eventually("the crash in the conflict", || {
+        crashed.load(Ordering::SeqCst)
+    })
+    .await;
+
+    // Opened again: the user's version is still the view and still in the
+    // outbox, and nothing was logged.
+    let phone = phone.reopen();
+    fail::remove("core.conflict.before_resolution");
+    assert_eq!(phone.docs(None, "notes")["n1"].0, json!({"v": "mine"}));
+    assert_eq!(
+        phone.client.pending_mutations().unwrap().len(),
+        1,
+        "the write in conflict is still in the outbox"
+    );
+    assert!(
+        phone.client.conflicts(10).unwrap().is_empty(),
+        "nothing logged"
+    );
+
+    // It meets the conflict again and is settled once, in its favour.
+    phone.client.set_conflict_handler(Some(Arc::new(KeepLocal)));
+    phone.start_sync(&url).await;
+    phone.settle().await;
+    tablet.settle().await;
+    let on_server = server_docs(&url, USER, SPACE, "notes").await;
+    assert_eq!(
+        on_server["n1"].0,
+        json!({"v": "mine"}),
+        "the user's version won"
+    );
+    assert_eq!(phone.docs(None, "notes"), on_server);
+    assert_eq!(tablet.docs(None, "notes"), on_server);
+    let log = phone.client.conflicts(10).unwrap();
+    assert_eq!(log.len(), 1, "settled once: {log:?}");
+    assert_eq!(log[0].winner, "local");
     scenario.teardown();
 }

@@ -1,4 +1,4 @@
-//! Where the device's credentials come from.
+//! Where the device's credentials come from, and where they are kept.
 
 use std::sync::Arc;
 
@@ -36,4 +36,46 @@ impl tandem_core::TokenProvider for TokenProviderBridge {
             })
         })
     }
+}
+
+/// Keeps the device's access and refresh tokens outside its database, in
+/// the platform's secret store: the Swift package's
+/// `KeychainCredentialStore`, the Android library's
+/// `KeystoreCredentialStore`, or the app's own. Given to
+/// [`Client::open`](crate::Client::open), the tokens are never written to
+/// the database file.
+///
+/// The value is opaque bytes: store them as they are, one value per
+/// device. `save` must have stored the value when it returns (the refresh
+/// token in it is single-use). Called from the sync engine's thread: keep
+/// each call short.
+#[uniffi::export(with_foreign)]
+pub trait CredentialStore: Send + Sync {
+    /// The value last saved, or none.
+    fn load(&self) -> Result<Option<Vec<u8>>, TandemError>;
+    /// Replaces the value.
+    fn save(&self, credentials: Vec<u8>) -> Result<(), TandemError>;
+    /// Removes the value; removing nothing is not an error.
+    fn delete(&self) -> Result<(), TandemError>;
+}
+
+/// Adapts the app's credential store to the core's.
+pub(crate) struct CredentialStoreBridge(pub(crate) Arc<dyn CredentialStore>);
+
+impl tandem_core::CredentialStore for CredentialStoreBridge {
+    fn load(&self) -> Result<Option<Vec<u8>>, tandem_core::CredentialStoreError> {
+        self.0.load().map_err(store_error)
+    }
+
+    fn save(&self, credentials: &[u8]) -> Result<(), tandem_core::CredentialStoreError> {
+        self.0.save(credentials.to_vec()).map_err(store_error)
+    }
+
+    fn delete(&self) -> Result<(), tandem_core::CredentialStoreError> {
+        self.0.delete().map_err(store_error)
+    }
+}
+
+fn store_error(error: TandemError) -> tandem_core::CredentialStoreError {
+    tandem_core::CredentialStoreError(error.to_string())
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use crate::auth::{TokenProvider, TokenProviderBridge};
+use crate::auth::{CredentialStore, CredentialStoreBridge, TokenProvider, TokenProviderBridge};
 use crate::config::{ClientConfig, CollectionPolicy};
 use crate::conflict::{ConflictHandler, ConflictHandlerBridge, ConflictRecord};
 use crate::document::{DocKey, Document, documents};
@@ -41,9 +41,20 @@ impl Client {
     /// Opens (creating if needed) the device in `config.data_dir`. The
     /// device is local until [`Client::start_sync`]. Runs on the bindings'
     /// runtime, off the caller's thread.
-    #[uniffi::constructor]
-    pub async fn open(config: ClientConfig) -> Result<Arc<Client>, TandemError> {
-        let inner = runtime::blocking(move || tandem_core::Client::open(config.into())).await?;
+    ///
+    /// With `credential_store`, the device's tokens are kept there (the
+    /// Keychain, the Android Keystore) and never in the database file;
+    /// without it, in the database.
+    #[uniffi::constructor(default(credential_store = None))]
+    pub async fn open(
+        config: ClientConfig,
+        credential_store: Option<Arc<dyn CredentialStore>>,
+    ) -> Result<Arc<Client>, TandemError> {
+        let mut core = tandem_core::ClientConfig::try_from(config)?;
+        core.credential_store = credential_store.map(|store| {
+            Arc::new(CredentialStoreBridge(store)) as Arc<dyn tandem_core::CredentialStore>
+        });
+        let inner = runtime::blocking(move || tandem_core::Client::open(core)).await?;
         tracing::info!(target: "tandem_ffi", device = %inner.device_id(), "client opened");
         Ok(Arc::new(Client {
             inner: Arc::new(inner),
@@ -159,6 +170,14 @@ impl Client {
             Ok::<_, tandem_core::Error>(doc.map(Document::from))
         })
         .await
+    }
+
+    /// Evicts documents now if the database is over
+    /// `ClientConfig::cache_limit_bytes` (syncing does this after each
+    /// catch-up; call it, for example, when the app goes to the
+    /// background). Returns how many documents were evicted.
+    pub fn enforce_cache_limit(&self) -> Result<u64, TandemError> {
+        guard(|| self.inner.enforce_cache_limit())
     }
 
     /// The live documents matching `query`, in its order.
@@ -380,6 +399,17 @@ impl Client {
         self.subscriptions.get()
     }
 
+    /// Signs this device out: stops syncing, removes its credentials (from
+    /// the credential store too), closes the client and deletes its
+    /// database with every document and the outbox. Returns how many
+    /// writes had not been confirmed by the server and are now gone (show
+    /// it before confirming a sign-out). To end the device's credentials
+    /// on the server too, call `revoke_device(device_id())` first while
+    /// online. Later calls fail with `Closed`.
+    pub fn wipe(&self) -> Result<u64, TandemError> {
+        guard(|| self.inner.wipe())
+    }
+
     /// Stops syncing and the observers and closes the database. Later calls fail with
     /// `Closed`; subscriptions still held stay inert until released.
     /// Idempotent. (In Kotlin this is `shutdown()`: `close()` there
@@ -388,6 +418,26 @@ impl Client {
         self.inner.close();
         tracing::info!(target: "tandem_ffi", device = %self.inner.device_id(), "client closed");
     }
+}
+
+/// Changes the key the database in `data_dir` is encrypted with:
+/// `current_key` is its key now (none: plain SQLite), `new_key` the key it
+/// gets (none: decrypt it). Every page is written again under the new key;
+/// a crash leaves the old or the new database, whole. No client may have
+/// the directory open. A wrong `current_key` fails with `InvalidInput`
+/// (`wrong_key`) and changes nothing.
+#[uniffi::export]
+pub async fn change_encryption_key(
+    data_dir: String,
+    current_key: Option<Vec<u8>>,
+    new_key: Option<Vec<u8>>,
+) -> Result<(), TandemError> {
+    runtime::blocking(move || {
+        let current = crate::config::database_key(current_key)?;
+        let new = crate::config::database_key(new_key)?;
+        tandem_core::Client::change_encryption_key(&data_dir, current, new)
+    })
+    .await
 }
 
 impl std::fmt::Debug for Client {

@@ -6,7 +6,7 @@ use tandem_core::Durability;
 use tandem_protocol::{CollectionPolicy as CorePolicy, Policy};
 
 /// Everything [`Client::open`](crate::Client::open) needs.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ClientConfig {
     /// The directory holding the device's database (created if missing).
     /// The same directory is the same device across runs: put it in the
@@ -37,10 +37,39 @@ pub struct ClientConfig {
     /// `cache_limit_bytes` (for example message history).
     #[uniffi(default = [])]
     pub evictable_collections: Vec<String>,
+    /// A 32-byte key that encrypts the database (SQLCipher, AES-256);
+    /// none keeps it plain SQLite. Generate 32 random bytes once and keep
+    /// them in the Keychain or the Android Keystore: the key is used as it
+    /// is. Opening with another key fails with `InvalidInput`
+    /// (`wrong_key`) and changes nothing; `change_encryption_key` changes
+    /// it.
+    #[uniffi(default = None)]
+    pub encryption_key: Option<Vec<u8>>,
 }
 
-impl From<ClientConfig> for tandem_core::ClientConfig {
-    fn from(config: ClientConfig) -> tandem_core::ClientConfig {
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientConfig")
+            .field("data_dir", &self.data_dir)
+            .field("user_id", &self.user_id)
+            .field("device_name", &self.device_name)
+            .field("encrypted", &self.encryption_key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key given as bytes, checked.
+pub(crate) fn database_key(
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<tandem_core::DatabaseKey>, tandem_core::Error> {
+    bytes.map(|b| tandem_core::DatabaseKey::new(&b)).transpose()
+}
+
+impl TryFrom<ClientConfig> for tandem_core::ClientConfig {
+    type Error = tandem_core::Error;
+
+    fn try_from(config: ClientConfig) -> Result<tandem_core::ClientConfig, tandem_core::Error> {
         // Built from the core's defaults, so options the core adds keep
         // their defaults here until the app is given a say.
         let mut core =
@@ -53,7 +82,8 @@ impl From<ClientConfig> for tandem_core::ClientConfig {
         }
         core.cache_limit_bytes = config.cache_limit_bytes;
         core.evictable_collections = config.evictable_collections;
-        core
+        core.encryption_key = database_key(config.encryption_key)?;
+        Ok(core)
     }
 }
 

@@ -28,6 +28,17 @@ pub enum TandemError {
         reason: String,
     },
 
+    /// The TLS connection to the server failed: its certificate is not
+    /// trusted (unknown authority: add a private CA to
+    /// `SyncConfig.trusted_roots_pem`; wrong host name; expired; no pinned
+    /// key), or the server does not speak TLS. Syncing retries with
+    /// backoff; the reason says what to fix.
+    #[error("tls: {reason}")]
+    Tls {
+        /// What failed, for people and logs.
+        reason: String,
+    },
+
     /// The server refused the credentials: the token provider's token was
     /// rejected or the device was revoked. Sign the user in again.
     #[error("unauthorized: {reason}")]
@@ -95,7 +106,8 @@ pub enum TandemError {
 impl From<CoreError> for TandemError {
     fn from(error: CoreError) -> TandemError {
         let code = error.code().to_owned();
-        let reason = error.to_string();
+        // The variant (and `code`) already say what kind of error it is.
+        let reason = error.reason();
         match error {
             CoreError::InvalidJson(_)
             | CoreError::NotAnObject { .. }
@@ -109,15 +121,21 @@ impl From<CoreError> for TandemError {
             | CoreError::InvalidPayload(_)
             | CoreError::Rejected { .. }
             | CoreError::NotForThisDevice(_)
+            | CoreError::InvalidConfig(_)
+            // The app's key does not open the database: the key it passed
+            // is the thing to fix.
+            | CoreError::WrongKey(_)
             // The app opened a data directory with another user's id: the
             // pair it passed is wrong, and choosing another directory fixes it.
             | CoreError::UserMismatch { .. } => TandemError::InvalidInput { code, reason },
             CoreError::IncompatibleDatabase { .. }
             | CoreError::CorruptStore(_)
             | CoreError::Storage(_)
-            | CoreError::Io(_) => TandemError::Storage { code, reason },
+            | CoreError::Io(_)
+            | CoreError::CredentialStore(_) => TandemError::Storage { code, reason },
             CoreError::Closed => TandemError::Closed,
             CoreError::Unauthorized(_) => TandemError::Unauthorized { reason },
+            CoreError::Tls(_) => TandemError::Tls { reason },
             CoreError::StaleEpoch { .. } => TandemError::RoleLost { reason },
             // Not reaching the server, not syncing with one, a bounded sync
             // that ran out of time, a document only the server has: all

@@ -39,8 +39,8 @@ pub mod runtime;
 pub mod status;
 pub mod sync;
 
-pub use auth::TokenProvider;
-pub use client::Client;
+pub use auth::{CredentialStore, TokenProvider};
+pub use client::{Client, change_encryption_key};
 pub use config::{ClientConfig, CollectionPolicy, MergePolicy};
 pub use conflict::{Conflict, ConflictHandler, ConflictRecord, Resolution};
 pub use coordination::{
@@ -52,6 +52,7 @@ pub use logging::{LogLevel, Logger, set_logger};
 pub use observe::{DocumentObserver, QueryObserver, StatusObserver, Subscription};
 pub use query::{Filter, FilterOp, FilterValue, Query};
 pub use status::{
-    ConnectionState, MutationFailure, OutboxState, PendingMutation, SpaceProgress, SyncStatus,
+    ConnectionState, MutationFailure, OutboxState, PendingMutation, SpaceProgress, SyncError,
+    SyncErrorKind, SyncStatus,
 };
-pub use sync::{SpaceInfo, SyncConfig, SyncOutcome};
+pub use sync::{SpaceInfo, SyncConfig, SyncOutcome, SyncTuning, default_sync_tuning};

@@ -37,7 +37,53 @@ pub struct SyncStatus {
     pub checksum_mismatches: u64,
     /// The last connection or credential error, until the next successful
     /// connection.
-    pub last_error: Option<String>,
+    pub last_error: Option<SyncError>,
+}
+
+/// What kind of trouble syncing met last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, uniffi::Enum)]
+pub enum SyncErrorKind {
+    /// The server could not be reached, or the connection broke.
+    Network,
+    /// The TLS connection failed: the server's certificate is not trusted
+    /// (unknown authority, wrong host name, expired, no pinned key), or
+    /// the server does not speak TLS. The message says what to fix.
+    Tls,
+    /// The server refused the device's credentials, or the token provider
+    /// has no user token: sign the user in again.
+    Unauthorized,
+    /// The server reported an error (rate limited, internal, ...).
+    Server,
+    /// The server speaks another protocol version: syncing stopped.
+    Protocol,
+    /// A space's checksum did not match the server's; it is fetched again.
+    Checksum,
+}
+
+/// The last error syncing met.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SyncError {
+    /// What kind of error.
+    pub kind: SyncErrorKind,
+    /// What happened, for people and logs.
+    pub message: String,
+}
+
+impl From<tandem_core::SyncError> for SyncError {
+    fn from(error: tandem_core::SyncError) -> SyncError {
+        use tandem_core::SyncErrorKind as Core;
+        SyncError {
+            kind: match error.kind {
+                Core::Network => SyncErrorKind::Network,
+                Core::Tls => SyncErrorKind::Tls,
+                Core::Unauthorized => SyncErrorKind::Unauthorized,
+                Core::Server => SyncErrorKind::Server,
+                Core::Protocol => SyncErrorKind::Protocol,
+                Core::Checksum => SyncErrorKind::Checksum,
+            },
+            message: error.message,
+        }
+    }
 }
 
 /// How far a space has caught up.
@@ -73,7 +119,7 @@ impl From<tandem_core::SyncStatus> for SyncStatus {
                 })
                 .collect(),
             checksum_mismatches: status.checksum_mismatches,
-            last_error: status.last_error,
+            last_error: status.last_error.map(SyncError::from),
         }
     }
 }

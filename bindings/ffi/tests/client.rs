@@ -27,8 +27,9 @@ fn open(dir: &tempfile::TempDir) -> Arc<Client> {
         max_document_bytes: None,
         cache_limit_bytes: None,
         evictable_collections: Vec::new(),
+        encryption_key: None,
     };
-    block_on(Client::open(config)).unwrap()
+    block_on(Client::open(config, None)).unwrap()
 }
 
 /// Polls an async export the way a host executor does: from a thread
@@ -330,6 +331,9 @@ fn syncing_runs_on_the_bindings_runtime_and_reports_an_unreachable_server() {
         server_url: "http://127.0.0.1:1".into(),
         platform: None,
         app_version: None,
+        trusted_roots_pem: Vec::new(),
+        pinned_spki_sha256: Vec::new(),
+        tuning: None,
     };
     block_on(client.start_sync(config, Arc::new(DevToken))).unwrap();
     assert!(client.is_syncing());

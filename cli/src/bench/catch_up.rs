@@ -66,6 +66,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         Ok(Report {
             measured: measured.measurement("catch-up", measured_total, false),
             floor: floor.measurement("raw read of the same pages", floor_total, false),
+            encrypted: None,
         })
     })
 }

@@ -120,6 +120,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         Ok(Report {
             measured: measured.measurement("cross-device", measured_total, true),
             floor: floor.measurement("raw push round trip", floor_total, true),
+            encrypted: None,
         })
     })
 }

@@ -50,7 +50,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         raw.seed("items", "raw-", count).await?;
         let floor = one_run("raw push of the same batches", count, began.elapsed())?;
         server.server.shutdown().await;
-        Ok(Report { measured, floor })
+        Ok(Report {
+            measured,
+            floor,
+            encrypted: None,
+        })
     })
 }
 

@@ -386,7 +386,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         let measured = one_run("initial-sync", docs, took)?;
         let floor = bulk_insert_floor(docs)?;
         server.server.shutdown().await;
-        Ok(Report { measured, floor })
+        Ok(Report {
+            measured,
+            floor,
+            encrypted: None,
+        })
     })
 }
 

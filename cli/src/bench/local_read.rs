@@ -8,6 +8,10 @@
 //! `LocalDocument`s; it is repeated 3,000 times (by default) over the
 //! conversations in turn.
 //!
+//! With `--encrypted`, a second device whose database is encrypted
+//! (SQLCipher) holds the same documents and answers the same reads,
+//! reported as `encrypted`.
+//!
 //! Floor: the same 1,000 rows (id and the same JSON text) selected with a
 //! bare `SELECT ... WHERE conversation = ? ORDER BY sent_at` from a plain
 //! table with an index on (conversation, sent_at), holding the same rows.
@@ -15,11 +19,11 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tandem_core::{Client, ClientConfig, DocKey, Query};
+use tandem_core::{Client, ClientConfig, DatabaseKey, DocKey, Query};
 use tandem_protocol::DocId;
 
 use super::local_write::message;
-use super::{BenchArgs, Latencies, Report};
+use super::{BenchArgs, Latencies, Measurement, Report};
 use crate::failure::Failure;
 
 const DEFAULT_DOCUMENTS: u64 = 100_000;
@@ -32,17 +36,17 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     let conversations = (documents / CONVERSATION_SIZE).max(1);
     let per_conversation = documents / conversations;
     let dir = tempfile::tempdir().map_err(|e| Failure::new("io", e))?;
-    let core = |e: tandem_core::Error| Failure::new(e.code(), e);
     let sql = |e: rusqlite::Error| Failure::new("storage", e);
 
-    let data = dir.path().join("device");
-    let data = data
-        .to_str()
-        .ok_or_else(|| Failure::new("io", "temporary directory is not UTF-8"))?;
-    let client = Client::open(ClientConfig::new(data, "alice", "bench")).map_err(core)?;
-    client
-        .declare_index("messages", vec!["conversation".into(), "sent_at".into()])
-        .map_err(core)?;
+    let plain = open_device(&dir.path().join("device"), None)?;
+    let encrypted = if args.encrypted {
+        Some(open_device(
+            &dir.path().join("encrypted"),
+            Some(super::bench_key()?),
+        )?)
+    } else {
+        None
+    };
 
     let floor_db = Connection::open(dir.path().join("floor.db")).map_err(sql)?;
     floor_db
@@ -57,9 +61,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     for i in 0..documents {
         let id = DocId::generate();
         let json = message(i, i % conversations);
-        client
-            .put(DocKey::personal("messages", id.as_str()), &json)
-            .map_err(core)?;
+        for client in std::iter::once(&plain).chain(encrypted.as_ref()) {
+            client
+                .put(DocKey::personal("messages", id.as_str()), &json)
+                .map_err(core)?;
+        }
         floor_db
             .prepare_cached(
                 "INSERT INTO messages (id, conversation, sent_at, fields)
@@ -71,26 +77,32 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     floor_db.execute_batch("COMMIT").map_err(sql)?;
 
     let conversation = |r: u64| format!("c{:03}", r % conversations);
-    let mut latencies = Latencies::new()?;
-    let mut total = Duration::ZERO;
-    for r in 0..repeat {
-        let query = Query::new("messages")
-            .eq("conversation", conversation(r).as_str())
-            .order("sent_at");
-        let start = Instant::now();
-        let docs = client.query(query).map_err(core)?;
-        let took = start.elapsed();
-        total += took;
-        latencies.record(took);
-        if docs.len() as u64 != per_conversation {
-            return Err(Failure::new(
-                "internal",
-                format!("read {} documents, expected {per_conversation}", docs.len()),
-            ));
+    let reads = |client: &Client, name: &str| -> Result<Measurement, Failure> {
+        let mut latencies = Latencies::new()?;
+        let mut total = Duration::ZERO;
+        for r in 0..repeat {
+            let query = Query::new("messages")
+                .eq("conversation", conversation(r).as_str())
+                .order("sent_at");
+            let start = Instant::now();
+            let docs = client.query(query).map_err(core)?;
+            let took = start.elapsed();
+            total += took;
+            latencies.record(took);
+            if docs.len() as u64 != per_conversation {
+                return Err(Failure::new(
+                    "internal",
+                    format!("read {} documents, expected {per_conversation}", docs.len()),
+                ));
+            }
         }
-    }
-    client.close();
-    let measured = latencies.measurement("local-read", total, false);
+        client.close();
+        Ok(latencies.measurement(name, total, false))
+    };
+    let measured = reads(&plain, "local-read")?;
+    let encrypted = encrypted
+        .map(|client| reads(&client, "local-read (encrypted)"))
+        .transpose()?;
 
     let mut latencies = Latencies::new()?;
     let mut total = Duration::ZERO;
@@ -121,5 +133,28 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     }
     let floor = latencies.measurement("bare-select", total, false);
 
-    Ok(Report { measured, floor })
+    Ok(Report {
+        measured,
+        floor,
+        encrypted,
+    })
+}
+
+fn core(e: tandem_core::Error) -> Failure {
+    Failure::new(e.code(), e)
+}
+
+/// A device in `data` (encrypted with `key` if given) with the index the
+/// reads use.
+fn open_device(data: &std::path::Path, key: Option<DatabaseKey>) -> Result<Client, Failure> {
+    let data = data
+        .to_str()
+        .ok_or_else(|| Failure::new("io", "temporary directory is not UTF-8"))?;
+    let mut config = ClientConfig::new(data, "alice", "bench");
+    config.encryption_key = key;
+    let client = Client::open(config).map_err(core)?;
+    client
+        .declare_index("messages", vec!["conversation".into(), "sent_at".into()])
+        .map_err(core)?;
+    Ok(client)
 }

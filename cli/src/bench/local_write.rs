@@ -6,6 +6,9 @@
 //! its index entry and its outbox entry in one transaction, and the commit.
 //! Latency is measured per write, 100,000 writes by default.
 //!
+//! With `--encrypted`, the same writes also go to a device whose database
+//! is encrypted (SQLCipher), reported as `encrypted`.
+//!
 //! Floor: a bare single-row `INSERT` of the same JSON text into a plain
 //! table, in its own transaction, on a connection opened with exactly the
 //! store's writer settings (`store::open_writer`: WAL, `synchronous`,
@@ -15,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::store::{CheckpointSettings, WriterLock, open_writer};
-use tandem_core::{Client, ClientConfig, DocKey, Durability};
+use tandem_core::{Client, ClientConfig, DatabaseKey, DocKey, Durability};
 use tandem_protocol::DocId;
 
-use super::{BenchArgs, Latencies, Report};
+use super::{BenchArgs, Latencies, Measurement, Report};
 use crate::failure::Failure;
 
 const DEFAULT_WRITES: u64 = 100_000;
@@ -35,31 +38,12 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     let writes = args.count.unwrap_or(DEFAULT_WRITES);
     let dir = tempfile::tempdir().map_err(|e| Failure::new("io", e))?;
 
-    let measured = {
-        let data = dir.path().join("device");
-        let data = data
-            .to_str()
-            .ok_or_else(|| Failure::new("io", "temporary directory is not UTF-8"))?;
-        let client = Client::open(ClientConfig::new(data, "alice", "bench"))
-            .map_err(|e| Failure::new(e.code(), e))?;
-        client
-            .declare_index("messages", vec!["conversation".into(), "sent_at".into()])
-            .map_err(|e| Failure::new(e.code(), e))?;
-        let mut latencies = Latencies::new()?;
-        let mut total = Duration::ZERO;
-        for i in 0..writes {
-            let key = DocKey::personal("messages", DocId::generate().as_str());
-            let json = message(i, i % 100);
-            let start = Instant::now();
-            client
-                .put(key, &json)
-                .map_err(|e| Failure::new(e.code(), e))?;
-            let took = start.elapsed();
-            total += took;
-            latencies.record(took);
-        }
-        client.close();
-        latencies.measurement("local-write", total, true)
+    let measured = measure(&dir.path().join("device"), writes, None)?;
+    let encrypted = if args.encrypted {
+        let key = super::bench_key()?;
+        Some(measure(&dir.path().join("encrypted"), writes, Some(key))?)
+    } else {
+        None
     };
 
     let floor = {
@@ -69,6 +53,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         let writers = Arc::new(WriterLock::new(()));
         let (conn, _checkpointer) = open_writer(
             &path,
+            None,
             Durability::Normal,
             CheckpointSettings::default(),
             Arc::clone(&writers),
@@ -95,5 +80,48 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         latencies.measurement("bare-insert", total, true)
     };
 
-    Ok(Report { measured, floor })
+    Ok(Report {
+        measured,
+        floor,
+        encrypted,
+    })
+}
+
+/// `writes` puts through a client in `data` (encrypted with `key` if
+/// given).
+fn measure(
+    data: &std::path::Path,
+    writes: u64,
+    key: Option<DatabaseKey>,
+) -> Result<Measurement, Failure> {
+    let data = data
+        .to_str()
+        .ok_or_else(|| Failure::new("io", "temporary directory is not UTF-8"))?;
+    let encrypted = key.is_some();
+    let mut config = ClientConfig::new(data, "alice", "bench");
+    config.encryption_key = key;
+    let client = Client::open(config).map_err(|e| Failure::new(e.code(), e))?;
+    client
+        .declare_index("messages", vec!["conversation".into(), "sent_at".into()])
+        .map_err(|e| Failure::new(e.code(), e))?;
+    let mut latencies = Latencies::new()?;
+    let mut total = Duration::ZERO;
+    for i in 0..writes {
+        let key = DocKey::personal("messages", DocId::generate().as_str());
+        let json = message(i, i % 100);
+        let start = Instant::now();
+        client
+            .put(key, &json)
+            .map_err(|e| Failure::new(e.code(), e))?;
+        let took = start.elapsed();
+        total += took;
+        latencies.record(took);
+    }
+    client.close();
+    let name = if encrypted {
+        "local-write (encrypted)"
+    } else {
+        "local-write"
+    };
+    Ok(latencies.measurement(name, total, true))
 }

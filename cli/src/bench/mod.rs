@@ -4,7 +4,8 @@
 //! a floor (the bare operation underneath, so a number can be judged). It
 //! returns a [`Report`]; this module prints it as a table, or with `--json`
 //! as one object: `{"scenario", "count", "p50_ms", "p99_ms", "p999_ms"
-//! (where measured), "max_ms", "per_sec", "floor": {same keys}}`.
+//! (where measured), "max_ms", "per_sec", "floor": {same keys}}`, plus
+//! `"encrypted": {same keys}` with `--encrypted`.
 //!
 //! To add a scenario: a module with `pub fn run(&BenchArgs) -> Result<Report,
 //! Failure>` and one line in [`SCENARIOS`].
@@ -42,6 +43,10 @@ pub struct BenchArgs {
     /// scenario's default otherwise).
     #[arg(long, value_name = "N")]
     pub repeat: Option<u64>,
+    /// local-write and local-read: also measure a device whose database is
+    /// encrypted (SQLCipher), in the same run; reported as `encrypted`.
+    #[arg(long)]
+    pub encrypted: bool,
     /// Options of the server-ingest scenario.
     #[command(flatten)]
     pub server: server_ingest::ServerOptions,
@@ -93,6 +98,12 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::new("bench_failed", e))
 }
 
+/// A fixed database key for the encrypted measurements (the key's value
+/// does not change the cost).
+fn bench_key() -> Result<tandem_core::DatabaseKey, Failure> {
+    tandem_core::DatabaseKey::new(&[0x5a; 32]).map_err(|e| Failure::new(e.code(), e))
+}
+
 /// What a scenario measured, and its floor.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -101,6 +112,10 @@ pub struct Report {
     pub measured: Measurement,
     /// The floor, measured in the same run.
     pub floor: Measurement,
+    /// The same measurement on an encrypted database (`--encrypted`), in
+    /// the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<Measurement>,
 }
 
 /// Latency percentiles and throughput of one measured loop.
@@ -165,7 +180,12 @@ impl Report {
             "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}\n",
             "scenario", "count", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "per sec"
         );
-        for (label, m) in [("", &self.measured), ("floor: ", &self.floor)] {
+        let mut rows = vec![("", &self.measured)];
+        if let Some(encrypted) = &self.encrypted {
+            rows.push(("encrypted: ", encrypted));
+        }
+        rows.push(("floor: ", &self.floor));
+        for (label, m) in rows {
             let p999 = m
                 .p999_ms
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
@@ -202,6 +222,7 @@ pub(crate) mod small_run {
             json: true,
             count,
             repeat,
+            encrypted: false,
             server: Default::default(),
         };
         let (_, run) = SCENARIOS

@@ -94,7 +94,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
     runtime.block_on(async move {
         let floor = echo_floor(pushers, per_pusher).await?;
         let measured = ingest(&options, devices, pushers, per_pusher).await?;
-        Ok(Report { measured, floor })
+        Ok(Report {
+            measured,
+            floor,
+            encrypted: None,
+        })
     })
 }
 

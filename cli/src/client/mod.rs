@@ -37,6 +37,15 @@ pub struct ClientArgs {
     /// The sync server, `http://host:port`.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// server, besides the
+    /// system's: a private or test CA. Repeatable.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
+    /// Trust the https:// server only if its chain holds this public key:
+    /// the SHA-256 of a certificate's SubjectPublicKeyInfo, base64
+    /// (`sha256/…`) or hex. Repeatable.
+    #[arg(long = "pin", value_name = "SHA256")]
+    pub pins: Vec<String>,
     /// The user token to register with (default: `dev:USER`, for a
     /// `--dev-auth` server).
     #[arg(long, value_name = "TOKEN")]
@@ -246,8 +255,7 @@ pub fn run(args: ClientArgs) -> Result<(), Failure> {
         .data
         .to_str()
         .ok_or_else(|| Failure::new("invalid_argument", "--data must be valid UTF-8"))?;
-    let mut config = ClientConfig::new(data, &args.user, &args.device);
-    config.server_url = args.server.clone();
+    let config = ClientConfig::new(data, &args.user, &args.device);
     let client = Client::open(config).map_err(core_failure)?;
     let result = match (&args.server, args.offline) {
         (Some(server), false) => online::run(&client, server, &args),
@@ -397,7 +405,7 @@ fn parse_filter(text: &str) -> Result<(&str, FilterValue), Failure> {
 }
 
 fn core_failure(e: tandem_core::Error) -> Failure {
-    Failure::new(e.code(), e)
+    Failure::new(e.code(), e.reason())
 }
 
 fn print_json(value: &impl Serialize) -> Result<(), Failure> {

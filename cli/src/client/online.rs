@@ -32,6 +32,16 @@ pub fn run(client: &Client, server: &str, args: &ClientArgs) -> Result<(), Failu
             .unwrap_or_else(|| format!("dev:{}", args.user));
         let mut config = SyncConfig::new(server);
         config.platform = "cli".into();
+        for path in &args.ca_certs {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                Failure::new(
+                    "invalid_argument",
+                    format!("--ca-cert {}: {e}", path.display()),
+                )
+            })?;
+            config.tls.trusted_roots_pem.push(pem);
+        }
+        config.tls.pinned_spki_sha256 = args.pins.clone();
         client
             .start_sync(config, Arc::new(StaticToken::new(token)))
             .await

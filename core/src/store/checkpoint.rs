@@ -36,6 +36,7 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use rusqlite::wal::CheckpointMode;
 
+use crate::config::DatabaseKey;
 use crate::error::Error;
 
 /// When checkpoints run.
@@ -158,11 +159,12 @@ impl Checkpointer {
     /// holds it during a restart pass.
     pub fn start<T: Send + 'static>(
         path: &Path,
+        key: Option<&DatabaseKey>,
         writer: &mut Connection,
         writers: Arc<WriterLock<T>>,
         settings: CheckpointSettings,
     ) -> Result<Checkpointer, Error> {
-        let conn = Connection::open(path)?;
+        let conn = crate::store::connect(path, key)?;
         // A connection learns that the database is in WAL mode when it
         // first reads it; until then a checkpoint on it does nothing and
         // reports -1 frames.
@@ -324,6 +326,7 @@ mod tests {
         };
         let (conn, checkpointer) = open_writer(
             &dir.path().join("t.db"),
+            None,
             Durability::Normal,
             settings,
             Arc::clone(&writers),

@@ -28,6 +28,8 @@ mod indexes;
 mod outbox;
 mod readers;
 mod reads;
+#[cfg(feature = "encryption")]
+mod rekey;
 mod remote;
 mod schema;
 mod sync_state;
@@ -47,11 +49,12 @@ pub(crate) use device::DeviceIdentity;
 pub(crate) use indexes::IndexCatalog;
 pub(crate) use outbox::OutboxEntry;
 pub use outbox::{OutboxState, PendingMutation};
-pub(crate) use remote::{PageEnd, Resync};
+pub(crate) use remote::{PageEnd, Resync, Settlement};
+pub(crate) use sync_state::ConflictLogEntry;
 pub use sync_state::{ConflictRecord, StoredCredentials};
 pub(crate) use writes::Write;
 
-use crate::config::{ClientConfig, DATABASE_FILE, Durability};
+use crate::config::{ClientConfig, DATABASE_FILE, DatabaseKey, Durability};
 use crate::document::DocRef;
 use crate::error::Error;
 use crate::observe::CommitSink;
@@ -77,11 +80,12 @@ const STATEMENT_CACHE: usize = 64;
 /// checkpointer holds it to restart an oversized WAL).
 pub fn open_writer<T: Send + 'static>(
     path: &Path,
+    key: Option<&DatabaseKey>,
     durability: Durability,
     checkpoints: CheckpointSettings,
     writers: Arc<WriterLock<T>>,
 ) -> Result<(Connection, Checkpointer), Error> {
-    let mut conn = Connection::open(path)?;
+    let mut conn = connect(path, key)?;
     // WAL: a commit appends to the log instead of rewriting pages in place
     // (one sequential write), and readers keep reading the last committed
     // state while a write is in progress. The mode is stored in the file,
@@ -101,13 +105,89 @@ pub fn open_writer<T: Send + 'static>(
     conn.pragma_update(None, "journal_size_limit", 128 * 1024 * 1024)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let checkpointer = Checkpointer::start(path, &mut conn, writers, checkpoints)?;
+    let checkpointer = Checkpointer::start(path, key, &mut conn, writers, checkpoints)?;
     Ok((conn, checkpointer))
 }
 
-/// Opens a read-only connection with the store's settings.
-fn open_reader(path: &Path) -> Result<Connection, Error> {
+/// The first bytes of every plain SQLite file; an encrypted one starts
+/// with its random salt instead.
+const PLAIN_HEADER: &[u8] = b"SQLite format 3\0";
+
+/// Opens a connection to the database at `path`, unlocked with `key` when
+/// given (SQLCipher needs the key before anything else is read), and reads
+/// the schema once, so a wrong key fails here, before anything is written.
+pub(crate) fn connect(path: &Path, key: Option<&DatabaseKey>) -> Result<Connection, Error> {
     let conn = Connection::open(path)?;
+    // SQLCipher logs a failed decryption to stderr; a wrong key is an error
+    // the caller gets, not something for the app's console.
+    #[cfg(feature = "encryption")]
+    conn.execute_batch("PRAGMA cipher_log_level = NONE")?;
+    if let Some(key) = key {
+        unlock(&conn, key)?;
+    }
+    match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+        Ok(()) => Ok(conn),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
+            Err(wrong_key(path, key))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Why a database that is a database did not open with `key`.
+fn wrong_key(path: &Path, key: Option<&DatabaseKey>) -> Error {
+    let mut header = [0u8; 16];
+    let plain = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+        .is_ok_and(|()| header == PLAIN_HEADER);
+    Error::WrongKey(match (key, plain) {
+        (Some(_), true) => "the database is not encrypted: open it without a key, \
+             or encrypt it first (change_encryption_key)"
+            .to_owned(),
+        (Some(_), false) => "the database is encrypted with another key".to_owned(),
+        (None, _) => "the database is encrypted: open it with its key".to_owned(),
+    })
+}
+
+#[cfg(feature = "encryption")]
+fn unlock(conn: &Connection, key: &DatabaseKey) -> Result<(), Error> {
+    // The literal holds only hex digits: nothing to escape.
+    conn.execute_batch(&format!("PRAGMA key = \"{}\"", key.raw_literal()))?;
+    Ok(())
+}
+
+#[cfg(not(feature = "encryption"))]
+fn unlock(_conn: &Connection, _key: &DatabaseKey) -> Result<(), Error> {
+    Err(Error::InvalidConfig(
+        "this build has no database encryption (the `encryption` feature of tandem-core)".into(),
+    ))
+}
+
+/// Changes the key the database in `data_dir` is encrypted with (`None`:
+/// plain). No client may have it open.
+#[cfg(feature = "encryption")]
+pub(crate) fn change_key(
+    data_dir: &Path,
+    current: Option<&DatabaseKey>,
+    new: Option<&DatabaseKey>,
+) -> Result<(), Error> {
+    rekey::change_key(data_dir, current, new)
+}
+
+#[cfg(not(feature = "encryption"))]
+pub(crate) fn change_key(
+    _data_dir: &Path,
+    _current: Option<&DatabaseKey>,
+    _new: Option<&DatabaseKey>,
+) -> Result<(), Error> {
+    Err(Error::InvalidConfig(
+        "this build has no database encryption (the `encryption` feature of tandem-core)".into(),
+    ))
+}
+
+/// Opens a read-only connection with the store's settings.
+fn open_reader(path: &Path, key: Option<&DatabaseKey>) -> Result<Connection, Error> {
+    let conn = connect(path, key)?;
     // A reader that tried to write would race the writer's transactions;
     // make that an error instead.
     conn.pragma_update(None, "query_only", true)?;
@@ -164,8 +244,14 @@ impl Store {
         std::fs::create_dir_all(&config.data_dir)?;
         let path = Path::new(&config.data_dir).join(DATABASE_FILE);
         let writer = Arc::new(WriterLock::new(None));
-        let (mut conn, checkpointer) =
-            open_writer(&path, config.durability, checkpoints, Arc::clone(&writer))?;
+        let key = config.encryption_key.as_ref();
+        let (mut conn, checkpointer) = open_writer(
+            &path,
+            key,
+            config.durability,
+            checkpoints,
+            Arc::clone(&writer),
+        )?;
         schema::prepare(&mut conn)?;
         let identity = device::load_or_create(&conn, &config.user_id, &config.device_name)?;
         outbox::requeue_in_flight(&conn)?;
@@ -175,7 +261,7 @@ impl Store {
         let indexes = IndexCatalog::load(&conn)?;
         let mut readers = Vec::with_capacity(READER_CONNECTIONS);
         for _ in 0..READER_CONNECTIONS {
-            readers.push(open_reader(&path)?);
+            readers.push(open_reader(&path, key)?);
         }
         *writer.lock() = Some(Writer {
             conn,
@@ -205,7 +291,6 @@ impl Store {
     }
 
     /// The database file.
-    #[cfg_attr(not(test), expect(dead_code, reason = "for diagnostics and tests"))]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -332,6 +417,7 @@ mod tests {
             let path = dir.path().join(format!("{durability:?}.db"));
             let (conn, _checkpointer) = open_writer(
                 &path,
+                None,
                 durability,
                 CheckpointSettings::default(),
                 Arc::new(WriterLock::new(())),

@@ -529,30 +529,6 @@ impl Store {
         })
     }
 
-    /// The entries of the document `doc` that are neither failed nor
-    /// acknowledged, in seq order: the local changes a conflict concerns.
-    pub(crate) fn unconfirmed_entries(&self, doc: &DocRef) -> Result<Vec<MutationId>, Error> {
-        self.with_writer(|writer| {
-            let mut stmt = writer.conn.prepare_cached(
-                "SELECT mutation_id FROM outbox
-                 WHERE space = ?1 AND collection = ?2 AND doc_id = ?3
-                   AND state != 'failed' AND acked_rev IS NULL ORDER BY seq",
-            )?;
-            let rows = stmt.query_map(
-                params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
-                |row| row.get::<_, String>(0),
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(
-                    row?.parse()
-                        .map_err(|e| Error::CorruptStore(format!("outbox mutation id: {e}")))?,
-                );
-            }
-            Ok(out)
-        })
-    }
-
     /// The earliest time after `now_ms` at which a retrying entry becomes
     /// due. (Entries already due are sent by the next pipeline fill, which
     /// every answer triggers; a timer for them would spin while they wait
@@ -615,6 +591,28 @@ impl Store {
         self.announce(doc.into_iter().collect());
         Ok(removed)
     }
+}
+
+/// The entries of the document `doc` that are neither failed nor
+/// acknowledged, in seq order: the local changes a conflict concerns.
+pub(crate) fn unconfirmed_of(tx: &Transaction<'_>, doc: &DocRef) -> Result<Vec<MutationId>, Error> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT mutation_id FROM outbox
+         WHERE space = ?1 AND collection = ?2 AND doc_id = ?3
+           AND state != 'failed' AND acked_rev IS NULL ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(
+        params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
+        |row| row.get::<_, String>(0),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(
+            row?.parse()
+                .map_err(|e| Error::CorruptStore(format!("outbox mutation id: {e}")))?,
+        );
+    }
+    Ok(out)
 }
 
 /// The document of entry `id`.

@@ -50,12 +50,13 @@ use tandem_protocol::{
 
 use crate::document::DocRef;
 use crate::error::Error;
-use crate::store::outbox::{doc_ref, remove_in};
+use crate::store::outbox::{self, doc_ref, remove_in};
+use crate::store::sync_state::{ConflictLogEntry, log_conflict_in};
 use crate::store::views::{
     ConfirmedIn, Cursor, latest_stamp, load_cursors, read_confirmed, read_confirmed_from,
     rebuild_view,
 };
-use crate::store::writes::write_view;
+use crate::store::writes::{Write, write_in, write_view};
 use crate::store::{Store, Writer, device, from_sql_int, now_millis, policy_of, to_sql_int};
 
 /// The writer's policies.
@@ -86,6 +87,20 @@ pub(crate) struct PageEnd {
     /// again only above this head), so unless the document has outbox
     /// entries there is nothing local to read or merge with.
     pub fresh_below: Option<u64>,
+}
+
+/// How the app settled a conflict: what goes on top of the server's
+/// document.
+pub(crate) enum Settlement {
+    /// Nothing: the server's document stands.
+    KeepRemote,
+    /// A new local write (the local value again, or a merge).
+    Write {
+        /// What the log calls the winner: `local` or `merged`.
+        winner: &'static str,
+        /// The write.
+        write: Write,
+    },
 }
 
 /// Per-transaction facts that let most changes skip work.
@@ -496,6 +511,83 @@ impl Store {
         })?;
         self.announce(changed.into_iter().collect());
         Ok(())
+    }
+
+    /// Settles a conflict in one transaction: the server's document (if
+    /// any) becomes the confirmed copy, the document's unconfirmed entries
+    /// (the write in conflict and those made on top of it) are discarded,
+    /// the resolution is written on top as a new entry, and the conflict
+    /// log records it. A crash anywhere inside leaves everything as it was
+    /// before, the local entries included: the write goes out again, meets
+    /// the conflict again, and is settled again. Returns the fields the
+    /// document ends with (`None`: deleted or absent).
+    pub(crate) fn settle_conflict(
+        &self,
+        doc: &DocRef,
+        remote: Option<&Document>,
+        settlement: Settlement,
+        log: &ConflictLogEntry<'_>,
+    ) -> Result<Option<String>, Error> {
+        let (changed, resolved) = self.with_writer(|writer| {
+            let Writer {
+                conn,
+                clock,
+                policies,
+            } = writer;
+            let policy = policy_of(policies, &doc.collection);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut changed = Vec::new();
+            if let Some(document) = remote {
+                let shortcuts = Shortcuts::load(&tx)?;
+                let mut cursor = load_cursors(&tx)?
+                    .remove(document.space.as_str())
+                    .unwrap_or(Cursor {
+                        rev: 0,
+                        checksum: SpaceChecksum::default(),
+                    });
+                let change = Change::from_document(document, None, None);
+                changed.extend(apply_one(
+                    &tx,
+                    policies,
+                    clock,
+                    &shortcuts,
+                    &mut cursor,
+                    change,
+                    false,
+                )?);
+                save_cursor(&tx, document.space.as_str(), &cursor)?;
+            }
+            for id in outbox::unconfirmed_of(&tx, doc)? {
+                outbox::remove_in(&tx, &id)?;
+            }
+            rebuild_view(&tx, doc, &policy)?;
+            // A crash here used to lose the user's version: its entries were
+            // discarded in transactions of their own before the resolution
+            // was written. Now it rolls back with the rest.
+            fail::fail_point!("core.conflict.before_resolution");
+            let (winner, resolved) = match settlement {
+                Settlement::KeepRemote => ("remote", log.remote.map(str::to_owned)),
+                Settlement::Write { winner, write } => {
+                    let (written, _) = write_in(
+                        &tx,
+                        clock,
+                        &policy,
+                        self.max_document_bytes,
+                        doc,
+                        write,
+                        None,
+                    )?;
+                    (winner, (!written.deleted).then_some(written.fields_json))
+                }
+            };
+            log_conflict_in(&tx, doc, log, winner, resolved.as_deref())?;
+            device::save_clock(&tx, &clock.last())?;
+            tx.commit()?;
+            changed.push(doc.clone());
+            Ok((changed, resolved))
+        })?;
+        self.announce(changed);
+        Ok(resolved)
     }
 
     /// Starts a re-sync of `space` from revision 0: marks its confirmed

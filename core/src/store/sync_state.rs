@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::store::{Store, from_sql_int, now_millis, to_sql_int};
 
 /// The device's credentials for one server, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredCredentials {
     /// The server they are for.
     pub server_url: String,
@@ -24,6 +24,18 @@ pub struct StoredCredentials {
     pub refresh_token: String,
     /// When the refresh token stops working, in ms since the Unix epoch.
     pub refresh_expires_at: u64,
+}
+
+impl std::fmt::Debug for StoredCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens: a Debug print ends up in logs.
+        f.debug_struct("StoredCredentials")
+            .field("server_url", &self.server_url)
+            .field("user_id", &self.user_id)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One resolved conflict, as the conflict log keeps it.
@@ -121,6 +133,23 @@ impl Store {
         })
     }
 
+    /// Removes the stored credentials so that no copy stays in the file:
+    /// the freed pages are overwritten with zeros (`secure_delete`) and the
+    /// WAL, which still holds the old pages, is checkpointed and truncated.
+    pub(crate) fn erase_credentials(&self) -> Result<(), Error> {
+        self.with_writer(|writer| {
+            let conn = &writer.conn;
+            conn.pragma_update(None, "secure_delete", true)?;
+            let deleted = conn.execute("DELETE FROM credentials", []);
+            conn.pragma_update(None, "secure_delete", false)?;
+            deleted?;
+            // (busy, log frames, checkpointed frames): a reader holding an
+            // old snapshot keeps the WAL; the next checkpoint empties it.
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
     /// (last time the device was caught up with everything, checksum
     /// mismatches seen).
     pub(crate) fn sync_marks(&self) -> Result<(Option<u64>, u64), Error> {
@@ -168,39 +197,6 @@ impl Store {
         })
     }
 
-    /// Adds a resolved conflict to the log.
-    pub(crate) fn log_conflict(
-        &self,
-        doc: &DocRef,
-        rule: &str,
-        winner: &str,
-        local: Option<&str>,
-        remote: Option<&str>,
-        resolved: Option<&str>,
-    ) -> Result<(), Error> {
-        self.with_writer(|writer| {
-            writer
-                .conn
-                .prepare_cached(
-                    "INSERT INTO conflicts (at, space, collection, doc_id, rule, winner,
-                         local, remote, resolved)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )?
-                .execute(params![
-                    to_sql_int(now_millis()),
-                    doc.space.as_str(),
-                    doc.collection.as_str(),
-                    doc.id.as_str(),
-                    rule,
-                    winner,
-                    local,
-                    remote,
-                    resolved
-                ])?;
-            Ok(())
-        })
-    }
-
     /// The newest `limit` entries of the conflict log, newest first.
     pub(crate) fn conflicts(&self, limit: u32) -> Result<Vec<ConflictRecord>, Error> {
         self.readers.with(|conn| {
@@ -238,4 +234,41 @@ impl Store {
             Ok(out)
         })
     }
+}
+
+/// A resolved conflict, as the log records it.
+pub(crate) struct ConflictLogEntry<'a> {
+    /// The collection's policy that decided (`server_wins` or `manual`).
+    pub rule: &'a str,
+    /// The local fields (JSON object text; `None` for a delete).
+    pub local: Option<&'a str>,
+    /// The server's fields (`None` if it has no live document).
+    pub remote: Option<&'a str>,
+}
+
+/// Adds a resolved conflict to the log, inside `tx`.
+pub(crate) fn log_conflict_in(
+    tx: &rusqlite::Transaction<'_>,
+    doc: &DocRef,
+    entry: &ConflictLogEntry<'_>,
+    winner: &str,
+    resolved: Option<&str>,
+) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO conflicts (at, space, collection, doc_id, rule, winner,
+             local, remote, resolved)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        to_sql_int(now_millis()),
+        doc.space.as_str(),
+        doc.collection.as_str(),
+        doc.id.as_str(),
+        entry.rule,
+        winner,
+        entry.local,
+        entry.remote,
+        resolved
+    ])?;
+    Ok(())
 }

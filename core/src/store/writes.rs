@@ -17,7 +17,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value};
-use tandem_protocol::{DocState, Mutation, MutationId, Op, merge};
+use tandem_protocol::{CollectionPolicy, DocState, HybridClock, Mutation, MutationId, Op, merge};
 
 use crate::document::{DocRef, LocalDocument};
 use crate::error::Error;
@@ -147,97 +147,19 @@ impl Store {
             let tx = writer
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = read_view(&tx, doc)?;
-            if let Some(view) = &current
-                && view.pending == 0
-                && view.version.is_some()
-            {
-                // The view is the confirmed state (views.rs keeps no second
-                // copy of it); keep one now that a pending write goes on
-                // top.
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO confirmed (space, collection, id, version, state)
-                     SELECT space, collection, id, version, state FROM documents
-                     WHERE space = ?1 AND collection = ?2 AND id = ?3",
-                )?
-                .execute(params![
-                    doc.space.as_str(),
-                    doc.collection.as_str(),
-                    doc.id.as_str()
-                ])?;
-            }
-            let current_state = current.as_ref().map(|v| &v.state);
-            let op = match write {
-                Write::Put(fields) => Op::Put { fields },
-                Write::Patch(fields) => Op::Patch { fields },
-                Write::Delete => Op::Delete {},
-                Write::SetAdd { field, values } => Op::SetAdd { field, values },
-                Write::SetRemove { field, values } => {
-                    // Observed-remove: the remove covers exactly the adds
-                    // this device has seen, so a concurrent add elsewhere
-                    // survives it.
-                    let observed = current_state
-                        .and_then(|s| s.sets.get(&field))
-                        .map(|set| values.iter().flat_map(|v| set.live_tags(v)).collect())
-                        .unwrap_or_default();
-                    Op::SetRemove {
-                        field,
-                        values,
-                        observed,
-                    }
-                }
-            };
-            let view_version = current.as_ref().and_then(|v| v.version);
-            // In a version-checked collection a write made on top of an
-            // entry the server has acknowledged, whose change has not
-            // arrived yet (the view still has the version before it), is
-            // based on that entry's revision: on the version before, the
-            // server would find it in conflict with this device's own
-            // earlier write. (Entries written before the ack get the
-            // revision from `mark_acked`.)
-            let base_version = if policy.policy.checks_version() {
-                view_version.max(outbox::latest_acked_rev(&tx, doc)?)
-            } else {
-                view_version
-            };
-            let hlc = writer.clock.tick(now_millis());
-            let mutation = Mutation {
-                mutation_id: MutationId::generate(),
-                space: doc.space.clone(),
-                collection: doc.collection.clone(),
-                doc_id: doc.id.clone(),
-                op,
-                base_version,
-                device_id: hlc.node.clone(),
-                hlc,
+            let written = write_in(
+                &tx,
+                &mut writer.clock,
+                &policy,
+                self.max_document_bytes,
+                doc,
+                write,
                 fence,
-            };
-            let Some(next) = merge::apply_local(current_state, &mutation, &policy)? else {
-                // The policy makes this write a no-op (an `append_only`
-                // create of an existing id): nothing to send either.
-                return match &current {
-                    Some(view) => to_local(doc, view).map(|d| (d, false)),
-                    None => Err(Error::CorruptStore(
-                        "a write to a missing document changed nothing".into(),
-                    )),
-                };
-            };
-            // The limit is on the state as JSON, which is exactly the text
-            // stored (DocState::encoded_len), so it costs no extra encoding.
-            let state_json = serde_json::to_string(&next)
-                .map_err(|e| Error::CorruptStore(format!("state of {}: {e}", doc.id)))?;
-            if state_json.len() > self.max_document_bytes {
-                return Err(Error::DocumentTooLarge {
-                    size: state_json.len(),
-                    limit: self.max_document_bytes,
-                });
+            )?;
+            if written.1 {
+                tx.commit()?;
             }
-            let pending = current.as_ref().map_or(0, |v| v.pending) + 1;
-            let version = current.as_ref().and_then(|v| v.version);
-            let local = write_view(&tx, doc, &state_json, &next, version, pending)?;
-            outbox::append(&tx, &mutation)?;
-            tx.commit()?;
-            Ok((local, true))
+            Ok(written)
         });
         let (local, changed) = result?;
         if changed {
@@ -245,6 +167,108 @@ impl Store {
         }
         Ok(local)
     }
+}
+
+/// Applies `write` to `doc` inside `tx` (steps 1 to 4 of the module doc):
+/// the view and the outbox entry. Returns the new view and `true`, or the
+/// unchanged view and `false` when the policy makes the write a no-op (an
+/// `append_only` create of an existing id; then nothing is written).
+pub(crate) fn write_in(
+    tx: &Transaction<'_>,
+    clock: &mut HybridClock,
+    policy: &CollectionPolicy,
+    max_document_bytes: usize,
+    doc: &DocRef,
+    write: Write,
+    fence: Option<tandem_protocol::RoleFence>,
+) -> Result<(LocalDocument, bool), Error> {
+    let current = read_view(tx, doc)?;
+    if let Some(view) = &current
+        && view.pending == 0
+        && view.version.is_some()
+    {
+        // The view is the confirmed state (views.rs keeps no second copy
+        // of it); keep one now that a pending write goes on top.
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO confirmed (space, collection, id, version, state)
+             SELECT space, collection, id, version, state FROM documents
+             WHERE space = ?1 AND collection = ?2 AND id = ?3",
+        )?
+        .execute(params![
+            doc.space.as_str(),
+            doc.collection.as_str(),
+            doc.id.as_str()
+        ])?;
+    }
+    let current_state = current.as_ref().map(|v| &v.state);
+    let op = match write {
+        Write::Put(fields) => Op::Put { fields },
+        Write::Patch(fields) => Op::Patch { fields },
+        Write::Delete => Op::Delete {},
+        Write::SetAdd { field, values } => Op::SetAdd { field, values },
+        Write::SetRemove { field, values } => {
+            // Observed-remove: the remove covers exactly the adds this
+            // device has seen, so a concurrent add elsewhere survives it.
+            let observed = current_state
+                .and_then(|s| s.sets.get(&field))
+                .map(|set| values.iter().flat_map(|v| set.live_tags(v)).collect())
+                .unwrap_or_default();
+            Op::SetRemove {
+                field,
+                values,
+                observed,
+            }
+        }
+    };
+    let view_version = current.as_ref().and_then(|v| v.version);
+    // In a version-checked collection a write made on top of an entry the
+    // server has acknowledged, whose change has not arrived yet (the view
+    // still has the version before it), is based on that entry's revision:
+    // on the version before, the server would find it in conflict with
+    // this device's own earlier write. (Entries written before the ack get
+    // the revision from `mark_acked`.)
+    let base_version = if policy.policy.checks_version() {
+        view_version.max(outbox::latest_acked_rev(tx, doc)?)
+    } else {
+        view_version
+    };
+    let hlc = clock.tick(now_millis());
+    let mutation = Mutation {
+        mutation_id: MutationId::generate(),
+        space: doc.space.clone(),
+        collection: doc.collection.clone(),
+        doc_id: doc.id.clone(),
+        op,
+        base_version,
+        device_id: hlc.node.clone(),
+        hlc,
+        fence,
+    };
+    let Some(next) = merge::apply_local(current_state, &mutation, policy)? else {
+        // The policy makes this write a no-op (an `append_only` create of
+        // an existing id): nothing to send either.
+        return match &current {
+            Some(view) => to_local(doc, view).map(|d| (d, false)),
+            None => Err(Error::CorruptStore(
+                "a write to a missing document changed nothing".into(),
+            )),
+        };
+    };
+    // The limit is on the state as JSON, which is exactly the text stored
+    // (DocState::encoded_len), so it costs no extra encoding.
+    let state_json = serde_json::to_string(&next)
+        .map_err(|e| Error::CorruptStore(format!("state of {}: {e}", doc.id)))?;
+    if state_json.len() > max_document_bytes {
+        return Err(Error::DocumentTooLarge {
+            size: state_json.len(),
+            limit: max_document_bytes,
+        });
+    }
+    let pending = current.as_ref().map_or(0, |v| v.pending) + 1;
+    let version = current.as_ref().and_then(|v| v.version);
+    let local = write_view(tx, doc, &state_json, &next, version, pending)?;
+    outbox::append(tx, &mutation)?;
+    Ok((local, true))
 }
 
 #[cfg(test)]

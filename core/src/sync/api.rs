@@ -11,6 +11,8 @@ use tandem_protocol::api::{
 use tandem_protocol::{DeviceId, ErrorCode};
 
 use crate::error::Error;
+use crate::sync::endpoint::Endpoint;
+use crate::sync::tls;
 
 /// How long one HTTP call may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,6 +31,8 @@ pub(crate) enum ApiFailure {
     Server { code: ErrorCode, message: String },
     /// No answer (network, timeout) or an answer that is not the protocol.
     Transport(String),
+    /// The TLS connection failed (see [`tls::describe`]).
+    Tls(String),
 }
 
 impl ApiFailure {
@@ -49,53 +53,34 @@ impl From<ApiFailure> for Error {
         match f {
             ApiFailure::Server { code, message, .. } => Error::Server { code, message },
             ApiFailure::Transport(message) => Error::Network(message),
+            ApiFailure::Tls(message) => Error::Tls(message),
         }
     }
 }
 
 impl Api {
-    /// A client of the server at `base` (`http://host:port`, no trailing
-    /// slash needed).
-    pub fn new(base: &str) -> Result<Api, Error> {
+    /// A client of the server at `endpoint` with `tls`, the device's one
+    /// TLS configuration (the socket uses the same).
+    pub fn new(endpoint: &Endpoint, tls: rustls::ClientConfig) -> Result<Api, Error> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
+            .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| Error::Network(e.to_string()))?;
+            .map_err(|e| Error::InvalidConfig(format!("the HTTP client: {}", chain(&e))))?;
         Ok(Api {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            base: endpoint.http_base().to_owned(),
         })
-    }
-
-    /// The WebSocket URL of the sync endpoint.
-    pub fn sync_url(&self) -> String {
-        let rest = self
-            .base
-            .strip_prefix("https://")
-            .map(|r| format!("wss://{r}"))
-            .or_else(|| {
-                self.base
-                    .strip_prefix("http://")
-                    .map(|r| format!("ws://{r}"))
-            })
-            .unwrap_or_else(|| self.base.clone());
-        format!("{rest}/v1/sync")
     }
 
     async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ApiFailure> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ApiFailure::Transport(e.to_string()))?;
+        let response = request.send().await.map_err(failure)?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ApiFailure::Transport(e.to_string()))?;
+        let bytes = response.bytes().await.map_err(failure)?;
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| ApiFailure::Transport(format!("unexpected answer: {e}")));
@@ -285,6 +270,34 @@ impl Api {
         let _: serde_json::Value = self.call(request).await?;
         Ok(())
     }
+}
+
+/// A transport error as a failure: TLS trouble said plainly, anything else
+/// with its causes (reqwest's own message names only the URL).
+fn failure(error: reqwest::Error) -> ApiFailure {
+    match tls::describe(&error) {
+        Some(sentence) => ApiFailure::Tls(sentence),
+        None if error.is_timeout() => {
+            ApiFailure::Transport(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))
+        }
+        None => ApiFailure::Transport(chain(&error)),
+    }
+}
+
+/// An error and its sources, each said once: `a: b: c`.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        // Wrappers often repeat their source's message in their own.
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.retain(|p| !text.contains(p.as_str()));
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Percent-encodes a path segment (ids may hold `:` and other characters

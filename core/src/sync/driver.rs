@@ -14,7 +14,8 @@
 //! zeroes its buffer before each read, so its 128 KiB default costs more
 //! than the frames need; catch-up pages grow it when larger).
 //!
-//! Credentials: the access and refresh tokens live in the store.
+//! Credentials: the access and refresh tokens live in the database or the
+//! app's credential store (`crate::credentials`).
 //! [`Credentials`] registers with a user token from the app's
 //! [`TokenProvider`] when there are none, refreshes when the access token
 //! is about to expire or the server refused it, and registers again when a
@@ -37,13 +38,16 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use crate::credentials::CredentialVault;
 use crate::error::Error;
 use crate::store::{Store, StoredCredentials};
-use crate::sync::api::{Api, ApiFailure};
+use crate::sync::api::{Api, ApiFailure, chain};
+use crate::sync::endpoint::Endpoint;
 use crate::sync::engine::{Action, DisconnectReason, Engine, Event, Notice, Timer};
-use crate::sync::status::{StatusObserver, SyncStatus};
+use crate::sync::status::{StatusObserver, SyncError, SyncStatus};
+use crate::sync::tls::{self, CheckedTls};
 use crate::sync::tokens::TokenProvider;
 
 /// Refresh an access token that has less than this left before using it.
@@ -63,11 +67,18 @@ pub(crate) struct DeviceLabel {
     pub app_version: String,
 }
 
-/// The device's credentials for one server.
+/// The device's credentials for one server, and how to reach it.
 pub(crate) struct Credentials {
     store: Arc<Store>,
+    vault: CredentialVault,
     api: Api,
+    /// The server's normalized base URL, which stored credentials are for.
     server_url: String,
+    /// The sync socket's URL.
+    sync_url: String,
+    /// The TLS configuration the HTTP calls use too; `None` for a plain
+    /// server.
+    tls: Option<Arc<rustls::ClientConfig>>,
     tokens: Arc<dyn TokenProvider>,
     label: DeviceLabel,
     lock: tokio::sync::Mutex<()>,
@@ -105,7 +116,7 @@ impl From<ApiFailure> for CredentialFailure {
         if f.is_auth() {
             match f {
                 ApiFailure::Server { message, .. } => CredentialFailure::Refused(message),
-                ApiFailure::Transport(m) => CredentialFailure::Refused(m),
+                ApiFailure::Transport(m) | ApiFailure::Tls(m) => CredentialFailure::Refused(m),
             }
         } else {
             CredentialFailure::Other(f.into())
@@ -114,30 +125,40 @@ impl From<ApiFailure> for CredentialFailure {
 }
 
 impl Credentials {
+    /// Credentials for the server at `endpoint`, reached with `tls` (the
+    /// device's one TLS configuration, for every connection to a secure
+    /// server).
     pub fn new(
         store: Arc<Store>,
-        server_url: &str,
+        vault: CredentialVault,
+        endpoint: &Endpoint,
+        tls: &CheckedTls,
         tokens: Arc<dyn TokenProvider>,
         label: DeviceLabel,
     ) -> Result<Credentials, Error> {
+        let (api, tls) = if endpoint.is_secure() {
+            let config = tls.client_config()?;
+            (Api::new(endpoint, config.clone())?, Some(Arc::new(config)))
+        } else {
+            (Api::new(endpoint, tls::plain_config()?)?, None)
+        };
         Ok(Credentials {
             store,
-            api: Api::new(server_url)?,
-            server_url: server_url.to_owned(),
+            vault,
+            api,
+            server_url: endpoint.http_base().to_owned(),
+            sync_url: endpoint.sync_url(),
+            tls,
             tokens,
             label,
             lock: tokio::sync::Mutex::new(()),
         })
     }
 
-    pub fn api(&self) -> &Api {
-        &self.api
-    }
-
     fn stored(&self) -> Result<Option<StoredCredentials>, Error> {
         Ok(self
-            .store
-            .credentials()?
+            .vault
+            .load()?
             .filter(|c| c.server_url == self.server_url))
     }
 
@@ -214,7 +235,7 @@ impl Credentials {
         };
         // Stored before use: a spent refresh token that was not stored
         // would mean registering again.
-        self.store.save_credentials(&stored)?;
+        self.vault.save(&stored)?;
         Ok(stored)
     }
 
@@ -236,6 +257,19 @@ impl Credentials {
     }
 }
 
+/// How a wait for the engine to settle ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settling {
+    /// Online, caught up, nothing left to send or hear about.
+    Settled,
+    /// Connecting failed in a way retrying alone will not mend (an
+    /// untrusted certificate, refused credentials, another protocol
+    /// version); the engine keeps retrying with backoff.
+    Blocked,
+    /// Neither, within the time given.
+    TimedOut,
+}
+
 /// What the client sends to the driver.
 pub(crate) enum Command {
     /// An engine event.
@@ -247,8 +281,10 @@ pub(crate) enum Command {
         message: ClientMessage,
         reply: oneshot::Sender<Result<ServerMessage, String>>,
     },
-    /// Answer when the engine is settled (see [`Engine::is_settled`]).
-    WaitSettled(oneshot::Sender<()>),
+    /// Answer when the engine is settled (see [`Engine::is_settled`]), or
+    /// when it cannot get there without the app (see
+    /// [`Engine::is_blocked`]).
+    WaitSettled(oneshot::Sender<Settling>),
     /// Stop: close the connection and end the task.
     Stop,
 }
@@ -267,7 +303,6 @@ pub(crate) struct Shared {
     devices: Mutex<Option<Vec<DeviceInfo>>>,
     role_observers: Mutex<Vec<RoleObserverEntry>>,
     devices_observers: Mutex<Vec<(u64, Arc<dyn DevicesObserver>)>>,
-    auth_refused: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -282,8 +317,6 @@ impl Shared {
         lock(&self.status).take();
         lock(&self.roles).clear();
         lock(&self.devices).take();
-        self.auth_refused
-            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn next_id(&self) -> u64 {
@@ -328,12 +361,6 @@ impl Shared {
     /// The role's last known state.
     pub fn role(&self, role: &str) -> Option<RoleInfo> {
         lock(&self.roles).get(role).cloned()
-    }
-
-    /// Whether the server refused this device's credentials on the last
-    /// attempt.
-    pub fn auth_refused(&self) -> bool {
-        self.auth_refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn publish_role(&self, info: RoleInfo) {
@@ -459,13 +486,16 @@ impl SyncHandle {
         let _ = self.commands.send(Command::Event(event));
     }
 
-    /// Waits until the engine is settled, or `timeout`.
-    pub async fn wait_settled(&self, timeout: Duration) -> bool {
+    /// Waits until the engine is settled or blocked, or `timeout`.
+    pub async fn wait_settled(&self, timeout: Duration) -> Settling {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::WaitSettled(tx)).is_err() {
-            return false;
+            return Settling::TimedOut;
         }
-        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(end)) => end,
+            _ => Settling::TimedOut,
+        }
     }
 
     /// Stops the driver and waits for it to end.
@@ -597,9 +627,9 @@ struct Driver {
     shared: Arc<Shared>,
     socket: Option<Link>,
     connecting: Option<JoinHandle<Opened>>,
-    refreshing: Option<JoinHandle<Result<u64, String>>>,
+    refreshing: Option<JoinHandle<Result<u64, SyncError>>>,
     timers: BTreeMap<Timer, Instant>,
-    waiters: Vec<oneshot::Sender<()>>,
+    waiters: Vec<oneshot::Sender<Settling>>,
     /// Events produced while carrying out actions, handled next.
     queue: Vec<Event>,
     status_dirty: bool,
@@ -683,14 +713,18 @@ impl Driver {
                 self.shared.publish(status);
             }
         }
-        self.shared.auth_refused.store(
-            self.engine.auth_refused(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
-        if !self.waiters.is_empty() && self.engine.is_settled().unwrap_or(false) {
-            for waiter in self.waiters.drain(..) {
-                let _ = waiter.send(());
-            }
+        if self.waiters.is_empty() {
+            return;
+        }
+        let end = if self.engine.is_settled().unwrap_or(false) {
+            Settling::Settled
+        } else if self.engine.is_blocked() {
+            Settling::Blocked
+        } else {
+            return;
+        };
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(end);
         }
     }
 
@@ -775,7 +809,7 @@ impl Driver {
                             .renew()
                             .await
                             .map(|c| c.access_expires_at)
-                            .map_err(|e| Error::from(e).to_string())
+                            .map_err(|e| SyncError::from_error(&Error::from(e)))
                     }));
                 }
             }
@@ -846,24 +880,25 @@ impl From<JoinFailure> for Opened {
     }
 }
 
-impl From<JoinFailure> for Result<u64, String> {
+impl From<JoinFailure> for Result<u64, SyncError> {
     fn from(f: JoinFailure) -> Self {
-        Err(f.0)
+        Err(SyncError::new(crate::sync::SyncErrorKind::Network, f.0))
     }
 }
 
 /// Opens the sync socket: credentials first, and once more with renewed
 /// credentials if the server refuses the access token.
 async fn open(credentials: Arc<Credentials>) -> Opened {
-    let url = credentials.api().sync_url();
+    let url = credentials.sync_url.clone();
+    let tls = credentials.tls.clone();
     let (token, expires) = credentials
         .access_token()
         .await
         .map_err(credential_reason)?;
-    match open_socket(&url, &token).await {
+    match open_socket(&url, tls.clone(), &token).await {
         Err(DisconnectReason::Unauthorized(_)) => {
             let fresh = credentials.renew().await.map_err(credential_reason)?;
-            let socket = open_socket(&url, &fresh.access_token).await?;
+            let socket = open_socket(&url, tls, &fresh.access_token).await?;
             Ok((socket, fresh.access_expires_at))
         }
         other => other.map(|socket| (socket, expires)),
@@ -873,19 +908,26 @@ async fn open(credentials: Arc<Credentials>) -> Opened {
 fn credential_reason(f: CredentialFailure) -> DisconnectReason {
     match f {
         CredentialFailure::Refused(m) => DisconnectReason::Unauthorized(m),
-        CredentialFailure::Other(e) => DisconnectReason::Transport(e.to_string()),
+        CredentialFailure::Other(Error::Tls(m)) => DisconnectReason::Tls(m),
+        CredentialFailure::Other(e) => DisconnectReason::Transport(e.reason()),
     }
 }
 
-async fn open_socket(url: &str, token: &str) -> Result<Socket, DisconnectReason> {
+/// Opens the socket at `url` (`ws://`, or `wss://` with `tls`, the
+/// configuration the HTTP calls use).
+async fn open_socket(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: &str,
+) -> Result<Socket, DisconnectReason> {
     let transport = |e: &dyn std::fmt::Display| DisconnectReason::Transport(e.to_string());
     let mut request = url.into_client_request().map_err(|e| transport(&e))?;
-    let default_port = match request.uri().scheme_str() {
-        Some("ws") => 80,
-        Some("wss") => 443,
+    let (default_port, connector) = match (request.uri().scheme_str(), tls) {
+        (Some("ws"), _) => (80, Connector::Plain),
+        (Some("wss"), Some(tls)) => (443, Connector::Rustls(tls)),
         _ => {
             return Err(DisconnectReason::Transport(format!(
-                "{url}: the sync URL must be ws:// or wss://"
+                "{url}: the sync URL must be ws:// or wss:// with a TLS configuration"
             )));
         }
     };
@@ -901,9 +943,13 @@ async fn open_socket(url: &str, token: &str) -> Result<Socket, DisconnectReason>
             .map_err(|e| transport(&e))?;
         tcp.set_nodelay(true).map_err(|e| transport(&e))?;
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-        // TLS (wss://) with the platform's root certificates; plain for ws://.
-        match tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None)
-            .await
+        match tokio_tungstenite::client_async_tls_with_config(
+            request,
+            tcp,
+            Some(config),
+            Some(connector),
+        )
+        .await
         {
             Ok((socket, _)) => Ok(socket),
             Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 401 => {
@@ -912,7 +958,10 @@ async fn open_socket(url: &str, token: &str) -> Result<Socket, DisconnectReason>
                     response.status()
                 )))
             }
-            Err(e) => Err(transport(&e)),
+            Err(e) => Err(match tls::describe(&e) {
+                Some(sentence) => DisconnectReason::Tls(sentence),
+                None => DisconnectReason::Transport(chain(&e)),
+            }),
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT, connect)

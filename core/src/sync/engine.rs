@@ -71,10 +71,10 @@ use tandem_protocol::{
 use crate::client::ConnectionState;
 use crate::document::DocRef;
 use crate::error::Error;
-use crate::store::{OutboxEntry, PageEnd, Resync, Store, Write};
+use crate::store::{ConflictLogEntry, OutboxEntry, PageEnd, Resync, Settlement, Store, Write};
 use crate::sync::backoff::{Backoff, Jitter};
 use crate::sync::conflict::{Conflict, ConflictHandler, Resolution};
-use crate::sync::status::{MutationFailure, SpaceProgress, SyncStatus};
+use crate::sync::status::{MutationFailure, SpaceProgress, SyncError, SyncErrorKind, SyncStatus};
 
 /// Where the engine reads the time (injected, so tests control it).
 pub trait Clock: Send + Sync {
@@ -147,6 +147,10 @@ impl Default for SyncTuning {
 pub enum DisconnectReason {
     /// The socket closed or failed.
     Transport(String),
+    /// The TLS handshake failed (an untrusted certificate, a server that
+    /// does not speak TLS); retried with backoff like any failure, since
+    /// the server may be fixed or the network may be intercepting.
+    Tls(String),
     /// The server refused the credentials (401 at the upgrade, or a fatal
     /// `unauthorized`/`revoked`).
     Unauthorized(String),
@@ -203,7 +207,7 @@ pub enum Event {
     /// Refreshing or registering failed.
     CredentialsFailed {
         /// Why.
-        reason: String,
+        reason: SyncError,
     },
     /// The app asks the server something (`claim`, `release`, `handoff`,
     /// `guard`): `message` carries `id` as its request id. Sent once the
@@ -307,6 +311,9 @@ struct Session {
     ahead: HashMap<SpaceId, u64>,
     /// Requests sent on this connection and not yet answered.
     requests: BTreeSet<u64>,
+    /// The user's roles and devices arrived (the server sends them after
+    /// the first catch-up, devices last).
+    coordination_known: bool,
 }
 
 #[derive(Debug)]
@@ -338,7 +345,7 @@ pub struct Engine {
     /// Spaces to fetch again from 0 on the next connection.
     resync: BTreeSet<SpaceId>,
     checksum_mismatches: u64,
-    last_error: Option<String>,
+    last_error: Option<SyncError>,
     /// Auth failed on the last attempt: refresh before connecting again.
     credentials_stale: bool,
     out: Vec<Action>,
@@ -349,8 +356,6 @@ pub struct Engine {
     queued_requests: VecDeque<(u64, ClientMessage)>,
     /// Whether the renew timer is armed.
     renewing: bool,
-    /// The server refused this device's credentials on the last attempt.
-    auth_refused: bool,
 }
 
 impl Engine {
@@ -385,7 +390,6 @@ impl Engine {
             roles: BTreeMap::new(),
             queued_requests: VecDeque::new(),
             renewing: false,
-            auth_refused: false,
         })
     }
 
@@ -405,12 +409,6 @@ impl Engine {
     /// This device's id.
     pub fn device_id(&self) -> tandem_protocol::DeviceId {
         self.store.identity().device_id.clone()
-    }
-
-    /// Whether the server refused this device's credentials on the last
-    /// attempt to connect (cleared by a welcome).
-    pub fn auth_refused(&self) -> bool {
-        self.auth_refused
     }
 
     /// The connection state.
@@ -462,13 +460,29 @@ impl Engine {
         })
     }
 
-    /// Whether the device is online, caught up with every space, and has
-    /// nothing it could send now or is waiting to hear about.
+    /// Whether the device is offline because of an error that waiting will
+    /// not mend by itself: an untrusted certificate, credentials the server
+    /// refuses, another protocol version. (It keeps retrying with backoff:
+    /// the server or the app may fix it.)
+    pub fn is_blocked(&self) -> bool {
+        matches!(self.link, Link::Idle | Link::Stopped)
+            && self.last_error.as_ref().is_some_and(|e| {
+                matches!(
+                    e.kind,
+                    SyncErrorKind::Tls | SyncErrorKind::Unauthorized | SyncErrorKind::Protocol
+                )
+            })
+    }
+
+    /// Whether the device is online, caught up with every space, knows the
+    /// user's roles and devices as of its catch-up, and has nothing it
+    /// could send now or is waiting to hear about.
     pub fn is_settled(&self) -> Result<bool, Error> {
         let Link::Open(session) = &self.link else {
             return Ok(false);
         };
         if !session.welcomed
+            || !session.coordination_known
             || !session.batches.is_empty()
             || session.spaces.values().any(|s| !s.caught_up)
         {
@@ -494,7 +508,11 @@ impl Engine {
             }
             Event::FrameReceived(message) => self.on_frame(message),
             Event::TimerFired(timer) => self.on_timer(timer),
-            Event::LocalWrite => self.fill_pipeline(),
+            Event::LocalWrite => {
+                // The pending count moved, online or not.
+                self.status_changed = true;
+                self.fill_pipeline()
+            }
             Event::SyncNow => {
                 if matches!(self.link, Link::Idle) && self.network {
                     self.reconnect_failures = 0;
@@ -648,14 +666,21 @@ impl Engine {
         tracing::info!(target: "tandem_core", reason = ?reason, "disconnected from the sync server");
         self.drop_connection()?;
         match &reason {
-            DisconnectReason::Transport(why) => self.last_error = Some(why.clone()),
+            DisconnectReason::Transport(why) => {
+                self.last_error = Some(SyncError::new(SyncErrorKind::Network, why.clone()));
+            }
+            DisconnectReason::Tls(why) => {
+                self.last_error = Some(SyncError::new(SyncErrorKind::Tls, why.clone()));
+            }
             DisconnectReason::Unauthorized(why) => {
-                self.last_error = Some(format!("unauthorized: {why}"));
+                self.last_error = Some(SyncError::new(SyncErrorKind::Unauthorized, why.clone()));
                 self.credentials_stale = true;
-                self.auth_refused = true;
             }
             DisconnectReason::UnsupportedProtocol => {
-                self.last_error = Some("the server speaks another protocol version".into());
+                self.last_error = Some(SyncError::new(
+                    SyncErrorKind::Protocol,
+                    "the server speaks another protocol version",
+                ));
                 self.link = Link::Stopped;
                 return Ok(());
             }
@@ -779,6 +804,10 @@ impl Engine {
                 Ok(())
             }
             ServerMessage::Devices(devices) => {
+                // After the first catch-up the server sends the user's
+                // roles, then the devices: from here this device knows
+                // every role the server knew when it caught up.
+                session.coordination_known = true;
                 self.out
                     .push(Action::Notify(Notice::DevicesChanged(devices.devices)));
                 Ok(())
@@ -907,7 +936,6 @@ impl Engine {
             .collect();
         self.reconnect_failures = 0;
         self.last_error = None;
-        self.auth_refused = false;
         self.status_changed = true;
         tracing::info!(target: "tandem_core", spaces = welcome.spaces.len(), "connected to the sync server");
         self.out.push(Action::Notify(Notice::Link(true)));
@@ -1000,9 +1028,9 @@ impl Engine {
             self.resync.insert(page.space.clone());
             self.out.push(Action::Disconnect);
             self.drop_connection()?;
-            self.last_error = Some(format!(
-                "checksum mismatch in {}: fetching it again",
-                page.space
+            self.last_error = Some(SyncError::new(
+                SyncErrorKind::Checksum,
+                format!("checksum mismatch in {}: fetching it again", page.space),
             ));
             self.schedule_reconnect();
             return Ok(());
@@ -1095,7 +1123,10 @@ impl Engine {
             self.status_changed = true;
             return Ok(());
         }
-        self.last_error = Some(format!("{}: {}", error.code.as_str(), error.message));
+        self.last_error = Some(SyncError::new(
+            SyncErrorKind::Server,
+            format!("{}: {}", error.code.as_str(), error.message),
+        ));
         if error.fatal {
             // The server closes next; say why now, so the reconnect
             // refreshes credentials or stops.
@@ -1289,28 +1320,6 @@ impl Engine {
             .map(|d| fields_text(&d));
         let remote_json = remote.as_ref().filter(|d| !d.is_deleted()).map(fields_text);
         let remote_version = remote.as_ref().and_then(|d| d.version);
-        if let Some(remote) = &remote {
-            self.store.apply_conflict_document(remote)?;
-            let cursor = self
-                .store
-                .cursors()?
-                .get(doc.space.as_str())
-                .map_or(0, |c| c.rev);
-            if let Link::Open(session) = &mut self.link {
-                if let Some(v) = remote.version
-                    && v > cursor
-                {
-                    let ahead = session.ahead.entry(doc.space.clone()).or_insert(0);
-                    *ahead = (*ahead).max(v);
-                }
-                // The document is local now: a catch-up page listing it
-                // must merge with it.
-                if let Some(sp) = session.spaces.get_mut(&doc.space) {
-                    sp.fresh = false;
-                    sp.fresh_below = None;
-                }
-            }
-        }
         let handler = self
             .conflicts
             .read()
@@ -1329,38 +1338,76 @@ impl Engine {
             }),
             None => Resolution::KeepRemote,
         };
-        // The local changes the conflict concerns: this entry and those
-        // written on top of it.
-        for id in self.store.unconfirmed_entries(&doc)? {
-            self.store.discard(&id)?;
-        }
-        let (winner, resolved) = match resolution {
-            Resolution::KeepRemote => ("remote", remote_json.clone()),
-            Resolution::KeepLocal => match &local_json {
-                Some(fields) => {
-                    let written = self.store.write(&doc, Write::Put(parse_fields(fields)?))?;
-                    ("local", Some(written.fields_json))
-                }
-                None => {
-                    self.store.write(&doc, Write::Delete)?;
-                    ("local", None)
+        let keep_local = || -> Result<Settlement, Error> {
+            Ok(Settlement::Write {
+                winner: "local",
+                write: match &local_json {
+                    Some(fields) => Write::Put(parse_fields(fields)?),
+                    None => Write::Delete,
+                },
+            })
+        };
+        let settlement = match resolution {
+            Resolution::KeepRemote => Settlement::KeepRemote,
+            Resolution::KeepLocal => keep_local()?,
+            Resolution::Merged { fields_json } => match parse_fields(&fields_json) {
+                Ok(fields) => Settlement::Write {
+                    winner: "merged",
+                    write: Write::Put(fields),
+                },
+                Err(e) => {
+                    // Losing the user's version over a handler's bad answer
+                    // would be worse than keeping it.
+                    tracing::warn!(target: "tandem_core", doc = %doc.id, error = %e, "the conflict handler's merged value is not a JSON object: keeping the local version");
+                    keep_local()?
                 }
             },
-            Resolution::Merged { fields_json } => {
-                let written = self
-                    .store
-                    .write(&doc, Write::Put(parse_fields(&fields_json)?))?;
-                ("merged", Some(written.fields_json))
-            }
         };
-        self.store.log_conflict(
-            &doc,
-            policy.policy.name(),
-            winner,
-            local_json.as_deref(),
-            remote_json.as_deref(),
-            resolved.as_deref(),
-        )?;
+        let log = ConflictLogEntry {
+            rule: policy.policy.name(),
+            local: local_json.as_deref(),
+            remote: remote_json.as_deref(),
+        };
+        // One transaction: the server's document, the discarded local
+        // entries, the resolution and the log entry together.
+        let merged = matches!(
+            settlement,
+            Settlement::Write {
+                winner: "merged",
+                ..
+            }
+        );
+        match self
+            .store
+            .settle_conflict(&doc, remote.as_ref(), settlement, &log)
+        {
+            Ok(_) => {}
+            Err(e) if merged && e.is_invalid_input() => {
+                tracing::warn!(target: "tandem_core", doc = %doc.id, error = %e, "the conflict handler's merged value cannot be written: keeping the local version");
+                self.store
+                    .settle_conflict(&doc, remote.as_ref(), keep_local()?, &log)?;
+            }
+            Err(e) => return Err(e),
+        }
+        if let (Some(remote), Link::Open(session)) = (&remote, &mut self.link) {
+            let cursor = self
+                .store
+                .cursors()?
+                .get(doc.space.as_str())
+                .map_or(0, |c| c.rev);
+            if let Some(v) = remote.version
+                && v > cursor
+            {
+                let ahead = session.ahead.entry(doc.space.clone()).or_insert(0);
+                *ahead = (*ahead).max(v);
+            }
+            // The document is local now: a catch-up page listing it must
+            // merge with it.
+            if let Some(sp) = session.spaces.get_mut(&doc.space) {
+                sp.fresh = false;
+                sp.fresh_below = None;
+            }
+        }
         self.status_changed = true;
         Ok(())
     }

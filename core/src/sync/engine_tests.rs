@@ -939,12 +939,31 @@ fn a_reset_page_keeps_pending_writes_and_drops_what_the_server_lost() {
 }
 
 #[test]
-fn settled_means_caught_up_with_nothing_to_send() {
+fn settled_means_caught_up_with_roles_and_devices_known_and_nothing_to_send() {
     let mut r = rig();
     let actions = r.online(&[]);
     assert!(pushes(&actions).is_empty());
     assert!(!r.engine.is_settled().unwrap(), "catching up");
     r.frame(empty_final_page(0, SpaceChecksum::default()));
+    assert!(
+        !r.engine.is_settled().unwrap(),
+        "caught up, but the roles and devices the server sends next are not known yet"
+    );
+    r.frame(ServerMessage::Role(tandem_protocol::wire::RoleState {
+        request_id: None,
+        role: "auto-responder".into(),
+        holder: None,
+        holder_name: None,
+        epoch: 0,
+        lease_expires_at: None,
+    }));
+    assert!(
+        !r.engine.is_settled().unwrap(),
+        "roles come before the devices"
+    );
+    r.frame(ServerMessage::Devices(tandem_protocol::wire::Devices {
+        devices: Vec::new(),
+    }));
     assert!(r.engine.is_settled().unwrap());
     r.write(&doc("tasks", "t"), Write::Put(obj(json!({}))));
     assert!(!r.engine.is_settled().unwrap());

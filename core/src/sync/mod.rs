@@ -7,6 +7,8 @@
 //!   (tokio-tungstenite), with tokio timers and reqwest for registration,
 //!   token refresh and the HTTP endpoints;
 //! - `api`: the HTTP calls;
+//! - `endpoint`: the server's URL, normalized once;
+//! - [`tls`]: the one TLS configuration of the HTTP calls and the socket;
 //! - [`backoff`]: backoff schedules and jitter;
 //! - [`status`], [`conflict`]: what the app observes and decides.
 //!
@@ -19,8 +21,10 @@ pub(crate) mod api;
 pub mod backoff;
 pub mod conflict;
 pub(crate) mod driver;
+pub(crate) mod endpoint;
 pub(crate) mod engine;
 pub mod status;
+pub mod tls;
 pub mod tokens;
 
 #[cfg(test)]
@@ -29,5 +33,8 @@ mod engine_tests;
 pub use backoff::{Backoff, Jitter, SeededJitter};
 pub use conflict::{Conflict, ConflictHandler, Resolution};
 pub use engine::{Clock, SyncTuning, SystemClock};
-pub use status::{MutationFailure, SpaceProgress, StatusObserver, SyncStatus};
+pub use status::{
+    MutationFailure, SpaceProgress, StatusObserver, SyncError, SyncErrorKind, SyncStatus,
+};
+pub use tls::TlsSettings;
 pub use tokens::{StaticToken, TokenError, TokenProvider};

@@ -38,7 +38,90 @@ pub struct SyncStatus {
     pub checksum_mismatches: u64,
     /// The last connection or credential error, until the next successful
     /// connection.
-    pub last_error: Option<String>,
+    pub last_error: Option<SyncError>,
+}
+
+/// What kind of trouble syncing met last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncErrorKind {
+    /// The server could not be reached, or the connection broke.
+    Network,
+    /// The TLS connection failed: the server's certificate is not trusted
+    /// (unknown authority, wrong host name, expired, no pinned key), or
+    /// the server does not speak TLS.
+    Tls,
+    /// The server refused the device's credentials, or the app's token
+    /// provider has no user token.
+    Unauthorized,
+    /// The server reported an error (rate limited, internal, ...); the
+    /// message starts with its code.
+    Server,
+    /// The server speaks another protocol version: syncing stopped.
+    Protocol,
+    /// A space's checksum did not match the server's; it is fetched again.
+    Checksum,
+}
+
+impl SyncErrorKind {
+    /// The kind's name, as it is serialized (`network`, `tls`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncErrorKind::Network => "network",
+            SyncErrorKind::Tls => "tls",
+            SyncErrorKind::Unauthorized => "unauthorized",
+            SyncErrorKind::Server => "server",
+            SyncErrorKind::Protocol => "protocol",
+            SyncErrorKind::Checksum => "checksum",
+        }
+    }
+}
+
+/// The last error syncing met: its kind, and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncError {
+    /// What kind of error.
+    pub kind: SyncErrorKind,
+    /// What happened, without the kind in front.
+    pub message: String,
+}
+
+impl SyncError {
+    /// An error of `kind`.
+    pub fn new(kind: SyncErrorKind, message: impl Into<String>) -> SyncError {
+        SyncError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind of error a failed call into the server's HTTP API (or the
+    /// token provider) means for syncing.
+    pub(crate) fn from_error(error: &crate::Error) -> SyncError {
+        use crate::Error;
+        let kind = match error {
+            Error::Tls(_) => SyncErrorKind::Tls,
+            Error::Unauthorized(_)
+            | Error::Token(crate::sync::TokenError::SignedOut(_))
+            | Error::Server {
+                code: tandem_protocol::ErrorCode::Unauthorized | tandem_protocol::ErrorCode::Revoked,
+                ..
+            } => SyncErrorKind::Unauthorized,
+            Error::Server { .. } => SyncErrorKind::Server,
+            _ => SyncErrorKind::Network,
+        };
+        let message = match error {
+            Error::Server { code, message } => format!("{}: {message}", code.as_str()),
+            other => other.reason(),
+        };
+        SyncError { kind, message }
+    }
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
 }
 
 /// Receives the sync status. Called on the sync engine's task, in order:

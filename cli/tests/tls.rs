@@ -1,0 +1,221 @@
+//! TLS from a terminal: `tandem serve --tls-cert --tls-key` and `tandem
+//! client --ca-cert`, as processes; a plain `http://` server used by a
+//! client that has no root certificates at all; server URLs of every
+//! accepted form, and a bad one refused at once.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A `tandem serve --dev-auth` process (with TLS when given a certificate
+/// and key); killed on drop.
+struct Serve {
+    child: Child,
+    addr: String,
+    ready: Value,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(tls: Option<(&Path, &Path)>) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        cmd.args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--db"])
+            .arg(dir.path().join("server.db"));
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the server did not start ({e}): {line:?}"));
+        Serve {
+            child,
+            addr: ready["listening"].as_str().unwrap().to_owned(),
+            ready,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1 it signed, as
+/// files.
+struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    fn new() -> Certificates {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        Certificates { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn client(data: &Path, server: &str, extra: &[&str], command: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("client")
+        .arg("--data")
+        .arg(data)
+        .args(["--server", server, "--user", "alice", "--device", "cli"])
+        .args(extra)
+        .args(command)
+        .output()
+        .unwrap()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+#[test]
+fn a_client_syncs_with_a_tls_server_through_a_ca_given_on_the_command_line() {
+    let certs = Certificates::new();
+    let server = Serve::start(Some((&certs.path("cert.pem"), &certs.path("key.pem"))));
+    assert_eq!(server.ready["tls"], true, "{}", server.ready);
+    let url = format!("https://{}", server.addr);
+    let ca = certs.path("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    let phone = tempfile::tempdir().unwrap();
+    let out = client(
+        phone.path(),
+        &url,
+        &["--ca-cert", ca],
+        &["put", "tasks", "t1", r#"{"title":"over TLS"}"#],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client(phone.path(), &url, &["--ca-cert", ca], &["sync"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another device, reading the same server with its wss:// address.
+    let laptop = tempfile::tempdir().unwrap();
+    let wss = format!("wss://{}/v1/sync", server.addr);
+    let out = client(
+        laptop.path(),
+        &wss,
+        &["--ca-cert", ca],
+        &["get", "tasks", "t1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_json(&out)["fields"]["title"], "over TLS");
+
+    // Without the CA the same server is not trusted: a tls error, promptly.
+    let stranger = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = client(stranger.path(), &url, &[], &["sync", "--timeout", "60"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("error: tls: "), "{stderr}");
+    assert!(!stderr.contains("tls: tls"), "prefix repeated: {stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited for the whole timeout: {stderr}"
+    );
+}
+
+#[test]
+fn a_plain_server_needs_no_root_certificates_on_the_device() {
+    let server = Serve::start(None);
+    assert_eq!(server.ready["tls"], false, "{}", server.ready);
+    let empty = tempfile::tempdir().unwrap();
+    let phone = tempfile::tempdir().unwrap();
+    // No CA anywhere the device could look (rustls-native-certs reads
+    // these), as on a machine without ca-certificates.
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .env("SSL_CERT_FILE", empty.path().join("none.pem"))
+        .env("SSL_CERT_DIR", empty.path())
+        .arg("client")
+        .arg("--data")
+        .arg(phone.path())
+        .args(["--server", &format!("ws://{}", server.addr)])
+        .args([
+            "--user", "alice", "--device", "cli", "put", "tasks", "t1", "{}",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client(
+        phone.path(),
+        &format!("http://{}", server.addr),
+        &[],
+        &["sync"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_server_url_that_cannot_work_is_refused_at_once() {
+    let phone = tempfile::tempdir().unwrap();
+    for url in ["ftp://127.0.0.1:1", "127.0.0.1:1", "http://"] {
+        let started = Instant::now();
+        let out = client(phone.path(), url, &[], &["sync"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}");
+        let line = stderr.lines().last().unwrap_or_default();
+        assert!(
+            line.starts_with("error: invalid_config: "),
+            "{url}: {stderr}"
+        );
+        assert_eq!(line.matches("invalid_config").count(), 1, "{line}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url}: not at once"
+        );
+    }
+}
