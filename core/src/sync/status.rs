@@ -36,8 +36,9 @@ pub struct SyncStatus {
     /// How many times a space's checksum did not match the server's (each
     /// one re-synced the space).
     pub checksum_mismatches: u64,
-    /// The last connection or credential error, until the next successful
-    /// connection.
+    /// The last connection or credential error, or the server's refusal
+    /// of a write because this device's clock is ahead (`clock_skew: ...`),
+    /// until the next successful connection.
     pub last_error: Option<String>,
 }
 
