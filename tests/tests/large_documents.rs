@@ -170,6 +170,12 @@ async fn a_space_of_large_documents_syncs_within_the_announced_frame_limit() {
         }
     }
     assert_eq!(pulled.len(), DOCS);
+    println!(
+        "{DOCS} documents of {BLOB_BYTES} bytes: live, the 12-change commit in {parts_of_the_big_commit} messages, \
+         longest frame {} bytes; catch-up in {pages} pages, longest {} bytes (limit {limit})",
+        reader.largest_frame(),
+        fresh.largest_frame()
+    );
 
     // A real device catches up with all of it.
     let device = Device::online(&server.http_url(), "alice", "phone").await;
