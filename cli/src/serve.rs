@@ -103,6 +103,14 @@ pub struct ServeOptions {
     /// WebSocket connections one device may have open at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_connections_per_device: usize,
+    /// Devices (not revoked) one user may register; revoking one frees a
+    /// place.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_devices_per_user: usize,
+    /// How far ahead of the server's clock a write's clock reading may be,
+    /// in milliseconds; writes further ahead are refused (`clock_skew`).
+    #[arg(long, value_name = "MS", default_value_t = 300_000)]
+    pub max_clock_skew_ms: u64,
     /// Seconds a connection has to send a complete HTTP request head (the
     /// upgrade request included); slower clients are cut off.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
@@ -195,6 +203,8 @@ fn config(args: &ServeOptions) -> Result<ServerConfig, Failure> {
     config.limits.device_mutations_per_sec = args.rate_limit;
     config.limits.device_mutation_burst = args.rate_burst;
     config.limits.max_connections_per_device = args.max_connections_per_device.max(1);
+    config.limits.max_devices_per_user = args.max_devices_per_user.max(1);
+    config.limits.max_clock_skew = Duration::from_millis(args.max_clock_skew_ms);
     config.limits.request_header_timeout = Duration::from_secs(args.request_header_timeout.max(1));
     config.limits.handshake_timeout = Duration::from_secs(args.handshake_timeout);
     config.feed.page_size = args.page_size.max(1);

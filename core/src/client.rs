@@ -28,7 +28,7 @@ use crate::coordination::{DeviceInfo, DevicesObserver, GuardOutcome, RoleInfo, R
 
 use crate::config::{ClientConfig, DatabaseKey};
 use crate::credentials::CredentialVault;
-use crate::document::{DocKey, DocRef, LocalDocument};
+use crate::document::{DocKey, DocRef, LocalDocument, WriteText, refuse_inexact_numbers};
 use crate::error::{Error, json_type_name};
 use crate::observe::{DocumentObserver, Observers, QueryObserver, Subscription};
 use crate::query::{Query, ResolvedQuery};
@@ -242,7 +242,7 @@ impl Client {
     /// object), creating it if needed.
     pub fn put(&self, key: DocKey, fields_json: &str) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
-        let fields = parse_object(fields_json)?;
+        let fields = parse_object(fields_json, WriteText::Fields)?;
         self.write(&doc, Write::Put(fields))
     }
 
@@ -250,7 +250,7 @@ impl Client {
     /// value removes the field.
     pub fn patch(&self, key: DocKey, fields_json: &str) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
-        let fields = parse_object(fields_json)?;
+        let fields = parse_object(fields_json, WriteText::Fields)?;
         self.write(&doc, Write::Patch(fields))
     }
 
@@ -270,7 +270,7 @@ impl Client {
         values_json: &str,
     ) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
-        let values = parse_array(values_json)?;
+        let values = parse_array(values_json, field)?;
         self.write(
             &doc,
             Write::SetAdd {
@@ -289,7 +289,7 @@ impl Client {
         values_json: &str,
     ) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
-        let values = parse_array(values_json)?;
+        let values = parse_array(values_json, field)?;
         self.write(
             &doc,
             Write::SetRemove {
@@ -315,7 +315,7 @@ impl Client {
             Operation::Patch => self.patch(key, payload_json),
             Operation::Delete => self.delete(key),
             op @ (Operation::SetAdd | Operation::SetRemove) => {
-                let mut payload = parse_object(payload_json)?;
+                let mut payload = parse_any_object(payload_json)?;
                 let field = match payload.remove("field") {
                     Some(Value::String(field)) => field,
                     Some(other) => {
@@ -335,6 +335,7 @@ impl Client {
                     }
                     None => return Err(Error::InvalidPayload("missing \"values\"".into())),
                 };
+                refuse_inexact_numbers(payload_json, WriteText::SetPayload(&field))?;
                 let doc = self.resolve(&key)?;
                 let write = if op == Operation::SetAdd {
                     Write::SetAdd { field, values }
@@ -1004,8 +1005,8 @@ impl Client {
     ) -> Result<LocalDocument, Error> {
         let doc = self.resolve(&key)?;
         let write = match Operation::parse(operation)? {
-            Operation::Put => Write::Put(parse_object(payload_json)?),
-            Operation::Patch => Write::Patch(parse_object(payload_json)?),
+            Operation::Put => Write::Put(parse_object(payload_json, WriteText::Fields)?),
+            Operation::Patch => Write::Patch(parse_object(payload_json, WriteText::Fields)?),
             Operation::Delete => Write::Delete,
             Operation::SetAdd | Operation::SetRemove => {
                 return Err(Error::InvalidPayload(
@@ -1194,7 +1195,15 @@ fn parse_json(text: &str) -> Result<Value, Error> {
     serde_json::from_str(text).map_err(|e| Error::InvalidJson(e.to_string()))
 }
 
-fn parse_object(text: &str) -> Result<Map<String, Value>, Error> {
+/// A write's JSON object, refused if it holds a number that would be
+/// stored rounded (see [`refuse_inexact_numbers`]).
+fn parse_object(text: &str, shape: WriteText<'_>) -> Result<Map<String, Value>, Error> {
+    let map = parse_any_object(text)?;
+    refuse_inexact_numbers(text, shape)?;
+    Ok(map)
+}
+
+fn parse_any_object(text: &str) -> Result<Map<String, Value>, Error> {
     match parse_json(text)? {
         Value::Object(map) => Ok(map),
         other => Err(Error::NotAnObject {
@@ -1203,9 +1212,13 @@ fn parse_object(text: &str) -> Result<Map<String, Value>, Error> {
     }
 }
 
-fn parse_array(text: &str) -> Result<Vec<Value>, Error> {
+/// The values of a set operation on `field`, refused like a write's object.
+fn parse_array(text: &str, field: &str) -> Result<Vec<Value>, Error> {
     match parse_json(text)? {
-        Value::Array(values) => Ok(values),
+        Value::Array(values) => {
+            refuse_inexact_numbers(text, WriteText::SetValues(field))?;
+            Ok(values)
+        }
         other => Err(Error::NotAnArray {
             found: json_type_name(&other),
         }),

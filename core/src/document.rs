@@ -3,9 +3,55 @@
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tandem_protocol::{Collection, DocId, SpaceId};
+use tandem_protocol::numbers::{PathStep, first_inexact_number};
+use tandem_protocol::{Collection, DocId, RejectCode, SpaceId};
 
 use crate::error::Error;
+
+/// What the JSON text of a write holds, to name the field of a number in it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WriteText<'a> {
+    /// A fields object (`put`, `patch`): the top-level key is the field.
+    Fields,
+    /// The values of a set operation on `field`.
+    SetValues(&'a str),
+    /// `{"field": name, "values": [...]}`: a set operation on `name`
+    /// named as text.
+    SetPayload(&'a str),
+}
+
+/// Refuses, before anything is written, a write whose JSON `text` holds an
+/// integer no 64-bit parser keeps as written (see
+/// [`tandem_protocol::numbers`]): its parsed value would hold a rounded
+/// number. The error is the server's refusal of the same write,
+/// `invalid_mutation` naming the field.
+pub(crate) fn refuse_inexact_numbers(text: &str, shape: WriteText<'_>) -> Result<(), Error> {
+    let Some(number) = first_inexact_number(text) else {
+        return Ok(());
+    };
+    let (field, place) = match shape {
+        WriteText::Fields => {
+            let field = match number.path.first() {
+                Some(PathStep::Key(field)) => Some(field.clone()),
+                _ => None,
+            };
+            (field, number.path_text(0))
+        }
+        WriteText::SetValues(field) => (
+            Some(field.to_owned()),
+            format!("{field}{}", number.path_text(0)),
+        ),
+        WriteText::SetPayload(field) => (
+            Some(field.to_owned()),
+            format!("{field}{}", number.path_text(1)),
+        ),
+    };
+    Err(Error::Rejected {
+        code: RejectCode::InvalidMutation,
+        reason: format!("{place}: {}", number.explain()),
+        field,
+    })
+}
 
 /// Which document a call is about, as the app names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -257,3 +257,63 @@ fn the_client_can_be_used_from_several_threads() {
     assert_eq!(client.query(Query::new("tasks")).unwrap().len(), 100);
     assert_eq!(client.pending_mutations().unwrap().len(), 100);
 }
+
+#[test]
+fn integers_beyond_64_bits_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = open(&dir);
+    let mut policy = CollectionPolicy::lww();
+    policy.set_fields.insert("tags".into());
+    client.set_collection_policy("tasks", policy).unwrap();
+    let big = "123456789012345678901234567890";
+    let refused = |result: Result<tandem_core::LocalDocument, Error>| match result {
+        Err(Error::Rejected {
+            code,
+            reason,
+            field,
+        }) => {
+            assert_eq!(code.as_str(), "invalid_mutation");
+            (field, reason)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let (field, reason) =
+        refused(client.put(key("t1"), &format!(r#"{{"title": "x", "count": {big}}}"#)));
+    assert_eq!(field.as_deref(), Some("count"));
+    assert!(
+        reason.starts_with(&format!(
+            "count: the integer {big} is outside the 64-bit range"
+        )),
+        "{reason}"
+    );
+    let (field, reason) =
+        refused(client.patch(key("t1"), &format!(r#"{{"a": {{"b": [1, -{big}]}}}}"#)));
+    assert_eq!(field.as_deref(), Some("a"));
+    assert!(reason.starts_with("a.b[1]: "), "{reason}");
+    let (field, reason) = refused(client.set_add(key("t1"), "tags", &format!("[1, {big}]")));
+    assert_eq!(field.as_deref(), Some("tags"));
+    assert!(reason.starts_with("tags[1]: "), "{reason}");
+    let (field, reason) = refused(client.mutate(
+        key("t1"),
+        "set_add",
+        &format!(r#"{{"field": "tags", "values": [{big}]}}"#),
+    ));
+    assert_eq!(field.as_deref(), Some("tags"));
+    assert!(reason.starts_with("tags[0]: "), "{reason}");
+    assert!(client.get(key("t1")).unwrap().is_none(), "nothing written");
+    assert!(client.pending_mutations().unwrap().is_empty());
+
+    // What a 64-bit parser keeps is written as given; a double is a double.
+    let kept = client
+        .put(
+            key("t1"),
+            r#"{"max": 18446744073709551615, "min": -9223372036854775808, "d": 1.5e30}"#,
+        )
+        .unwrap();
+    assert_eq!(
+        kept.fields().unwrap(),
+        *json!({"max": u64::MAX, "min": i64::MIN, "d": 1.5e30})
+            .as_object()
+            .unwrap()
+    );
+}

@@ -37,6 +37,17 @@ pub struct Change {
 }
 
 impl Change {
+    /// The length of this change as JSON text, in bytes: what it adds to a
+    /// `changes` message (plus a comma between two changes). Counted
+    /// without building the text.
+    pub fn encoded_len(&self) -> usize {
+        let mut counter = ByteCounter(0);
+        match serde_json::to_writer(&mut counter, self) {
+            Ok(()) => counter.0,
+            Err(_) => usize::MAX,
+        }
+    }
+
     /// A change recording `document` at its version.
     pub fn from_document(
         document: &Document,
@@ -64,5 +75,19 @@ impl Change {
             version: Some(self.rev),
             state: self.state.clone(),
         }
+    }
+}
+
+/// A writer that only counts what is written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

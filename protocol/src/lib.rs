@@ -15,6 +15,8 @@
 //! - [`wire`]: the messages exchanged over the WebSocket, with a protocol
 //!   version;
 //! - [`checksum`]: the per-space checksum a client recomputes to detect drift;
+//! - [`numbers`]: finds integers in JSON text that a 64-bit parser would
+//!   round, which devices and the server refuse;
 //! - [`api`]: the bodies of the HTTP endpoints (device registration, token
 //!   refresh, spaces).
 //!
@@ -30,6 +32,7 @@ pub mod hlc;
 pub mod ids;
 pub mod merge;
 pub mod mutation;
+pub mod numbers;
 pub mod policy;
 pub mod wire;
 

@@ -182,6 +182,25 @@ pub struct Changes {
     pub reset: bool,
 }
 
+impl Changes {
+    /// The most bytes a `changes` message of `space` takes besides its
+    /// changes: every other member at its longest (a checksum, the largest
+    /// `head`, `reset`). The whole message is at most this plus, for each
+    /// change, its [`Change::encoded_len`] and one byte for the comma.
+    pub fn envelope_len(space: &SpaceId) -> usize {
+        ServerMessage::Changes(Changes {
+            space: space.clone(),
+            changes: Vec::new(),
+            more: false,
+            checksum: Some(SpaceChecksum(u64::MAX)),
+            head: Some(u64::MAX),
+            reset: true,
+        })
+        .encode()
+        .len()
+    }
+}
+
 /// `ack`: one result per mutation of a `push`, in the same order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -465,6 +484,12 @@ pub enum RejectCode {
     StaleEpoch,
     /// The user is not a member of the space.
     Forbidden,
+    /// The mutation's clock reading is further ahead of the server's clock
+    /// than the server allows (`--max-clock-skew-ms`, 5 minutes by
+    /// default): the author's wall clock is wrong. Not recorded: once the
+    /// server's clock is within the bound of the reading, the same mutation
+    /// is accepted.
+    ClockSkew,
 }
 
 /// Why a request or connection failed (in an `error`).
@@ -510,6 +535,9 @@ pub enum ErrorCode {
     /// is not the role's current one, or a device that is not its holder,
     /// or a lease that ran out: the device lost the role.
     StaleEpoch,
+    /// The user has as many registered devices as the server allows
+    /// (`--max-devices-per-user`); revoking one frees a place.
+    TooManyDevices,
 }
 
 impl ErrorCode {
@@ -533,6 +561,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::StaleEpoch => "stale_epoch",
+            ErrorCode::TooManyDevices => "too_many_devices",
         }
     }
 }
@@ -549,6 +578,7 @@ impl RejectCode {
             RejectCode::NotASetField => "not_a_set_field",
             RejectCode::StaleEpoch => "stale_epoch",
             RejectCode::Forbidden => "forbidden",
+            RejectCode::ClockSkew => "clock_skew",
         }
     }
 }

@@ -489,3 +489,109 @@ fn coordination_http_bodies() {
     assert!(!tandem_protocol::wire::valid_role_name(""));
     assert!(!tandem_protocol::wire::valid_role_name("a b"));
 }
+
+#[test]
+fn refusals_of_clock_readings_and_device_places() {
+    let ack = ServerMessage::Ack(Ack {
+        batch_id: 10,
+        results: vec![MutationResult {
+            mutation_id: mid(5),
+            outcome: Outcome::Rejected {
+                code: RejectCode::ClockSkew,
+                reason: "the clock reading 32503680000000-0-0193a1b2-phone is 355782 days ahead of the server's clock, more than the 5 min allowed: set this device's clock right (its writes are refused until it is within the bound)".into(),
+                field: None,
+            },
+        }],
+    });
+    round_trip_server(&ack);
+    assert_json_snapshot!("ack_clock_skew", ack);
+    assert_json_snapshot!(
+        "http_error_too_many_devices",
+        tandem_protocol::api::ApiError {
+            code: ErrorCode::TooManyDevices,
+            message: "alice has 100 registered devices and may have at most 100: revoke one (DELETE /v1/devices/{device}) to register another".into(),
+        }
+    );
+}
+
+#[test]
+fn every_code_is_spelled_as_on_the_wire() {
+    let errors = [
+        ErrorCode::BadFrame,
+        ErrorCode::HelloRequired,
+        ErrorCode::UnsupportedProtocol,
+        ErrorCode::Unauthorized,
+        ErrorCode::Revoked,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::AlreadyExists,
+        ErrorCode::InvalidRequest,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::BatchTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::HandshakeTimeout,
+        ErrorCode::SlowConsumer,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Internal,
+        ErrorCode::StaleEpoch,
+        ErrorCode::TooManyDevices,
+    ];
+    for code in errors {
+        assert_eq!(json!(code), json!(code.as_str()));
+    }
+    let rejects = [
+        RejectCode::InvalidMutation,
+        RejectCode::DocumentTooLarge,
+        RejectCode::ValidationFailed,
+        RejectCode::UpdateNotAllowed,
+        RejectCode::SetFieldWrite,
+        RejectCode::NotASetField,
+        RejectCode::StaleEpoch,
+        RejectCode::Forbidden,
+        RejectCode::ClockSkew,
+    ];
+    for code in rejects {
+        assert_eq!(json!(code), json!(code.as_str()));
+    }
+    assert_json_snapshot!(
+        "every_code",
+        json!({
+            "error": errors.map(ErrorCode::as_str),
+            "reject": rejects.map(RejectCode::as_str),
+        })
+    );
+}
+
+#[test]
+fn a_changes_message_is_at_most_its_envelope_and_its_changes() {
+    let doc = document();
+    let change = Change::from_document(&doc, Some(device()), Some(mid(1)));
+    for n in [0usize, 1, 3] {
+        for (more, checksum, head, reset) in [
+            (true, None, None, false),
+            (false, Some(SpaceChecksum(7)), Some(42), false),
+            (false, Some(SpaceChecksum(u64::MAX)), Some(u64::MAX), true),
+        ] {
+            let changes = vec![change.clone(); n];
+            let bound = Changes::envelope_len(&space())
+                + changes.iter().map(|c| c.encoded_len() + 1).sum::<usize>();
+            let text = ServerMessage::Changes(Changes {
+                space: space(),
+                changes,
+                more,
+                checksum,
+                head,
+                reset,
+            })
+            .encode();
+            assert!(text.len() <= bound, "{} > {bound}", text.len());
+            if reset {
+                assert!(bound - text.len() <= 1, "the bound is tight");
+            }
+        }
+    }
+    assert_eq!(
+        change.encoded_len(),
+        serde_json::to_string(&change).unwrap().len()
+    );
+}

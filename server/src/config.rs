@@ -84,6 +84,15 @@ pub struct Limits {
     pub max_connections_per_device: usize,
     /// Mutations one device may push in a burst.
     pub device_mutation_burst: u32,
+    /// How far ahead of the server's clock a mutation's clock reading may
+    /// be. A reading further ahead is refused (`rejected clock_skew`): it
+    /// would win every later write to its fields, and every device that
+    /// saw it would stamp its own writes that far ahead too.
+    pub max_clock_skew: Duration,
+    /// Devices (registered, not revoked) one user may have. Registering
+    /// another is refused with `too_many_devices` until one is revoked;
+    /// registering a device again never counts twice.
+    pub max_devices_per_user: usize,
     /// Time a connection has to send a request's headers: from the accept
     /// (or the end of the previous request) to the blank line. A client that
     /// trickles its upgrade request, or sends nothing, is cut off after this
@@ -105,6 +114,8 @@ impl Default for Limits {
             max_document_bytes: 1 << 20,
             device_mutations_per_sec: 1_000,
             device_mutation_burst: 2_000,
+            max_clock_skew: Duration::from_secs(5 * 60),
+            max_devices_per_user: 100,
             max_connections_per_device: 64,
             request_header_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),

@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tandem_protocol::wire::{Changes, DeviceInfo, RoleState};
-use tandem_protocol::{ErrorCode, ServerMessage, SpaceId, UserId};
+use tandem_protocol::{Change, ErrorCode, ServerMessage, SpaceId, UserId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{CommitListener, CommittedChanges, DeviceIdentity, StoreEvent};
+use crate::store::{CommitListener, CommittedChanges, DeviceIdentity, PageFill, StoreEvent};
 
 /// Identifies one connection in the hub.
 pub type ConnectionId = u64;
@@ -35,36 +35,93 @@ pub type ConnectionId = u64;
 pub struct LiveChanges {
     /// The committed changes.
     pub batch: Arc<CommittedChanges>,
-    encoded: OnceLock<Utf8Bytes>,
+    encoded: OnceLock<Arc<[Utf8Bytes]>>,
 }
 
 impl LiveChanges {
-    /// The whole batch as a `changes` message, encoded once for every
-    /// connection that sends it unfiltered.
-    pub fn encoded(&self) -> Utf8Bytes {
+    /// The whole batch as `changes` messages of at most `max_frame_bytes`
+    /// (see [`live_messages`]), encoded once for every connection that
+    /// sends it unfiltered. (Every connection of a server has the same
+    /// limit.)
+    pub fn encoded(&self, max_frame_bytes: usize) -> Arc<[Utf8Bytes]> {
         self.encoded
-            .get_or_init(|| Utf8Bytes::from(live_message(&self.batch, 0).encode()))
+            .get_or_init(|| encode_live(&self.batch, 0, max_frame_bytes))
             .clone()
     }
 }
 
-/// The `changes` message for the part of `batch` above `watermark`.
-pub fn live_message(batch: &CommittedChanges, watermark: u64) -> ServerMessage {
-    let changes: Vec<_> = batch
-        .changes
-        .iter()
-        .filter(|c| c.rev > watermark)
-        .cloned()
-        .collect();
-    let head = batch.changes.last().map(|c| c.rev);
-    ServerMessage::Changes(Changes {
+/// The frames of the part of `batch` above `watermark` (see
+/// [`live_messages`]). The usual commit fits in one frame and is encoded
+/// once; only one that does not is measured change by change and split.
+pub fn encode_live(
+    batch: &CommittedChanges,
+    watermark: u64,
+    max_frame_bytes: usize,
+) -> Arc<[Utf8Bytes]> {
+    let whole = ServerMessage::Changes(Changes {
         space: batch.space.clone(),
-        changes,
+        changes: batch
+            .changes
+            .iter()
+            .filter(|c| c.rev > watermark)
+            .cloned()
+            .collect(),
         more: false,
         checksum: Some(batch.checksum),
-        head,
+        head: batch.changes.last().map(|c| c.rev),
         reset: false,
     })
+    .encode();
+    if whole.len() <= max_frame_bytes {
+        return Arc::from([Utf8Bytes::from(whole)]);
+    }
+    live_messages(batch, watermark, max_frame_bytes)
+        .iter()
+        .map(|m| Utf8Bytes::from(m.encode()))
+        .collect()
+}
+
+/// The `changes` messages for the part of `batch` above `watermark`, each
+/// at most `max_frame_bytes` long (a change longer than that on its own
+/// goes alone in its message): usually one. When the commit does not fit
+/// one message, every message but the last has `more: true` and no
+/// checksum (the device is between two states of the server, as in the
+/// middle of a catch-up); the last has `more: false` and the checksum.
+/// Every message's `head` is the commit's last revision.
+pub fn live_messages(
+    batch: &CommittedChanges,
+    watermark: u64,
+    max_frame_bytes: usize,
+) -> Vec<ServerMessage> {
+    let head = batch.changes.last().map(|c| c.rev);
+    let limit = crate::feed::page_limit(&batch.space, usize::MAX, max_frame_bytes);
+    let mut parts: Vec<Vec<Change>> = vec![Vec::new()];
+    let mut fill = PageFill::new(limit);
+    for change in batch.changes.iter().filter(|c| c.rev > watermark) {
+        if !fill.admit(change) {
+            parts.push(Vec::new());
+            fill = PageFill::new(limit);
+            fill.admit(change);
+        }
+        if let Some(part) = parts.last_mut() {
+            part.push(change.clone());
+        }
+    }
+    let last = parts.len() - 1;
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, changes)| {
+            ServerMessage::Changes(Changes {
+                space: batch.space.clone(),
+                changes,
+                more: i < last,
+                checksum: (i == last).then_some(batch.checksum),
+                head,
+                reset: false,
+            })
+        })
+        .collect()
 }
 
 /// What a connection receives from the hub.
@@ -368,5 +425,108 @@ impl Drop for Registration {
         if let Ok(mut registry) = self.hub.registry.lock() {
             registry.remove(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+    use tandem_protocol::{Collection, DocId, DocState, SpaceChecksum};
+
+    use super::*;
+
+    fn batch(n: u64, blob: usize) -> CommittedChanges {
+        let space = SpaceId::new("personal:alice").unwrap();
+        let changes = (1..=n)
+            .map(|rev| {
+                let mut state = DocState::default();
+                state.fields.insert("blob".into(), json!("x".repeat(blob)));
+                Change {
+                    space: space.clone(),
+                    rev,
+                    collection: Collection::new("blobs").unwrap(),
+                    doc_id: DocId::new(format!("b{rev}")).unwrap(),
+                    state,
+                    deleted: false,
+                    origin: None,
+                    mutation_id: None,
+                }
+            })
+            .collect();
+        CommittedChanges {
+            space,
+            changes,
+            checksum: SpaceChecksum(9),
+        }
+    }
+
+    fn parts(messages: &[ServerMessage]) -> Vec<(Vec<u64>, bool, bool, Option<u64>)> {
+        messages
+            .iter()
+            .map(|m| match m {
+                ServerMessage::Changes(c) => (
+                    c.changes.iter().map(|c| c.rev).collect(),
+                    c.more,
+                    c.checksum.is_some(),
+                    c.head,
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_commit_that_fits_one_frame_is_one_message() {
+        let messages = live_messages(&batch(3, 10), 0, 1 << 20);
+        assert_eq!(
+            parts(&messages),
+            vec![(vec![1, 2, 3], false, true, Some(3))]
+        );
+        let messages = live_messages(&batch(3, 10), 1, 1 << 20);
+        assert_eq!(parts(&messages), vec![(vec![2, 3], false, true, Some(3))]);
+    }
+
+    #[test]
+    fn encoded_frames_are_the_messages() {
+        for (n, blob, watermark, limit) in [(3, 10, 0, 1 << 20), (7, 3 * 1024, 2, 10 * 1024)] {
+            let batch = batch(n, blob);
+            let frames: Vec<String> = encode_live(&batch, watermark, limit)
+                .iter()
+                .map(|f| f.as_str().to_owned())
+                .collect();
+            let messages: Vec<String> = live_messages(&batch, watermark, limit)
+                .iter()
+                .map(ServerMessage::encode)
+                .collect();
+            assert_eq!(frames, messages);
+        }
+    }
+
+    #[test]
+    fn a_commit_too_long_for_one_frame_is_split_within_the_limit() {
+        let limit = 10 * 1024;
+        let messages = live_messages(&batch(7, 3 * 1024), 0, limit);
+        assert_eq!(
+            parts(&messages),
+            vec![
+                (vec![1, 2, 3], true, false, Some(7)),
+                (vec![4, 5, 6], true, false, Some(7)),
+                (vec![7], false, true, Some(7)),
+            ]
+        );
+        for m in &messages {
+            assert!(m.encode().len() <= limit, "{}", m.encode().len());
+        }
+        // A change longer than the limit on its own goes alone.
+        let messages = live_messages(&batch(2, 20 * 1024), 0, limit);
+        assert_eq!(
+            parts(&messages),
+            vec![
+                (vec![1], true, false, Some(2)),
+                (vec![2], false, true, Some(2))
+            ]
+        );
     }
 }

@@ -105,6 +105,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::SlowConsumer | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::StaleEpoch => StatusCode::CONFLICT,
+        ErrorCode::TooManyDevices => StatusCode::CONFLICT,
     }
 }
 
@@ -146,22 +147,48 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, HttpError> {
-        let limit = state.config.limits.max_frame_bytes;
-        let bytes: Bytes = axum::body::to_bytes(req.into_body(), limit)
-            .await
-            .map_err(|_| {
-                fail(
-                    state,
-                    HttpError::new(
-                        ErrorCode::FrameTooLarge,
-                        format!("the body is larger than {limit} bytes"),
-                    ),
-                )
-            })?;
+        let bytes = body_bytes(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| fail(state, HttpError::new(ErrorCode::BadFrame, e.to_string())))
     }
+}
+
+/// A JSON body decoded like [`JsonBody`], with its text kept (a push's
+/// text says what its decoded numbers cannot, see [`crate::screen`]).
+struct JsonText<T>(T, String);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonText<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request<Body>, state: &AppState) -> Result<Self, HttpError> {
+        let bytes = body_bytes(req, state).await?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
+            fail(
+                state,
+                HttpError::new(ErrorCode::BadFrame, format!("the body is not UTF-8: {e}")),
+            )
+        })?;
+        serde_json::from_str(&text)
+            .map(|value| JsonText(value, text))
+            .map_err(|e| fail(state, HttpError::new(ErrorCode::BadFrame, e.to_string())))
+    }
+}
+
+/// The request's body, up to the frame limit.
+async fn body_bytes(req: Request<Body>, state: &AppState) -> Result<Bytes, HttpError> {
+    let limit = state.config.limits.max_frame_bytes;
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            fail(
+                state,
+                HttpError::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("the body is larger than {limit} bytes"),
+                ),
+            )
+        })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -311,6 +338,7 @@ async fn register_device(
                     app_version: body.app_version,
                 },
                 minted.stored,
+                state.config.limits.max_devices_per_user,
                 now_ms(),
             )
             .await?;
@@ -470,7 +498,8 @@ async fn pull(
         )
     })?;
     let page_size = state.config.feed.page_size;
-    let limit = query.limit.unwrap_or(page_size).clamp(1, page_size);
+    let changes = query.limit.unwrap_or(page_size).clamp(1, page_size);
+    let limit = feed::page_limit(&space, changes, state.config.limits.max_frame_bytes);
     let page = feed::read_page(
         state.store.as_ref(),
         &device.user,
@@ -488,7 +517,7 @@ async fn pull(
 async fn push(
     State(state): State<AppState>,
     Device(device): Device,
-    JsonBody(message): JsonBody<ClientMessage>,
+    JsonText(message, text): JsonText<ClientMessage>,
 ) -> Result<Response, HttpError> {
     let ClientMessage::Push(push) = message else {
         return Err(fail(
@@ -519,15 +548,17 @@ async fn push(
             ),
         ));
     }
-    let results = if push.mutations.is_empty() {
+    let (mutations, refusals) = crate::screen::screen(&text, push.mutations);
+    let stored = if mutations.is_empty() {
         Vec::new()
     } else {
         state
             .store
-            .push(device, push.mutations, now_ms())
+            .push(device, mutations, now_ms())
             .await
             .map_err(|e| fail(&state, e.into()))?
     };
+    let results = refusals.merge(stored);
     state.metrics.pushed(results.iter().map(|r| &r.outcome));
     Ok(json_body(&ServerMessage::Ack(Ack {
         batch_id: push.batch_id,

@@ -41,6 +41,7 @@ pub mod push_hints;
 pub mod rate_limit;
 pub mod roles;
 pub mod schema;
+pub mod screen;
 pub mod session;
 pub mod state;
 pub mod store;
@@ -119,6 +120,8 @@ impl Server {
         let rules = PushRules {
             schema: Arc::new(config.schema.clone()),
             max_document_bytes: config.limits.max_document_bytes,
+            max_frame_bytes: config.limits.max_frame_bytes,
+            max_clock_skew_ms: config.limits.max_clock_skew.as_millis() as u64,
         };
         let (store, database): (Arc<dyn Store>, String) = match &config.postgres {
             Some(options) => (

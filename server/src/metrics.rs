@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use tandem_protocol::ErrorCode;
 use tandem_protocol::wire::Outcome;
 
-const ERROR_CODES: [ErrorCode; 17] = [
+const ERROR_CODES: [ErrorCode; 18] = [
     ErrorCode::BadFrame,
     ErrorCode::HelloRequired,
     ErrorCode::UnsupportedProtocol,
@@ -27,6 +27,7 @@ const ERROR_CODES: [ErrorCode; 17] = [
     ErrorCode::ShuttingDown,
     ErrorCode::Internal,
     ErrorCode::StaleEpoch,
+    ErrorCode::TooManyDevices,
 ];
 
 fn error_index(code: ErrorCode) -> usize {
@@ -48,6 +49,7 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::ShuttingDown => 14,
         ErrorCode::Internal => 15,
         ErrorCode::StaleEpoch => 16,
+        ErrorCode::TooManyDevices => 17,
     }
 }
 
@@ -63,7 +65,7 @@ pub struct Metrics {
     rejected: AtomicU64,
     changes_sent: AtomicU64,
     fanout_queue_depth: AtomicI64,
-    errors: [AtomicU64; 17],
+    errors: [AtomicU64; 18],
 }
 
 impl Metrics {

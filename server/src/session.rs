@@ -38,8 +38,9 @@ use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::fanout::{LiveChanges, LiveEvent, Registration, live_message};
+use crate::fanout::{LiveChanges, LiveEvent, Registration, encode_live};
 use crate::feed::{self, FeedNext, needs_reset};
+use crate::screen::{self, Refusals};
 use crate::state::{ServerState, now_ms};
 use crate::store::{DeviceIdentity, RoleRequest, StoreError};
 
@@ -80,6 +81,12 @@ struct InflightPush {
     result: BoxFuture<'static, Result<Vec<MutationResult>, StoreError>>,
 }
 
+/// A push waiting its turn, with the answers its text already decided.
+struct QueuedPush {
+    push: Push,
+    refusals: Refusals,
+}
+
 struct Session {
     state: Arc<ServerState>,
     identity: DeviceIdentity,
@@ -90,7 +97,7 @@ struct Session {
     last_received: Instant,
     feeds: HashMap<SpaceId, Feed>,
     catch_up: VecDeque<SpaceId>,
-    queued_pushes: VecDeque<Push>,
+    queued_pushes: VecDeque<QueuedPush>,
     inflight: Option<InflightPush>,
     next_ping: u64,
     /// Counted in this instance's presence (undone when the session ends).
@@ -176,7 +183,7 @@ impl Session {
                 }
                 Ok(frame) => frame,
             };
-            let Some(message) = self.decode(frame)? else {
+            let Some((message, _)) = self.decode(frame)? else {
                 continue;
             };
             let hello = match message {
@@ -207,11 +214,12 @@ impl Session {
         }
     }
 
-    /// Decodes one inbound frame; `None` for control frames.
+    /// Decodes one inbound frame, keeping its text; `None` for control
+    /// frames.
     fn decode(
         &mut self,
         frame: Option<Result<Message, axum::Error>>,
-    ) -> Result<Option<ClientMessage>, End> {
+    ) -> Result<Option<(ClientMessage, Utf8Bytes)>, End> {
         let message = match frame {
             None => return Err(End::Peer),
             Some(Err(e)) => return Err(read_error(&e, self.state.config.limits.max_frame_bytes)),
@@ -220,7 +228,7 @@ impl Session {
         self.last_received = Instant::now();
         match message {
             Message::Text(text) => ClientMessage::decode(&text)
-                .map(Some)
+                .map(|message| Some((message, text)))
                 .map_err(|e| fatal(ErrorCode::BadFrame, e.to_string())),
             Message::Binary(_) => Err(fatal(
                 ErrorCode::BadFrame,
@@ -384,9 +392,9 @@ impl Session {
                     }
                 }
                 frame = self.stream.next(), if read_frames => {
-                    if let Some(message) = self.decode(frame)? {
+                    if let Some((message, text)) = self.decode(frame)? {
                         self.state.presence.touch(&self.identity);
-                        self.handle(hub, message).await?;
+                        self.handle(hub, message, &text).await?;
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -406,10 +414,15 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, hub: &Registration, message: ClientMessage) -> Result<(), End> {
+    async fn handle(
+        &mut self,
+        hub: &Registration,
+        message: ClientMessage,
+        text: &str,
+    ) -> Result<(), End> {
         match message {
             ClientMessage::Hello(_) => Err(fatal(ErrorCode::HelloRequired, "hello came twice")),
-            ClientMessage::Push(push) => self.accept_push(push).await,
+            ClientMessage::Push(push) => self.accept_push(push, text).await,
             ClientMessage::Subscribe(subscribe) => {
                 self.subscribe(hub, subscribe);
                 Ok(())
@@ -579,7 +592,7 @@ impl Session {
             .await
     }
 
-    async fn accept_push(&mut self, push: Push) -> Result<(), End> {
+    async fn accept_push(&mut self, push: Push, text: &str) -> Result<(), End> {
         let limits = &self.state.config.limits;
         let n = push.mutations.len();
         if n > limits.max_batch_mutations {
@@ -601,18 +614,33 @@ impl Session {
                 )
                 .await;
         }
-        self.queued_pushes.push_back(push);
+        let Push {
+            batch_id,
+            mutations,
+        } = push;
+        let (mutations, refusals) = screen::screen(text, mutations);
+        self.queued_pushes.push_back(QueuedPush {
+            push: Push {
+                batch_id,
+                mutations,
+            },
+            refusals,
+        });
         Ok(())
     }
 
-    fn start_push(&mut self, push: Push) {
+    fn start_push(&mut self, queued: QueuedPush) {
         let store = self.state.store.clone();
         let author = self.identity.clone();
+        let QueuedPush { push, refusals } = queued;
         let mutations = push.mutations;
         let result: BoxFuture<'static, _> = if mutations.is_empty() {
-            Box::pin(std::future::ready(Ok(Vec::new())))
+            Box::pin(std::future::ready(Ok(refusals.merge(Vec::new()))))
         } else {
-            Box::pin(async move { store.push(author, mutations, now_ms()).await })
+            Box::pin(async move {
+                let stored = store.push(author, mutations, now_ms()).await?;
+                Ok(refusals.merge(stored))
+            })
         };
         self.inflight = Some(InflightPush {
             batch_id: push.batch_id,
@@ -675,13 +703,18 @@ impl Session {
         let Some(Feed::CatchingUp { after, reset }) = self.feeds.get(&space).copied() else {
             return Ok(());
         };
+        let limit = feed::page_limit(
+            &space,
+            self.state.config.feed.page_size,
+            self.state.config.limits.max_frame_bytes,
+        );
         let page = feed::read_page(
             self.state.store.as_ref(),
             &self.identity.user,
             &space,
             after,
             reset,
-            self.state.config.feed.page_size,
+            limit,
         )
         .await;
         match page {
@@ -766,15 +799,12 @@ impl Session {
             self.catch_up.push_back(batch.space.clone());
             return Ok(());
         }
-        let (text, n) = if first.rev > watermark {
-            (live.encoded(), batch.changes.len())
+        let max_frame_bytes = self.state.config.limits.max_frame_bytes;
+        let (frames, n) = if first.rev > watermark {
+            (live.encoded(max_frame_bytes), batch.changes.len())
         } else {
-            let message = live_message(batch, watermark);
-            let n = match &message {
-                ServerMessage::Changes(c) => c.changes.len(),
-                _ => 0,
-            };
-            (Utf8Bytes::from(message.encode()), n)
+            let n = batch.changes.iter().filter(|c| c.rev > watermark).count();
+            (encode_live(batch, watermark, max_frame_bytes), n)
         };
         self.feeds.insert(
             batch.space.clone(),
@@ -782,7 +812,9 @@ impl Session {
                 watermark: last.rev,
             },
         );
-        self.send_text(text).await?;
+        for frame in frames.iter() {
+            self.send_text(frame.clone()).await?;
+        }
         self.state.metrics.changes_sent(n);
         Ok(())
     }

@@ -137,8 +137,8 @@ fn identity(device: &str) -> DeviceIdentity {
 
 async fn store(schema: &TestSchema) -> Arc<PostgresStore> {
     let rules = PushRules {
-        schema: Arc::new(Schema::default()),
         max_document_bytes: 4_096,
+        ..PushRules::new(Arc::new(Schema::default()))
     };
     let listener = Arc::new(RecordingListener::default());
     Arc::new(
@@ -176,6 +176,7 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
                 refresh: tandem_server::auth::hash_token(&format!("r{i}")),
                 refresh_expires_at: now() + 60_000,
             },
+            100,
             now(),
         )
         .await

@@ -19,8 +19,8 @@ use tandem_server::store::conformance::RecordingListener;
 use tandem_server::store::postgres::migrations::{self, CURRENT_SCHEMA, MIGRATIONS};
 use tandem_server::store::postgres::testing::TestSchema;
 use tandem_server::store::{
-    DeviceIdentity, DeviceRegistration, NewCredentials, PostgresOptions, PostgresStore, PushRules,
-    RefreshOutcome, Store, StoreEvent,
+    DeviceIdentity, DeviceRegistration, NewCredentials, PageLimit, PostgresOptions, PostgresStore,
+    PushRules, RefreshOutcome, Store, StoreEvent,
 };
 use tokio_postgres::NoTls;
 
@@ -28,8 +28,8 @@ const NOW: u64 = 1_764_000_000_000;
 
 fn rules() -> PushRules {
     PushRules {
-        schema: Arc::new(Schema::default()),
         max_document_bytes: 4_096,
+        ..PushRules::new(Arc::new(Schema::default()))
     }
 }
 
@@ -69,6 +69,7 @@ async fn register(store: &dyn Store, id: &DeviceIdentity, seed: &str) -> (String
                 refresh: hash_token(&refresh),
                 refresh_expires_at: NOW + 3_600_000,
             },
+            100,
             NOW,
         )
         .await
@@ -158,7 +159,7 @@ async fn revisions_have_no_gaps_or_duplicates_across_instances() {
         );
     }
     let page = b
-        .read_changes(user("alice"), space.clone(), 0, 1_000)
+        .read_changes(user("alice"), space.clone(), 0, PageLimit::changes(1_000))
         .await
         .unwrap();
     assert_eq!(page.position.head, total);
@@ -221,13 +222,13 @@ async fn idempotency_holds_across_instances() {
     }
     assert_eq!(applied, 30);
     let personal_head = a
-        .read_changes(user("alice"), personal, 0, 1_000)
+        .read_changes(user("alice"), personal, 0, PageLimit::changes(1_000))
         .await
         .unwrap()
         .position
         .head;
     let shared_head = a
-        .read_changes(user("alice"), shared, 0, 1_000)
+        .read_changes(user("alice"), shared, 0, PageLimit::changes(1_000))
         .await
         .unwrap()
         .position

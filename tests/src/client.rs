@@ -10,6 +10,7 @@ use tandem_protocol::{
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -34,12 +35,34 @@ pub enum WsError {
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     stash: VecDeque<ServerMessage>,
+    largest_frame: usize,
 }
 
 impl WsClient {
     /// Opens `/v1/sync` at `url` with `Authorization: Bearer <token>` (no
     /// header if `token` is `None`).
     pub async fn connect(url: &str, token: Option<&str>) -> Result<WsClient, WsError> {
+        Self::connect_with(url, token, None).await
+    }
+
+    /// Opens `/v1/sync` like [`WsClient::connect`], refusing (as a broken
+    /// connection) any frame or message longer than `max_bytes`: a client
+    /// that honours the frame limit the server announces.
+    pub async fn connect_limited(url: &str, token: &str, max_bytes: usize) -> WsClient {
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(max_bytes))
+            .max_message_size(Some(max_bytes));
+        match Self::connect_with(url, Some(token), Some(config)).await {
+            Ok(client) => client,
+            Err(e) => panic!("connecting to {url} failed: {e:?}"),
+        }
+    }
+
+    async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        config: Option<WebSocketConfig>,
+    ) -> Result<WsClient, WsError> {
         let mut request = url
             .into_client_request()
             .map_err(|e| WsError::Other(e.to_string()))?;
@@ -49,13 +72,17 @@ impl WsClient {
             )?;
             request.headers_mut().insert("authorization", value);
         }
-        let connected = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
-            .await
-            .map_err(|_| WsError::Other("connect timed out".into()))?;
+        let connected = tokio::time::timeout(
+            PATIENCE,
+            tokio_tungstenite::connect_async_with_config(request, config, false),
+        )
+        .await
+        .map_err(|_| WsError::Other("connect timed out".into()))?;
         match connected {
             Ok((ws, _)) => Ok(WsClient {
                 ws,
                 stash: VecDeque::new(),
+                largest_frame: 0,
             }),
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
@@ -116,6 +143,7 @@ impl WsClient {
             match frame {
                 None | Some(Err(_)) => return None,
                 Some(Ok(Message::Text(text))) => {
+                    self.largest_frame = self.largest_frame.max(text.len());
                     return Some(ServerMessage::decode(&text).unwrap_or_else(|e| {
                         panic!("the server sent an invalid message ({e}): {text}")
                     }));
@@ -197,6 +225,11 @@ impl WsClient {
             ServerMessage::Error(e) => e,
             _ => unreachable!(),
         }
+    }
+
+    /// The length of the longest text frame received so far, in bytes.
+    pub fn largest_frame(&self) -> usize {
+        self.largest_frame
     }
 
     /// The messages received but not yet taken by `recv` or a `recv_*`

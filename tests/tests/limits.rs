@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use tandem_e2e::{Http, PATIENCE, Replica, TestServer, TestServerOptions, Writer, WsClient};
 use tandem_protocol::wire::Outcome;
-use tandem_protocol::{ErrorCode, ServerMessage, SpaceId, UserId};
+use tandem_protocol::{ErrorCode, RejectCode, ServerMessage, SpaceId, UserId};
 use tokio_tungstenite::tungstenite::Message;
 
 fn personal(user: &str) -> SpaceId {
@@ -286,4 +286,207 @@ async fn a_slow_consumer_is_disconnected_and_resumes_from_its_cursor() {
         )
         .await;
     assert_eq!(replica.live(&space).len() as u64, written);
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn rejected(outcome: &Outcome) -> (RejectCode, &str, Option<&str>) {
+    match outcome {
+        Outcome::Rejected {
+            code,
+            reason,
+            field,
+        } => (*code, reason.as_str(), field.as_deref()),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_readings_from_the_future_or_of_another_device_are_refused() {
+    let server = TestServer::dev().await;
+    let space = personal("dave");
+    let mut client = connected(&server, "dave", "d1").await;
+    client.hello("d1", BTreeMap::new()).await;
+    let mut w = Writer::new("d1");
+    // The year 3000, another device's clock, and 2 minutes ahead (within
+    // the 5 minutes allowed).
+    let mut future = w.put(&space, "notes", "n", json!({"title": "from 3000"}));
+    future.hlc.millis = 32_503_680_000_000;
+    let mut forged = w.put(&space, "notes", "n", json!({"title": "forged"}));
+    forged.hlc.node = tandem_protocol::DeviceId::new("someone-else").unwrap();
+    let mut ahead = w.put(&space, "notes", "n", json!({"title": "ahead"}));
+    ahead.hlc.millis = wall_ms() + 2 * 60_000;
+    let ack = client
+        .push(1, vec![future.clone(), forged, ahead.clone()])
+        .await;
+    let (code, reason, field) = rejected(&ack.results[0].outcome);
+    assert_eq!((code, field), (RejectCode::ClockSkew, None));
+    assert!(
+        reason.contains("days ahead of the server's clock, more than the 5 min allowed")
+            && reason.contains("set this device's clock right"),
+        "{reason}"
+    );
+    let (code, reason, _) = rejected(&ack.results[1].outcome);
+    assert_eq!(code, RejectCode::InvalidMutation);
+    assert!(reason.contains("someone-else"), "{reason}");
+    assert_eq!(ack.results[2].outcome, Outcome::Applied { rev: 1 });
+
+    // Over HTTP, the same; and sending it again gets the same answer.
+    let http = Http::new(server.http_url());
+    let creds = http.register("dev:dave", "d2").await;
+    let mut w2 = Writer::new("d2");
+    let mut late = w2.put(&space, "notes", "m", json!({}));
+    late.hlc.millis = wall_ms() + 60 * 60_000;
+    let body = tandem_protocol::ClientMessage::Push(tandem_protocol::wire::Push {
+        batch_id: 7,
+        mutations: vec![late],
+    })
+    .encode();
+    for _ in 0..2 {
+        let answer = http
+            .call_raw("POST", "/v1/push", Some(&creds.access_token), body.clone())
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.body["results"][0]["outcome"]["code"], "clock_skew");
+        assert!(
+            answer.body["results"][0]["outcome"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("60 min ahead"),
+            "{:?}",
+            answer.body
+        );
+    }
+
+    // A real device sees the reading 2 minutes ahead, and its own next
+    // write to the field is stamped after it: it wins, on the server too.
+    let phone = tandem_e2e::Device::online(&server.http_url(), "dave", "phone").await;
+    tandem_e2e::eventually("the phone has the note", || {
+        phone.docs(None, "notes").contains_key("n")
+    })
+    .await;
+    phone
+        .client
+        .patch(
+            tandem_core::DocKey::personal("notes", "n"),
+            r#"{"title": "from the phone"}"#,
+        )
+        .unwrap();
+    phone.settle().await;
+    let docs = tandem_e2e::server_docs(&server.http_url(), "dave", "personal:dave", "notes").await;
+    assert_eq!(docs.len(), 1, "nothing of the refused writes: {docs:?}");
+    assert_eq!(docs["n"].0["title"], json!("from the phone"));
+    assert!(phone.client.failed_mutations().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_beyond_64_bits_are_refused_and_the_rest_of_the_push_is_applied() {
+    let server = TestServer::dev().await;
+    let space = personal("dave");
+    let mut client = connected(&server, "dave", "d1").await;
+    client.hello("d1", BTreeMap::new()).await;
+    let mut w = Writer::new("d1");
+    let big = "123456789012345678901234567890";
+    // 7777 stands for the big number in the text; serde_json would round
+    // it before it was sent.
+    let mutations = vec![
+        w.put(&space, "n", "before", json!({"v": 1})),
+        w.put(&space, "n", "big", json!({"ok": 1, "count": 7777})),
+        w.put(&space, "n", "after", json!({"v": u64::MAX})),
+    ];
+    let text = |batch_id: u64| {
+        tandem_protocol::ClientMessage::Push(tandem_protocol::wire::Push {
+            batch_id,
+            mutations: mutations.clone(),
+        })
+        .encode()
+        .replace("7777", big)
+    };
+    client.send_text(text(1)).await;
+    let ack = client.ack(1).await;
+    assert_eq!(ack.results[0].outcome, Outcome::Applied { rev: 1 });
+    let (code, reason, field) = rejected(&ack.results[1].outcome);
+    assert_eq!((code, field), (RejectCode::InvalidMutation, Some("count")));
+    assert!(
+        reason.starts_with(&format!(
+            "count: the integer {big} is outside the 64-bit range"
+        )),
+        "{reason}"
+    );
+    assert_eq!(ack.results[2].outcome, Outcome::Applied { rev: 2 });
+
+    // Over HTTP the same answers (the others are duplicates now).
+    let http = Http::new(server.http_url());
+    let creds = http.register("dev:dave", "d1").await;
+    let answer = http
+        .call_raw("POST", "/v1/push", Some(&creds.access_token), text(2))
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let outcomes: Vec<&str> = (0..3)
+        .map(|i| {
+            answer.body["results"][i]["outcome"]["status"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(outcomes, ["duplicate", "rejected", "duplicate"]);
+    assert_eq!(answer.body["results"][1]["outcome"]["field"], "count");
+
+    let docs = tandem_e2e::server_docs(&server.http_url(), "dave", "personal:dave", "n").await;
+    assert_eq!(
+        docs.keys().collect::<Vec<_>>(),
+        ["after", "before"],
+        "nothing of the refused write"
+    );
+    assert_eq!(docs["after"].0["v"], json!(u64::MAX), "kept exactly");
+}
+
+#[tokio::test]
+async fn a_user_has_at_most_the_allowed_devices_and_revoking_one_frees_a_place() {
+    let server =
+        TestServer::start(TestServerOptions::dev().with(|c| c.limits.max_devices_per_user = 3))
+            .await;
+    let http = Http::new(server.http_url());
+    http.register("dev:erin", "phone").await;
+    http.register("dev:erin", "tablet").await;
+    http.register("dev:erin", "laptop").await;
+    let refused = http.try_register("dev:erin", "watch").await;
+    assert_eq!((refused.status, refused.code()), (409, "too_many_devices"));
+    let message = refused.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("at most 3") && message.contains("revoke one"),
+        "{message}"
+    );
+    assert_eq!(server.metrics().errors(ErrorCode::TooManyDevices), 1);
+    // Registering a device again takes no new place, however often.
+    for _ in 0..3 {
+        http.register("dev:erin", "phone").await;
+    }
+    // Another user's devices do not count.
+    http.register("dev:frank", "phone").await;
+    let phone = http.register("dev:erin", "phone").await;
+    let devices = http
+        .call("GET", "/v1/devices", Some(&phone.access_token), None)
+        .await;
+    assert_eq!(devices.body["devices"].as_array().unwrap().len(), 3);
+    // Revoking one frees its place (and it cannot take one again).
+    let revoked = http
+        .call(
+            "DELETE",
+            "/v1/devices/tablet",
+            Some(&phone.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    http.register("dev:erin", "watch").await;
+    let again = http.try_register("dev:erin", "tablet").await;
+    assert_eq!((again.status, again.code()), (401, "revoked"));
+    let full = http.try_register("dev:erin", "ring").await;
+    assert_eq!((full.status, full.code()), (409, "too_many_devices"));
 }

@@ -157,11 +157,14 @@ fn from_server(code: ErrorCode, reason: String) -> TandemError {
         ErrorCode::Unauthorized | ErrorCode::Revoked | ErrorCode::Forbidden => {
             TandemError::Unauthorized { reason }
         }
+        // `too_many_devices`: the user must revoke a device first; the
+        // code says so to the app.
         ErrorCode::NotFound
         | ErrorCode::AlreadyExists
         | ErrorCode::InvalidRequest
         | ErrorCode::FrameTooLarge
-        | ErrorCode::BatchTooLarge => TandemError::InvalidInput {
+        | ErrorCode::BatchTooLarge
+        | ErrorCode::TooManyDevices => TandemError::InvalidInput {
             code: code.as_str().to_owned(),
             reason,
         },
@@ -350,6 +353,10 @@ mod tests {
         assert!(matches!(
             TandemError::from(server(ErrorCode::AlreadyExists)),
             TandemError::InvalidInput { code, .. } if code == "already_exists"
+        ));
+        assert!(matches!(
+            TandemError::from(server(ErrorCode::TooManyDevices)),
+            TandemError::InvalidInput { code, .. } if code == "too_many_devices"
         ));
         assert!(matches!(
             TandemError::from(server(ErrorCode::ShuttingDown)),

@@ -58,6 +58,9 @@ pub enum SyncErrorKind {
     Protocol,
     /// A space's checksum did not match the server's; it is fetched again.
     Checksum,
+    /// The server refused a write because this device's clock is ahead by
+    /// more than it allows: ask the user to set the clock right.
+    Clock,
 }
 
 /// The last error syncing met.
@@ -80,6 +83,7 @@ impl From<tandem_core::SyncError> for SyncError {
                 Core::Server => SyncErrorKind::Server,
                 Core::Protocol => SyncErrorKind::Protocol,
                 Core::Checksum => SyncErrorKind::Checksum,
+                Core::Clock => SyncErrorKind::Clock,
             },
             message: error.message,
         }

@@ -64,8 +64,8 @@ use tandem_protocol::wire::{
     RoleState, Subscribe, Welcome,
 };
 use tandem_protocol::{
-    ClientMessage, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION, RoleFence,
-    ServerMessage, SpaceId,
+    ClientMessage, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION, RejectCode,
+    RoleFence, ServerMessage, SpaceId,
 };
 
 use crate::client::ConnectionState;
@@ -1184,6 +1184,13 @@ impl Engine {
                     self.resolve_conflict(entry, document.map(|d| *d))?;
                 }
                 Outcome::Rejected { code, reason, .. } => {
+                    if code == RejectCode::ClockSkew {
+                        // Every write of this device will be refused until
+                        // its clock is set right: say so where the app looks
+                        // for the state of the link, not only per write.
+                        tracing::warn!(target: "tandem_core", %reason, "the server refused a write: this device's clock is ahead");
+                        self.last_error = Some(SyncError::new(SyncErrorKind::Clock, reason.clone()));
+                    }
                     self.fail(entry, &format!("{}: {reason}", code.as_str()))?;
                 }
             }

@@ -619,6 +619,40 @@ fn a_rejected_mutation_fails_is_rolled_back_and_reported() {
 }
 
 #[test]
+fn a_write_refused_for_the_device_clock_fails_and_says_so_in_the_status() {
+    let mut r = rig();
+    let t1 = doc("tasks", "t1");
+    r.write(&t1, Write::Put(obj(json!({"title": "from the future"}))));
+    let actions = r.online(&[]);
+    let (batch, mutations) = pushes(&actions).remove(0);
+    let reason = "the clock reading 32503680000000-0-phone is 355782 days ahead of the server's clock, more than the 5 min allowed: set this device's clock right";
+    let actions = r.frame(ack(
+        batch,
+        vec![(
+            mutations[0].mutation_id,
+            Outcome::Rejected {
+                code: RejectCode::ClockSkew,
+                reason: reason.into(),
+                field: None,
+            },
+        )],
+    ));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Notify(Notice::MutationFailed(f)) if f.reason == format!("clock_skew: {reason}")
+    )));
+    assert!(r.view(&t1).is_none(), "rolled back: never written");
+    let status = r.engine.status().unwrap();
+    assert_eq!(
+        status.last_error,
+        Some(crate::sync::SyncError::new(
+            crate::sync::SyncErrorKind::Clock,
+            reason
+        ))
+    );
+}
+
+#[test]
 fn a_server_wins_conflict_drops_the_local_change_and_is_logged() {
     let mut r = rig();
     let c1 = doc("contacts", "c1");

@@ -36,8 +36,9 @@ pub struct SyncStatus {
     /// How many times a space's checksum did not match the server's (each
     /// one re-synced the space).
     pub checksum_mismatches: u64,
-    /// The last connection or credential error, until the next successful
-    /// connection.
+    /// The last connection or credential error, or the server's refusal
+    /// of a write because this device's clock is ahead (`clock_skew`),
+    /// until the next successful connection.
     pub last_error: Option<SyncError>,
 }
 
@@ -61,6 +62,10 @@ pub enum SyncErrorKind {
     Protocol,
     /// A space's checksum did not match the server's; it is fetched again.
     Checksum,
+    /// The server refused a write because this device's clock is ahead of
+    /// its own by more than it allows (`clock_skew`): every write will be
+    /// refused until the device's clock is set right.
+    Clock,
 }
 
 impl SyncErrorKind {
@@ -73,6 +78,7 @@ impl SyncErrorKind {
             SyncErrorKind::Server => "server",
             SyncErrorKind::Protocol => "protocol",
             SyncErrorKind::Checksum => "checksum",
+            SyncErrorKind::Clock => "clock",
         }
     }
 }

@@ -28,8 +28,8 @@ use tandem_protocol::{
 
 use super::{
     ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, HintedSpace,
-    Leases, NewCredentials, PresenceStamp, PushRules, RefreshOutcome, RoleRequest, Store,
-    StoreError, StoreEvent,
+    Leases, NewCredentials, PageLimit, PresenceStamp, PushRules, RefreshOutcome, RoleRequest,
+    Store, StoreError, StoreEvent,
 };
 use crate::auth::{TokenHash, hash_token};
 use crate::schema::Schema;
@@ -78,7 +78,10 @@ macro_rules! store_conformance_tests {
             roles_move_with_claims_releases_and_lost_holders,
             fences_admit_only_the_holder_at_its_epoch,
             guards_answer_first_once_per_window,
-            the_registry_follows_presence_renames_and_revocation
+            the_registry_follows_presence_renames_and_revocation,
+            pages_end_before_their_byte_limit,
+            clock_readings_ahead_or_of_another_device_are_refused,
+            a_user_has_at_most_the_allowed_devices
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -188,6 +191,9 @@ impl CommitListener for RecordingListener {
 
 const NOW: u64 = 1_764_000_000_000;
 
+/// The most devices a user may have in the suite's registrations.
+const MAX_DEVICES: usize = 100;
+
 fn schema() -> Schema {
     Schema::parse(
         r#"{"collections": {
@@ -201,8 +207,8 @@ fn schema() -> Schema {
 
 fn rules() -> PushRules {
     PushRules {
-        schema: Arc::new(schema()),
         max_document_bytes: 4_096,
+        ..PushRules::new(Arc::new(schema()))
     }
 }
 
@@ -261,6 +267,7 @@ async fn register(store: &dyn Store, id: &DeviceIdentity, seed: &str) -> Tokens 
                 app_version: "1".into(),
             },
             creds,
+            MAX_DEVICES,
             NOW,
         )
         .await
@@ -348,7 +355,12 @@ async fn read_all(
     let mut after = after;
     loop {
         let page = store
-            .read_changes(reader.clone(), space.clone(), after, limit)
+            .read_changes(
+                reader.clone(),
+                space.clone(),
+                after,
+                PageLimit::changes(limit),
+            )
             .await
             .expect("read_changes");
         let more = page.more;
@@ -638,7 +650,7 @@ pub async fn pushes_get_consecutive_revisions_and_the_feed_follows(harness: &dyn
     );
     assert_eq!(page.position.checksum, recompute(&pages));
     let since = store
-        .read_changes(user("alice"), space.clone(), 3, 100)
+        .read_changes(user("alice"), space.clone(), 3, PageLimit::changes(100))
         .await
         .expect("read");
     assert_eq!(
@@ -680,7 +692,7 @@ pub async fn retries_get_the_recorded_outcome(harness: &dyn StoreHarness) {
     assert_eq!(again[2], first[2]);
     assert_eq!(again[3], Outcome::Duplicate { rev: 1 });
     let head = store
-        .read_changes(user("alice"), space.clone(), 0, 10)
+        .read_changes(user("alice"), space.clone(), 0, PageLimit::changes(10))
         .await
         .expect("read")
         .position
@@ -743,13 +755,13 @@ pub async fn writes_are_authorized_by_the_author(harness: &dyn StoreHarness) {
     assert_eq!(announced_revs(&listener.take_n(1).await), vec![1]);
     assert!(matches!(
         store
-            .read_changes(user("alice"), personal("bob"), 0, 10)
+            .read_changes(user("alice"), personal("bob"), 0, PageLimit::changes(10))
             .await,
         Err(StoreError::Forbidden(_))
     ));
     assert!(matches!(
         store
-            .read_changes(user("alice"), shared("nowhere"), 0, 10)
+            .read_changes(user("alice"), shared("nowhere"), 0, PageLimit::changes(10))
             .await,
         Err(StoreError::Forbidden(_))
     ));
@@ -763,7 +775,7 @@ pub async fn writes_are_authorized_by_the_author(harness: &dyn StoreHarness) {
     assert_eq!(positions.len(), 1);
     assert_eq!(positions[0].0, personal("alice"));
     let bobs = store
-        .read_changes(user("bob"), personal("bob"), 0, 10)
+        .read_changes(user("bob"), personal("bob"), 0, PageLimit::changes(10))
         .await
         .expect("read");
     assert!(bobs.changes.is_empty());
@@ -839,7 +851,7 @@ pub async fn policies_rules_and_limits_decide(harness: &dyn StoreHarness) {
         }
     ));
     let page = store
-        .read_changes(user("alice"), space, 0, 100)
+        .read_changes(user("alice"), space, 0, PageLimit::changes(100))
         .await
         .expect("read");
     assert_eq!(page.position.head, 4);
@@ -874,10 +886,273 @@ pub async fn the_feed_pages_and_keeps_tombstones(harness: &dyn StoreHarness) {
     );
     assert_eq!(pages[2].position.checksum, recompute(&pages));
     let empty = store
-        .read_changes(user("alice"), space, 8, 3)
+        .read_changes(user("alice"), space, 8, PageLimit::changes(3))
         .await
         .expect("read");
     assert!(empty.changes.is_empty() && !empty.more);
+}
+
+/// A page ends before its changes pass its byte limit (and at its change
+/// limit), but always holds one change; reading page after page gives every
+/// change once, and `more` says whether one follows.
+pub async fn pages_end_before_their_byte_limit(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let id = device("alice", "phone");
+    register(store.as_ref(), &id, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(id);
+    // Long enough for PostgreSQL to store the states compressed.
+    let blob = "x".repeat(3_000);
+    let batch: Vec<_> = (0..9)
+        .map(|i| a.put(&space, "blobs", &format!("b{i}"), json!({"blob": blob})))
+        .collect();
+    push(store.as_ref(), &a, batch).await;
+    let all = store
+        .read_changes(user("alice"), space.clone(), 0, PageLimit::changes(100))
+        .await
+        .expect("read");
+    let one = PageLimit::bytes_of(&all.changes[0]);
+    assert!(one > 3_000 && one < 3_400, "{one}");
+
+    // Room for two and a half changes: pages of two.
+    let limit = PageLimit {
+        changes: 100,
+        bytes: one * 5 / 2,
+    };
+    let mut after = 0;
+    let mut pages = Vec::new();
+    loop {
+        let page = store
+            .read_changes(user("alice"), space.clone(), after, limit)
+            .await
+            .expect("read");
+        let bytes: usize = page.changes.iter().map(PageLimit::bytes_of).sum();
+        assert!(bytes <= limit.bytes, "{bytes} > {}", limit.bytes);
+        assert!(!page.changes.is_empty());
+        after = page.changes.last().map_or(after, |c| c.rev);
+        let more = page.more;
+        pages.push(page);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(
+        pages.iter().map(|p| p.changes.len()).collect::<Vec<_>>(),
+        vec![2, 2, 2, 2, 1]
+    );
+    let revs: Vec<u64> = pages
+        .iter()
+        .flat_map(|p| p.changes.iter().map(|c| c.rev))
+        .collect();
+    assert_eq!(revs, (1..=9).collect::<Vec<_>>());
+    assert_eq!(pages[4].position.checksum, recompute(&pages));
+
+    // The change limit still counts, whichever comes first.
+    let page = store
+        .read_changes(
+            user("alice"),
+            space.clone(),
+            0,
+            PageLimit {
+                changes: 1,
+                bytes: usize::MAX,
+            },
+        )
+        .await
+        .expect("read");
+    assert_eq!((page.changes.len(), page.more), (1, true));
+
+    // A limit smaller than any change: one change a page, never none.
+    let tiny = PageLimit {
+        changes: 100,
+        bytes: 10,
+    };
+    let page = store
+        .read_changes(user("alice"), space.clone(), 7, tiny)
+        .await
+        .expect("read");
+    assert_eq!(
+        (
+            page.changes.iter().map(|c| c.rev).collect::<Vec<_>>(),
+            page.more
+        ),
+        (vec![8], true)
+    );
+    let last = store
+        .read_changes(user("alice"), space.clone(), 8, tiny)
+        .await
+        .expect("read");
+    assert_eq!(
+        (
+            last.changes.iter().map(|c| c.rev).collect::<Vec<_>>(),
+            last.more
+        ),
+        (vec![9], false)
+    );
+}
+
+/// A clock reading further ahead of the server's clock than the rules allow
+/// is `rejected clock_skew`, one naming another device `invalid_mutation`:
+/// nothing is written, nothing announced, and (the refusal depends on the
+/// moment) nothing recorded, so the same mutation is applied once the
+/// server's clock has caught up with it. A reading ahead within the bound
+/// is applied.
+pub async fn clock_readings_ahead_or_of_another_device_are_refused(harness: &dyn StoreHarness) {
+    let (store, listener) = open(harness).await;
+    let phone = device("alice", "phone");
+    register(store.as_ref(), &phone, "1").await;
+    let space = personal("alice");
+    let mut a = Author::new(phone.clone());
+    let skew = rules().max_clock_skew_ms;
+
+    let mut future = a.put(&space, "notes", "n", json!({"v": "future"}));
+    future.hlc.millis = NOW + skew + 1;
+    let mut forged = a.put(&space, "notes", "n", json!({"v": "forged"}));
+    forged.hlc.node = DeviceId::new("laptop").expect("valid device");
+    let mut ahead = a.put(&space, "notes", "m", json!({"v": "ahead"}));
+    ahead.hlc.millis = NOW + skew;
+    let outcomes = push(
+        store.as_ref(),
+        &a,
+        vec![future.clone(), forged.clone(), ahead],
+    )
+    .await;
+    let Outcome::Rejected {
+        code,
+        reason,
+        field,
+        ..
+    } = &outcomes[0]
+    else {
+        panic!("{:?}", outcomes[0])
+    };
+    assert_eq!((*code, field), (RejectCode::ClockSkew, &None));
+    assert!(reason.contains("ahead of the server's clock"), "{reason}");
+    assert!(matches!(
+        &outcomes[1],
+        Outcome::Rejected { code: RejectCode::InvalidMutation, reason, .. } if reason.contains("laptop")
+    ));
+    assert_eq!(outcomes[2], Outcome::Applied { rev: 1 }, "within the bound");
+    let events = listener.take_n(1).await;
+    assert_eq!(announced_revs(&events), vec![1]);
+    let page = store
+        .read_changes(user("alice"), space.clone(), 0, PageLimit::changes(10))
+        .await
+        .expect("read");
+    assert_eq!(page.position.head, 1, "nothing of the refused ones");
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].doc_id.as_str(), "m");
+
+    // The same mutations, later: the clock reading is no longer ahead.
+    let later = store
+        .push(phone.clone(), vec![future, forged], NOW + skew + 1)
+        .await
+        .expect("push")
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect::<Vec<_>>();
+    assert_eq!(later[0], Outcome::Applied { rev: 2 }, "not recorded");
+    assert!(matches!(
+        later[1],
+        Outcome::Rejected {
+            code: RejectCode::InvalidMutation,
+            ..
+        }
+    ));
+}
+
+/// Registering a new device of a user who has the most devices allowed is
+/// refused with `TooManyDevices` (nothing stored); registering a device
+/// again never counts twice, other users are not affected, and revoking a
+/// device frees a place.
+pub async fn a_user_has_at_most_the_allowed_devices(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let register_with = |id: DeviceIdentity, seed: &'static str, max: usize| {
+        let store = store.clone();
+        async move {
+            let (creds, tokens) = credentials(seed, NOW + 60_000);
+            store
+                .register_device(
+                    DeviceRegistration {
+                        identity: id,
+                        name: seed.into(),
+                        platform: "test".into(),
+                        app_version: "1".into(),
+                    },
+                    creds,
+                    max,
+                    NOW,
+                )
+                .await
+                .map(|()| tokens)
+        }
+    };
+    for (name, seed) in [("phone", "p"), ("tablet", "t"), ("laptop", "l")] {
+        register_with(device("alice", name), seed, 3)
+            .await
+            .expect("within the cap");
+    }
+    let refused = register_with(device("alice", "watch"), "w", 3).await;
+    let Err(StoreError::TooManyDevices(message)) = &refused else {
+        panic!("{:?}", refused.err())
+    };
+    assert!(
+        message.contains("at most 3") && message.contains("revoke"),
+        "{message}"
+    );
+    assert_eq!(
+        StoreError::TooManyDevices(String::new()).code(),
+        tandem_protocol::ErrorCode::TooManyDevices
+    );
+    let tokens = credentials("w", NOW + 60_000).1;
+    assert_eq!(
+        store
+            .device_for_access_token(tokens.access, NOW)
+            .await
+            .expect("lookup"),
+        None,
+        "nothing of the refused device was stored"
+    );
+    assert_eq!(
+        store
+            .devices_of(user("alice"), NOW)
+            .await
+            .expect("list")
+            .len(),
+        3
+    );
+    // Registering a device again is not a new place.
+    let again = register_with(device("alice", "phone"), "p2", 3)
+        .await
+        .expect("registering again");
+    assert_eq!(
+        store
+            .device_for_access_token(again.access, NOW)
+            .await
+            .expect("lookup"),
+        Some(device("alice", "phone"))
+    );
+    // Another user has places of their own.
+    register_with(device("bob", "phone"), "b", 3)
+        .await
+        .expect("another user");
+    // Revoking frees a place; the revoked device stays refused.
+    store
+        .revoke_device(device("alice", "tablet"))
+        .await
+        .expect("revoke");
+    register_with(device("alice", "watch"), "w2", 3)
+        .await
+        .expect("a place was freed");
+    assert!(matches!(
+        register_with(device("alice", "tablet"), "t2", 10).await,
+        Err(StoreError::Revoked(_))
+    ));
+    assert!(matches!(
+        register_with(device("alice", "ring"), "r", 3).await,
+        Err(StoreError::TooManyDevices(_))
+    ));
+    store.close().await.expect("close");
 }
 
 /// Compaction purges tombstones and raises the horizon to the newest purged
@@ -898,7 +1173,7 @@ pub async fn compaction_purges_tombstones_and_raises_the_horizon(harness: &dyn S
     ];
     push(store.as_ref(), &a, batch).await;
     let before = store
-        .read_changes(user("alice"), space.clone(), 0, 100)
+        .read_changes(user("alice"), space.clone(), 0, PageLimit::changes(100))
         .await
         .expect("read");
     let report = store
@@ -913,7 +1188,7 @@ pub async fn compaction_purges_tombstones_and_raises_the_horizon(harness: &dyn S
     assert_eq!(report.tombstones, 1);
     assert_eq!(report.mutations, 6);
     let after = store
-        .read_changes(user("alice"), space.clone(), 0, 100)
+        .read_changes(user("alice"), space.clone(), 0, PageLimit::changes(100))
         .await
         .expect("read");
     assert_eq!(after.position.horizon, 3);
@@ -935,7 +1210,7 @@ pub async fn compaction_purges_tombstones_and_raises_the_horizon(harness: &dyn S
     assert_eq!(report.tombstones, 1);
     assert_eq!(report.credentials, 2);
     let after = store
-        .read_changes(user("alice"), space, 0, 100)
+        .read_changes(user("alice"), space, 0, PageLimit::changes(100))
         .await
         .expect("read");
     assert_eq!(after.position.horizon, 5);
@@ -969,7 +1244,7 @@ pub async fn commits_are_announced_in_order(harness: &dyn StoreHarness) {
     }
     assert_eq!(revs, (1..=10).collect::<Vec<_>>());
     let page = store
-        .read_changes(user("alice"), space, 0, 100)
+        .read_changes(user("alice"), space, 0, PageLimit::changes(100))
         .await
         .expect("read");
     assert_eq!(last_checksum, Some(page.position.checksum));
@@ -1025,14 +1300,14 @@ pub async fn data_survives_a_reopen(harness: &dyn StoreHarness) {
     let m = a.put(&space, "t", "kept", json!({"v": 1}));
     push(store.as_ref(), &a, vec![m.clone()]).await;
     let before = store
-        .read_changes(user("alice"), space.clone(), 0, 10)
+        .read_changes(user("alice"), space.clone(), 0, PageLimit::changes(10))
         .await
         .expect("read");
     store.close().await.expect("close");
     drop(store);
     let (store, _) = open(harness).await;
     let after = store
-        .read_changes(user("alice"), space, 0, 10)
+        .read_changes(user("alice"), space, 0, PageLimit::changes(10))
         .await
         .expect("read");
     assert_eq!(after, before);
@@ -1063,7 +1338,7 @@ pub async fn a_closed_store_refuses_work(harness: &dyn StoreHarness) {
     );
     assert_eq!(
         store
-            .read_changes(user("alice"), personal("alice"), 0, 10)
+            .read_changes(user("alice"), personal("alice"), 0, PageLimit::changes(10))
             .await,
         Err(StoreError::Closed)
     );
@@ -1516,6 +1791,7 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
                 app_version: "1".into(),
             },
             creds,
+            MAX_DEVICES,
             NOW,
         )
         .await;

@@ -89,6 +89,9 @@ pub enum StoreError {
     /// epoch (or its lease ran out).
     #[error("{0}")]
     StaleEpoch(String),
+    /// The user has as many devices as allowed; a new one cannot register.
+    #[error("{0}")]
+    TooManyDevices(String),
 }
 
 impl StoreError {
@@ -103,8 +106,18 @@ impl StoreError {
             StoreError::Backend(_) => ErrorCode::Internal,
             StoreError::Revoked(_) => ErrorCode::Revoked,
             StoreError::StaleEpoch(_) => ErrorCode::StaleEpoch,
+            StoreError::TooManyDevices(_) => ErrorCode::TooManyDevices,
         }
     }
+}
+
+/// The refusal of a new device of `user`, who has `registered` devices
+/// (not revoked) and may have at most `max_devices`.
+pub fn too_many_devices(user: &UserId, registered: u64, max_devices: usize) -> StoreError {
+    StoreError::TooManyDevices(format!(
+        "{user} has {registered} registered devices and may have at most {max_devices}: \
+         revoke one (DELETE /v1/devices/{{device}}) to register another"
+    ))
 }
 
 /// A device of a user: who is acting.
@@ -166,6 +179,67 @@ pub struct FeedPosition {
     /// Cursors below this revision cannot be resumed (tombstones they have
     /// not seen were purged).
     pub horizon: u64,
+}
+
+/// How much one page of the change feed may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// At most this many changes.
+    pub changes: usize,
+    /// At most this many bytes of changes: the sum of each change's
+    /// [`Change::encoded_len`] plus one (its comma). A page always holds at
+    /// least one change, however long.
+    pub bytes: usize,
+}
+
+impl PageLimit {
+    /// Up to `n` changes, whatever their size.
+    pub fn changes(n: usize) -> PageLimit {
+        PageLimit {
+            changes: n,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// The bytes a change takes on a page.
+    pub fn bytes_of(change: &Change) -> usize {
+        change.encoded_len().saturating_add(1)
+    }
+}
+
+/// Fills a page within a [`PageLimit`], change by change.
+#[derive(Debug)]
+pub struct PageFill {
+    limit: PageLimit,
+    taken: usize,
+    bytes: usize,
+}
+
+impl PageFill {
+    /// An empty page.
+    pub fn new(limit: PageLimit) -> PageFill {
+        PageFill {
+            limit,
+            taken: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether `change` goes on the page (then it is counted): the page's
+    /// first change always does; a later one if the page stays within both
+    /// limits.
+    pub fn admit(&mut self, change: &Change) -> bool {
+        if self.taken >= self.limit.changes.max(1) {
+            return false;
+        }
+        let bytes = PageLimit::bytes_of(change);
+        if self.taken > 0 && self.bytes.saturating_add(bytes) > self.limit.bytes {
+            return false;
+        }
+        self.taken += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        true
+    }
 }
 
 /// One page of a space's change feed, read from one snapshot.
@@ -327,14 +401,34 @@ impl CommitListener for NoListener {
     fn committed(&self, _events: Vec<StoreEvent>) {}
 }
 
-/// What decides a mutation's fate besides the data: the schema and the
-/// document size limit.
+/// What decides a mutation's fate besides the data: the schema, the
+/// document size limit, the frame limit and the clock bound.
 #[derive(Debug, Clone)]
 pub struct PushRules {
     /// Policies and field rules.
     pub schema: Arc<Schema>,
     /// Largest document state (JSON), in bytes.
     pub max_document_bytes: usize,
+    /// Largest frame the server sends: a write whose change would not fit
+    /// in a `changes` message of this size on its own is refused (as
+    /// `document_too_large`), so every change can be delivered.
+    pub max_frame_bytes: usize,
+    /// How far ahead of the server's clock (the `now_ms` of the push) a
+    /// mutation's clock reading may be, in milliseconds.
+    pub max_clock_skew_ms: u64,
+}
+
+impl PushRules {
+    /// The rules with `schema` and the server's default limits.
+    pub fn new(schema: Arc<Schema>) -> PushRules {
+        let limits = crate::config::Limits::default();
+        PushRules {
+            schema,
+            max_document_bytes: limits.max_document_bytes,
+            max_frame_bytes: limits.max_frame_bytes,
+            max_clock_skew_ms: limits.max_clock_skew.as_millis() as u64,
+        }
+    }
 }
 
 /// What compaction removes.
@@ -365,11 +459,16 @@ pub struct CompactionReport {
 pub trait Store: Send + Sync + 'static {
     /// Registers (or registers again) a device, creates its user's personal
     /// space if needed, and stores a fresh credential pair. Credentials of an
-    /// earlier registration of the same device are revoked.
+    /// earlier registration of the same device are revoked. A device not
+    /// registered yet is refused with [`StoreError::TooManyDevices`] when
+    /// its user already has `max_devices` devices that are not revoked
+    /// (counted in the same transaction: two racing registrations cannot
+    /// both take the last place).
     fn register_device(
         &self,
         device: DeviceRegistration,
         credentials: NewCredentials,
+        max_devices: usize,
         now_ms: u64,
     ) -> StoreFuture<'_, ()>;
 
@@ -519,13 +618,14 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> StoreFuture<'_, Vec<MutationResult>>;
 
-    /// Up to `limit` changes of `space` after revision `after`, for a member.
+    /// The changes of `space` after revision `after` that fit in `limit`
+    /// (see [`PageFill`]), for a member.
     fn read_changes(
         &self,
         reader: UserId,
         space: SpaceId,
         after: u64,
-        limit: usize,
+        limit: PageLimit,
     ) -> StoreFuture<'_, ChangePage>;
 
     /// The current positions of the spaces of `reader` that are named.

@@ -61,8 +61,8 @@ use self::announce::Announcer;
 use self::pushes::PushQueue;
 use super::{
     ChangePage, CommitListener, CompactionReport, CompactionRule, DeviceIdentity,
-    DeviceRegistration, FeedPosition, NewCredentials, PushRules, RefreshOutcome, Store, StoreError,
-    StoreEvent, StoreFuture,
+    DeviceRegistration, FeedPosition, NewCredentials, PageLimit, PushRules, RefreshOutcome, Store,
+    StoreError, StoreEvent, StoreFuture,
 };
 use super::{HintClaim, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
@@ -383,14 +383,15 @@ impl Store for PostgresStore {
         &self,
         device: DeviceRegistration,
         credentials: NewCredentials,
+        max_devices: usize,
         now_ms: u64,
     ) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.write(move |w| {
                 let device = device.clone();
-                Box::pin(
-                    async move { writes::register_device(w, &device, &credentials, now_ms).await },
-                )
+                Box::pin(async move {
+                    writes::register_device(w, &device, &credentials, max_devices, now_ms).await
+                })
             })
             .await
         })
@@ -675,7 +676,7 @@ impl Store for PostgresStore {
         reader: UserId,
         space: SpaceId,
         after: u64,
-        limit: usize,
+        limit: PageLimit,
     ) -> StoreFuture<'_, ChangePage> {
         Box::pin(async move {
             self.read(move |c| {

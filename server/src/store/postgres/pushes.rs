@@ -389,7 +389,7 @@ fn decide_one(
         }
         return Ok(apply::foreign_mutation_id(m));
     }
-    if let Err(outcome) = apply::check_author(author, m) {
+    if let Err(outcome) = apply::check_claims(author, m, &inner.rules, job.now_ms) {
         return Ok(outcome);
     }
     let member = state

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::pg_error;
 use crate::auth::TokenHash;
-use crate::store::{ChangePage, DeviceIdentity, FeedPosition, StoreError};
+use crate::store::{ChangePage, DeviceIdentity, FeedPosition, PageFill, PageLimit, StoreError};
 
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("stored {what} is unreadable: {e}"))
@@ -261,24 +261,38 @@ pub(crate) async fn feed_positions(
 
 /// A page of the change feed, for a member: the membership check, the
 /// space's position and the page come from one statement, so one snapshot.
+///
+/// The statement leaves out the documents that start past the page's byte
+/// limit (counting each state's stored length, which is less than its
+/// change's), so a page of large documents does not fetch the ones after
+/// it; the exact count is [`PageFill`]'s. `available` (how many documents
+/// the statement had before leaving any out) tells whether more follow.
 pub(crate) async fn read_changes(
     c: &impl GenericClient,
     reader: &UserId,
     space: &SpaceId,
     after: u64,
-    limit: usize,
+    limit: PageLimit,
 ) -> Result<ChangePage, StoreError> {
-    let limit = limit.max(1);
     let statement = c
         .prepare_cached(
             "SELECT s.head, s.checksum, s.horizon,
                     d.collection, d.doc_id, d.version, d.checksum, d.state, d.deleted,
-                    d.origin, d.mutation_id
+                    d.origin, d.mutation_id, d.available
              FROM spaces s
              LEFT JOIN LATERAL (
-                 SELECT * FROM documents
-                 WHERE documents.space = s.space AND documents.version > $3
-                 ORDER BY documents.version LIMIT $4
+                 SELECT w.* FROM (
+                     SELECT l.*,
+                            sum(octet_length(l.state)) OVER (ORDER BY l.version)
+                                - octet_length(l.state) AS bytes_before,
+                            count(*) OVER () AS available
+                     FROM (
+                         SELECT * FROM documents
+                         WHERE documents.space = s.space AND documents.version > $3
+                         ORDER BY documents.version LIMIT $4
+                     ) l
+                 ) w
+                 WHERE w.bytes_before <= $5
              ) d ON true
              WHERE s.space = $1
                AND EXISTS (SELECT 1 FROM members m WHERE m.space = $1 AND m.user_id = $2)
@@ -293,7 +307,8 @@ pub(crate) async fn read_changes(
                 &space.as_str(),
                 &reader.as_str(),
                 &int(after),
-                &int(limit as u64 + 1),
+                &int(limit.changes.max(1) as u64 + 1),
+                &int(limit.bytes as u64),
             ],
         )
         .await
@@ -306,19 +321,23 @@ pub(crate) async fn read_changes(
         checksum: SpaceChecksum(first.get::<_, i64>(1) as u64),
         horizon: uint(first.get(2)),
     };
+    let available = first.get::<_, Option<i64>>(11).map_or(0, uint);
     let mut changes = Vec::new();
+    let mut fill = PageFill::new(limit);
     let mut more = false;
     for row in &rows {
         let version: Option<i64> = row.get(5);
         if version.is_none() {
             break;
         }
-        if changes.len() == limit {
+        let change = change_from_row(space, row, 3)?.0;
+        if !fill.admit(&change) {
             more = true;
             break;
         }
-        changes.push(change_from_row(space, row, 3)?.0);
+        changes.push(change);
     }
+    more |= (changes.len() as u64) < available;
     Ok(ChangePage {
         changes,
         more,

@@ -68,6 +68,7 @@ pub(crate) async fn register_device(
     w: &mut WriteTx<'_>,
     reg: &DeviceRegistration,
     creds: &NewCredentials,
+    max_devices: usize,
     now_ms: u64,
 ) -> Result<(), TxError> {
     let id = &reg.identity;
@@ -77,6 +78,28 @@ pub(crate) async fn register_device(
             id.device
         ))
         .into());
+    }
+    let personal = SpaceId::personal(&id.user);
+    w.tx.execute(
+        "INSERT INTO spaces (space, owner) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&personal.as_str(), &id.user.as_str()],
+    )
+    .await?;
+    // Registrations of one user take turns on the row of the user's
+    // personal space, so two instances registering new devices at once
+    // cannot both take the last place.
+    lock_space(w, &personal).await?;
+    let others: i64 =
+        w.tx.query_one(
+            "SELECT COUNT(*) FROM devices
+             WHERE user_id = $1 AND device_id <> $2 AND revoked_at IS NULL",
+            &[&id.user.as_str(), &id.device.as_str()],
+        )
+        .await?
+        .get(0);
+    let others = u64::try_from(others).unwrap_or(0);
+    if others >= max_devices as u64 {
+        return Err(crate::store::too_many_devices(&id.user, others, max_devices).into());
     }
     w.tx.execute(
         "INSERT INTO devices (user_id, device_id, name, platform, app_version, registered_at)
@@ -96,12 +119,6 @@ pub(crate) async fn register_device(
     .await?;
     delete_credentials(w, id).await?;
     insert_credentials(w, id, creds).await?;
-    let personal = SpaceId::personal(&id.user);
-    w.tx.execute(
-        "INSERT INTO spaces (space, owner) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&personal.as_str(), &id.user.as_str()],
-    )
-    .await?;
     w.tx.execute(
         "INSERT INTO members (space, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         &[&personal.as_str(), &id.user.as_str()],

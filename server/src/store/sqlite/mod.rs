@@ -31,8 +31,8 @@ pub use migrations::CURRENT_SCHEMA;
 use self::writer::{WriterHandle, backend};
 use super::{
     ChangePage, CommitListener, CompactionReport, CompactionRule, DeviceIdentity,
-    DeviceRegistration, FeedPosition, NewCredentials, PushRules, RefreshOutcome, Store, StoreError,
-    StoreFuture,
+    DeviceRegistration, FeedPosition, NewCredentials, PageLimit, PushRules, RefreshOutcome, Store,
+    StoreError, StoreFuture,
 };
 use super::{HintClaim, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
@@ -191,13 +191,12 @@ impl Store for SqliteStore {
         &self,
         device: DeviceRegistration,
         credentials: NewCredentials,
+        max_devices: usize,
         now_ms: u64,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| writes::register_device(ctx, &device, &credentials, now_ms)),
-        )
+        Box::pin(self.inner.writer.write(move |ctx| {
+            writes::register_device(ctx, &device, &credentials, max_devices, now_ms)
+        }))
     }
 
     fn device_for_access_token(
@@ -402,7 +401,7 @@ impl Store for SqliteStore {
         reader: UserId,
         space: SpaceId,
         after: u64,
-        limit: usize,
+        limit: PageLimit,
     ) -> StoreFuture<'_, ChangePage> {
         Box::pin(self.read(move |conn| reads::read_changes(conn, &reader, &space, after, limit)))
     }

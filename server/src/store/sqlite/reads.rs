@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::writer::backend;
 use crate::auth::TokenHash;
-use crate::store::{ChangePage, DeviceIdentity, FeedPosition, StoreError};
+use crate::store::{ChangePage, DeviceIdentity, FeedPosition, PageFill, PageLimit, StoreError};
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("stored {what} is unreadable: {e}"))
@@ -149,19 +149,19 @@ pub fn feed_positions(
     Ok(out)
 }
 
-/// A page of the change feed, for a member.
+/// A page of the change feed, for a member. Rows are read one at a time,
+/// so a page cut short by its byte limit never reads the documents after it.
 pub fn read_changes(
     conn: &Connection,
     reader: &UserId,
     space: &SpaceId,
     after: u64,
-    limit: usize,
+    limit: PageLimit,
 ) -> Result<ChangePage, StoreError> {
     if !is_member(conn, space, reader)? {
         return Err(not_a_member(space));
     }
     let position = position(conn, space)?;
-    let limit = limit.max(1);
     let mut stmt = conn
         .prepare_cached(
             "SELECT collection, doc_id, version, state, deleted, origin, mutation_id
@@ -173,16 +173,13 @@ pub fn read_changes(
         .query(params![
             space.as_str(),
             i64::try_from(after).unwrap_or(i64::MAX),
-            i64::try_from(limit + 1).unwrap_or(i64::MAX)
+            i64::try_from(limit.changes.max(1).saturating_add(1)).unwrap_or(i64::MAX)
         ])
         .map_err(backend)?;
     let mut changes = Vec::new();
+    let mut fill = PageFill::new(limit);
     let mut more = false;
     while let Some(row) = rows.next().map_err(backend)? {
-        if changes.len() == limit {
-            more = true;
-            break;
-        }
         let collection: String = row.get(0).map_err(backend)?;
         let doc_id: String = row.get(1).map_err(backend)?;
         let version: i64 = row.get(2).map_err(backend)?;
@@ -191,7 +188,7 @@ pub fn read_changes(
         let origin: Option<String> = row.get(5).map_err(backend)?;
         let mutation_id: Option<Vec<u8>> = row.get(6).map_err(backend)?;
         let state: DocState = serde_json::from_str(&state).map_err(|e| corrupt("document", e))?;
-        changes.push(Change {
+        let change = Change {
             space: space.clone(),
             rev: u64::try_from(version).unwrap_or(0),
             collection: Collection::new(collection).map_err(|e| corrupt("collection", e))?,
@@ -206,7 +203,12 @@ pub fn read_changes(
                 .map(|b| Uuid::from_slice(&b).map(MutationId::from_uuid))
                 .transpose()
                 .map_err(|e| corrupt("mutation id", e))?,
-        });
+        };
+        if !fill.admit(&change) {
+            more = true;
+            break;
+        }
+        changes.push(change);
     }
     Ok(ChangePage {
         changes,

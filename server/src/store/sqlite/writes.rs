@@ -67,6 +67,7 @@ pub fn register_device(
     ctx: &mut WriteCtx<'_>,
     reg: &DeviceRegistration,
     creds: &NewCredentials,
+    max_devices: usize,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let tx = ctx.tx;
@@ -76,6 +77,24 @@ pub fn register_device(
             "device {} was revoked; a revoked device cannot register again",
             id.device
         )));
+    }
+    // The single writer orders registrations: nothing registers between
+    // this count and the insert.
+    let others: i64 = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM devices
+             WHERE user = ?1 AND device_id <> ?2 AND revoked_at IS NULL",
+        )
+        .map_err(backend)?
+        .query_row(params![id.user.as_str(), id.device.as_str()], |r| r.get(0))
+        .map_err(backend)?;
+    let others = u64::try_from(others).unwrap_or(0);
+    if others >= max_devices as u64 {
+        return Err(crate::store::too_many_devices(
+            &id.user,
+            others,
+            max_devices,
+        ));
     }
     tx.execute(
         "INSERT INTO devices (user, device_id, name, platform, app_version, registered_at)
@@ -355,7 +374,7 @@ fn push_one(
         }
         return Ok(apply::foreign_mutation_id(m));
     }
-    if let Err(outcome) = apply::check_author(author, m) {
+    if let Err(outcome) = apply::check_claims(author, m, rules, now_ms) {
         return Ok(outcome);
     }
     let outcome = if !is_member(tx, &m.space, &author.user)? {
