@@ -285,8 +285,9 @@ fn a_server_that_cannot_be_reached_gets_a_prompt_answer_and_the_write_is_kept() 
         "{}",
         get.stderr
     );
-    // Coordination needs the server.
+    // Commands that need the server say so the same way.
     Run::of(phone().args(["claim", "responder"])).error(4, "unreachable");
+    Run::of(phone().arg("spaces")).error(4, "unreachable");
 
     // Once the server is there, the kept write goes out.
     let server = Serve::start(None);

@@ -21,7 +21,7 @@ use tandem_core::{
 use tokio::sync::mpsc;
 
 use super::settle::{
-    SyncEnd, Target, bounded_sync, entry_of_write, judge_write, newest_conflict,
+    SyncEnd, Target, bounded_sync, entry_of_write, judge_write, newest_conflict, request_failure,
     warn_lost_conflicts, warn_newly_failed, warn_unsynced_read,
 };
 use super::{
@@ -130,20 +130,16 @@ async fn command(
             let stop = stop.ok_or_else(|| Failure::new("internal", "watch without signals"))?;
             watch(client, space.clone(), collection, stop).await
         }
-        ClientCommand::Space(SpaceCommand::Create { name }) => {
-            let info = client.create_space(name).await.map_err(core_failure)?;
-            print_json(&info)
-        }
-        ClientCommand::Space(SpaceCommand::Add { name, user }) => {
-            let info = client.add_member(name, user).await.map_err(core_failure)?;
-            print_json(&info)
-        }
-        ClientCommand::Space(SpaceCommand::Remove { name, user }) => {
-            let info = client
-                .remove_member(name, user)
-                .await
-                .map_err(core_failure)?;
-            print_json(&info)
+        ClientCommand::Space(space) => {
+            let info = match space {
+                SpaceCommand::Create { name } => client.create_space(name).await,
+                SpaceCommand::Add { name, user } => client.add_member(name, user).await,
+                SpaceCommand::Remove { name, user } => client.remove_member(name, user).await,
+            };
+            match info {
+                Ok(info) => print_json(&info),
+                Err(e) => Err(request_failure(target, e).await),
+            }
         }
         ClientCommand::Devices
         | ClientCommand::Rename { .. }
@@ -156,7 +152,10 @@ async fn command(
             super::coordination::run(client, target, &args.command, timeout, stop).await
         }
         ClientCommand::Spaces => {
-            let spaces = client.spaces().await.map_err(core_failure)?;
+            let spaces = match client.spaces().await {
+                Ok(spaces) => spaces,
+                Err(e) => return Err(request_failure(target, e).await),
+            };
             let mut out = std::io::stdout().lock();
             for space in spaces {
                 write_json(&mut out, &space)?;
@@ -271,7 +270,8 @@ async fn sync(client: &Client, target: &Target, timeout: Duration) -> Result<(),
         SyncEnd::TimedOut { pending, failed } => Err(Failure::new(
             "pending",
             format!(
-                "{pending} mutations pending after {} s{}",
+                "{pending} mutations pending: not confirmed by the server, or spaces not \
+                 caught up, within {} s{}",
                 timeout.as_secs_f64(),
                 if failed > 0 {
                     format!(", {failed} failed (see `tandem client failed`)")

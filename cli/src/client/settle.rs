@@ -123,6 +123,19 @@ pub(super) async fn bounded_sync(
     })
 }
 
+/// A request to the server that failed: a network or credential failure
+/// is diagnosed as a sync's would be (exit 4); the server's refusals keep
+/// their codes (exit 1).
+pub(super) async fn request_failure(target: &Target, error: tandem_core::Error) -> Failure {
+    match error {
+        tandem_core::Error::Network(error) => diagnose(&target.url, &error).await,
+        tandem_core::Error::Unauthorized(error) => {
+            unauthorized(&error).with_status(EXIT_NOT_SYNCED)
+        }
+        other => core_failure(other),
+    }
+}
+
 /// Resolves with the error of the first failed connection attempt, unless
 /// a connection succeeds first (then never).
 async fn first_connection_failure(updates: &mut mpsc::UnboundedReceiver<SyncStatus>) -> String {
