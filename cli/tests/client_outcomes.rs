@@ -343,3 +343,24 @@ fn help_documents_the_exit_statuses() {
             .contains("mutation_id")
     );
 }
+
+#[test]
+fn a_refused_user_token_gets_a_prompt_unauthorized_answer() {
+    let server = Serve::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let put = Run::of(client(&server.url(), dir.path(), "phone").args([
+        "--token",
+        "not-a-dev-token",
+        "--sync-timeout",
+        "600",
+        "put",
+        "notes",
+        "n1",
+        "{}",
+    ]));
+    let line = put.error(4, "unauthorized");
+    assert!(
+        line.contains("--token") && line.contains("outbox"),
+        "{line}"
+    );
+}
