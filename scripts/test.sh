@@ -58,7 +58,18 @@ fi
 # ---- end of PostgreSQL ---------------------------------------------------------
 
 section "cargo test"
+# The soak and the kill loop (tests/tests/{soak,kill_loop}.rs) each leave a
+# one-line summary of their figures under the target directory; earlier
+# runs' are removed first, and this run's are printed after the tests.
+summary_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")/tmp/reliability-summary"
+rm -rf "$summary_dir"
 cargo test --workspace --locked
+section "reliability figures: the soak and the kill loop (mutations, kills, lost, duplicated)"
+if compgen -G "$summary_dir/*.txt" >/dev/null; then
+  cat "$summary_dir"/*.txt
+else
+  echo "no figures: neither the soak nor the kill loop ran"
+fi
 
 # Crashes at named fail points (compiled in only with the feature).
 section "cargo clippy with fail points"

@@ -230,7 +230,9 @@ fn sync_exits_zero_only_when_nothing_is_pending_and_status_shows_it() {
         .args(["--sync-timeout", "1", "put", "notes", "late", "{}"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "the local write succeeds");
+    assert_eq!(out.status.code(), Some(4), "written locally, not synced");
+    let written: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(written["pending"], json!(true));
     let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(["client", "--data"])
         .arg(dir.path())
@@ -245,7 +247,7 @@ fn sync_exits_zero_only_when_nothing_is_pending_and_status_shows_it() {
         .args(["sync", "--timeout", "1"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4));
 }
 
 #[test]

@@ -49,6 +49,28 @@ use std::time::Duration;
 /// turn a hang into a failure.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Where reliability tests leave their one-line summaries, under the
+/// target directory's `tmp/` (`CARGO_TARGET_TMPDIR` of the calling test);
+/// `scripts/test.sh` prints every file there after `cargo test`, so the
+/// figures show in CI's output and not only with `--nocapture`.
+pub const SUMMARY_DIR: &str = "reliability-summary";
+
+/// Prints `line` and writes it to `<target_tmpdir>/reliability-summary/<name>.txt`
+/// (see [`SUMMARY_DIR`]). A file that cannot be written only costs the
+/// summary, so it is reported and not fatal.
+pub fn record_summary(target_tmpdir: &str, name: &str, line: &str) {
+    println!("{line}");
+    let dir = std::path::Path::new(target_tmpdir).join(SUMMARY_DIR);
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join(format!("{name}.txt")), format!("{line}\n")));
+    if let Err(e) = written {
+        eprintln!(
+            "{name}: the summary could not be written to {}: {e}",
+            dir.display()
+        );
+    }
+}
+
 /// The runtime of a test process (the server, a soak device, a responder):
 /// two workers, as a phone app or a small server would have.
 pub fn process_runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -212,6 +212,16 @@ async fn writes_survive_sigkill_of_the_device_and_the_server_exactly_once() {
             .keys()
             .filter(|id| !on_server.contains_key(*id))
             .count();
+    tandem_e2e::record_summary(
+        env!("CARGO_TARGET_TMPDIR"),
+        "kill_loop",
+        &format!(
+            "kill loop: {iterations} iterations, {} writes, {device_kills} client kills, \
+             {server_kills} server kills, {lost} lost, {duplicated} duplicated, \
+             {device_differs} differing (seed {seed})",
+            promised.len()
+        ),
+    );
     println!(
         "kill loop: iterations={iterations} kills_client={device_kills} kills_server={server_kills} \
          writes={} (committed {}) lost={lost} duplicated={duplicated} device_diff={device_differs} \

@@ -429,6 +429,14 @@ async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_double
     }
 
     let fault_list: Vec<String> = faults.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tandem_e2e::record_summary(
+        env!("CARGO_TARGET_TMPDIR"),
+        "soak",
+        &format!(
+            "soak: {committed} mutations, {device_kills} device kills, {server_kills} server kills, \
+             {lost} lost, {duplicated} duplicated, {diff} differing ({secs} s, seed {seed})"
+        ),
+    );
     println!(
         "soak: secs={secs} devices={} mutations={} (promised {promised}, board {board_writes}) \
          faults[{}] kills_devices={device_kills} kills_server={server_kills} lost={lost} \

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tandem_core::{Client, DeviceInfo, RoleInfo, RoleObserver};
+use tandem_core::{Client, ConnectionState, DeviceInfo, RoleInfo, RoleObserver};
 use tokio::sync::mpsc;
 
-use super::online::stop_signal;
+use super::online::{RELEASE_GRACE, StopSignals};
+use super::settle::{SyncEnd, Target, bounded_sync, warn_newly_failed};
 use super::{ClientCommand, core_failure, print_json, write_json};
-use crate::failure::Failure;
+use crate::failure::{EXIT_NOT_FOUND, Failure};
 
 /// A role line: `{"role", "holder", "epoch", "is_self"}`; the holder by
 /// name.
@@ -47,16 +48,19 @@ struct DeviceLine<'a> {
     is_self: bool,
 }
 
-/// Runs a coordination command (syncing is started).
+/// Runs a coordination command (syncing is started; `stop` is given for
+/// `claim`).
 pub async fn run(
     client: &Client,
+    target: &Target,
     command: &ClientCommand,
     timeout: Duration,
+    stop: Option<&mut StopSignals>,
 ) -> Result<(), Failure> {
-    // Connected and caught up: the roles and devices are known.
-    if let Err(e) = client.sync_once(timeout).await {
-        return Err(core_failure(e));
+    if let (ClientCommand::Claim { role, priority }, Some(stop)) = (command, stop) {
+        return claim(client, target, role, *priority, timeout, stop).await;
     }
+    connect(client, target, timeout).await?;
     match command {
         ClientCommand::Devices => print_devices(&client.devices().await.map_err(core_failure)?),
         ClientCommand::Rename { device, name } => {
@@ -105,8 +109,19 @@ pub async fn run(
             println!("{}", outcome.as_str());
             Ok(())
         }
-        ClientCommand::Claim { role, priority } => claim(client, role, *priority).await,
         _ => Ok(()),
+    }
+}
+
+/// Connected and caught up, so that the roles and devices are known; fails
+/// (exit 4) when the server cannot be used. A sync that only times out
+/// lets the command try anyway.
+async fn connect(client: &Client, target: &Target, timeout: Duration) -> Result<(), Failure> {
+    let end = bounded_sync(client, target, timeout).await?;
+    warn_newly_failed(client, target, None);
+    match end {
+        SyncEnd::NoServer(failure) => Err(failure),
+        SyncEnd::CaughtUp { .. } | SyncEnd::TimedOut { .. } => Ok(()),
     }
 }
 
@@ -138,7 +153,10 @@ async fn resolve(client: &Client, name: &str) -> Result<String, Failure> {
             .iter()
             .find(|d| d.device_id == name)
             .map(|d| d.device_id.clone())
-            .ok_or_else(|| Failure::new("not_found", format!("the user has no device {name:?}"))),
+            .ok_or_else(|| {
+                Failure::new("not_found", format!("the user has no device {name:?}"))
+                    .with_status(EXIT_NOT_FOUND)
+            }),
         _ => Err(Failure::new(
             "ambiguous",
             format!("several devices are named {name:?}: use the device id"),
@@ -156,23 +174,37 @@ impl RoleObserver for Forward {
 }
 
 /// `claim`: claims, prints the state, then one line per change of holder
-/// until Ctrl-C or SIGTERM, which release the role.
-async fn claim(client: &Client, role: &str, priority: i32) -> Result<(), Failure> {
+/// until SIGINT or SIGTERM, which release the role (if connected: a
+/// server that is gone ends the lease by itself).
+async fn claim(
+    client: &Client,
+    target: &Target,
+    role: &str,
+    priority: i32,
+    timeout: Duration,
+    stop: &mut StopSignals,
+) -> Result<(), Failure> {
+    tokio::select! {
+        () = stop.recv() => return Ok(()),
+        connected = connect(client, target, timeout) => connected?,
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _subscription = client
         .observe_role(role, Arc::new(Forward(tx)))
         .map_err(core_failure)?;
-    let first = client
-        .claim_role(role, priority)
-        .await
-        .map_err(core_failure)?;
+    let first = tokio::select! {
+        () = stop.recv() => {
+            // The claim may have reached the server.
+            release(client, role).await;
+            return Ok(());
+        }
+        claimed = client.claim_role(role, priority) => claimed.map_err(core_failure)?,
+    };
     let mut shown = RoleLine::of(&first);
     print_line(&shown)?;
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut stop => break,
+            () = stop.recv() => break,
             changed = rx.recv() => {
                 let Some(info) = changed else { break };
                 let line = RoleLine::of(&info);
@@ -187,8 +219,19 @@ async fn claim(client: &Client, role: &str, priority: i32) -> Result<(), Failure
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.release_role(role)).await;
+    release(client, role).await;
     Ok(())
+}
+
+/// Releases `role`, best effort: only while connected, and for at most
+/// [`RELEASE_GRACE`] (the lease runs out on its own otherwise).
+async fn release(client: &Client, role: &str) {
+    let connected = client
+        .sync_status()
+        .is_ok_and(|s| s.connection == ConnectionState::Online);
+    if connected {
+        let _ = tokio::time::timeout(RELEASE_GRACE, client.release_role(role)).await;
+    }
 }
 
 fn print_line(line: &RoleLine) -> Result<(), Failure> {

@@ -8,9 +8,19 @@
 //! followed by a bounded sync, reads by a bounded sync first, and `sync`,
 //! `watch`, `status` and the space commands talk to the server. The user
 //! token is `--token`, or `dev:USER` (what a `--dev-auth` server accepts).
+//!
+//! The exit statuses ([`EXIT_STATUS_HELP`], `tandem client --help`) tell
+//! apart what a script must handle differently: a write that is only in
+//! the outbox (4), one the server refused for good (5), one that lost a
+//! conflict (6). A write the server refused stays in the outbox as failed
+//! until `retry` or `discard`; it is reported by the command whose sync
+//! saw it fail and by `sync` and `failed`, never again by unrelated
+//! commands.
 
 mod coordination;
 mod online;
+mod outbox;
+mod settle;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,13 +32,43 @@ use tandem_core::{Client, ClientConfig, DocKey, FilterOp, FilterValue, Query, Sy
 
 use crate::failure::{EXIT_NOT_FOUND, Failure};
 
+/// `tandem client --help` after the options: how the commands sync, where
+/// JSON comes from, and the exit statuses.
+pub const EXIT_STATUS_HELP: &str = "\
+Every command works on the local database in DIR. With --server (and
+without --offline) writes are then pushed and reads pulled with a bounded
+sync (--sync-timeout); it gives up at once when the first connection
+attempt fails. A read that could not sync prints the local copy and one
+warning line on stderr.
+JSON arguments of put and patch: a JSON object, @FILE (read FILE) or -
+(read stdin).
+
+Exit status:
+  0  success
+  1  error: invalid argument or JSON, local storage, a request the server
+     refused (errors are one line on stderr: `error: <code>: <message>`)
+  2  usage error
+  3  not found: no such document (get), failed mutation (retry, discard)
+     or device
+  4  not synced: the server is unreachable, is not a Tandem server,
+     refused the user token, or did not confirm in time; a write stays in
+     the outbox and goes out with a later sync
+  5  refused: the server refused this write for good; it is kept as failed
+     (see `failed`, `retry`, `discard`). For sync: failed mutations remain
+  6  conflict: in a server_wins or manual collection the server's version
+     was kept and this write dropped (see `conflicts`)
+claim and watch run until SIGINT or SIGTERM, then exit 0.";
+
+/// `--help` of the writes: their exit statuses.
+const WRITE_EXIT_STATUS_HELP: &str = "\
+Exit status: 0 done (with a server: the server has the write); 4 not synced
+(the write stays in the outbox); 5 refused by the server (kept as failed:
+see `failed`); 6 lost a conflict to the server's version. More in
+`tandem client --help`.";
+
 /// Options of `tandem client`.
 #[derive(clap::Args)]
-#[command(after_help = "\
-Every command works on the local database in DIR. With --server (and \
-without --offline) writes are then pushed and reads pulled with a bounded \
-sync; `sync` exits 0 only when nothing is left to send. Exit status 3: \
-no such document; 4: sync left mutations pending.")]
+#[command(after_help = EXIT_STATUS_HELP)]
 pub struct ClientArgs {
     /// The device's directory: its database and identity. The same DIR is
     /// the same device across runs.
@@ -73,25 +113,34 @@ pub struct ClientArgs {
 /// The client commands.
 #[derive(Subcommand, Clone)]
 pub enum ClientCommand {
-    /// Write a whole document (replacing it); prints it.
+    /// Write a whole document (replacing it); prints it as the device has
+    /// it after the sync (without the write if the server refused it).
+    #[command(after_help = WRITE_EXIT_STATUS_HELP)]
     Put {
         /// The collection.
         collection: String,
         /// The document id.
         id: String,
-        /// The fields, a JSON object.
+        /// The fields: a JSON object, `@FILE` (read from FILE) or `-`
+        /// (read from stdin).
+        #[arg(value_name = "JSON|@FILE|-")]
         json: String,
     },
-    /// Change some fields of a document (`null` removes one); prints it.
+    /// Change some fields of a document (`null` removes one); prints it
+    /// as the device has it after the sync.
+    #[command(after_help = WRITE_EXIT_STATUS_HELP)]
     Patch {
         /// The collection.
         collection: String,
         /// The document id.
         id: String,
-        /// The changed fields, a JSON object.
+        /// The changed fields: a JSON object, `@FILE` (read from FILE) or
+        /// `-` (read from stdin).
+        #[arg(value_name = "JSON|@FILE|-")]
         json: String,
     },
     /// Delete a document; prints its tombstone.
+    #[command(after_help = WRITE_EXIT_STATUS_HELP)]
     Delete {
         /// The collection.
         collection: String,
@@ -128,8 +177,10 @@ pub enum ClientCommand {
     },
     /// Print the device's sync status as one JSON object.
     Status,
-    /// Push the outbox and pull until caught up; exit 0 only when nothing is
-    /// pending.
+    /// Push the outbox and pull until caught up; prints the outcome and
+    /// the status. Exit 0 when nothing is pending or failed, 4 when
+    /// mutations are left pending (or the server cannot be used), 5 when
+    /// failed mutations remain.
     Sync {
         /// Give up after this many seconds.
         #[arg(long, value_name = "SECS", default_value_t = 30.0)]
@@ -146,6 +197,25 @@ pub enum ClientCommand {
         /// At most N entries.
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
+    },
+    /// Print the mutations the server refused for good (or whose attempts
+    /// ran out), one JSON object per line: `mutation_id`, `space`,
+    /// `collection`, `doc_id`, `op`, `code`, `reason`, `attempts`,
+    /// `created_at_ms`. Local: does not sync.
+    Failed,
+    /// Send a failed mutation again (its change returns to the local view);
+    /// prints its document like a write.
+    #[command(after_help = WRITE_EXIT_STATUS_HELP)]
+    Retry {
+        /// The mutation id, as `failed` prints it.
+        mutation_id: String,
+    },
+    /// Drop a failed mutation for good (the local view is rebuilt without
+    /// it); prints the dropped entry as `failed` does. Local: does not
+    /// sync.
+    Discard {
+        /// The mutation id, as `failed` prints it.
+        mutation_id: String,
     },
     /// Shared spaces: create one, add or remove a member.
     #[command(subcommand)]
@@ -250,7 +320,10 @@ struct StatusLine {
 }
 
 /// Runs one client command.
-pub fn run(args: ClientArgs) -> Result<(), Failure> {
+pub fn run(mut args: ClientArgs) -> Result<(), Failure> {
+    // Before the device is opened: an unreadable input leaves nothing
+    // behind, not even a new data directory.
+    args.command.read_json_input()?;
     let data = args
         .data
         .to_str()
@@ -270,6 +343,42 @@ impl ClientCommand {
     fn clone_local(&self) -> ClientCommand {
         self.clone()
     }
+
+    /// Replaces a `@FILE` or `-` JSON argument of `put` and `patch` by
+    /// what it names.
+    fn read_json_input(&mut self) -> Result<(), Failure> {
+        if let ClientCommand::Put { json, .. } | ClientCommand::Patch { json, .. } = self {
+            *json = read_json_argument(json)?;
+        }
+        Ok(())
+    }
+}
+
+/// A JSON argument: the JSON itself, `@FILE` (the file's contents) or `-`
+/// (standard input). No JSON text starts with `@` or is `-`, so the forms
+/// cannot be mistaken for one another.
+fn read_json_argument(argument: &str) -> Result<String, Failure> {
+    if argument == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text).map_err(|e| {
+            Failure::new(
+                "invalid_argument",
+                format!("cannot read the JSON from standard input: {e}"),
+            )
+        })?;
+        return Ok(text);
+    }
+    let Some(path) = argument.strip_prefix('@') else {
+        return Ok(argument.to_owned());
+    };
+    if path.is_empty() {
+        return Err(Failure::new(
+            "invalid_argument",
+            "@ needs a file name: @FILE reads the JSON from FILE",
+        ));
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::new("invalid_argument", format!("cannot read {path}: {e}")))
 }
 
 /// How long the bounded syncs of reads and writes wait.
@@ -366,6 +475,12 @@ fn run_command(
             }
             Ok(())
         }
+        ClientCommand::Failed => outbox::print_failed(client),
+        ClientCommand::Discard { mutation_id } => outbox::discard(client, &mutation_id),
+        ClientCommand::Retry { mutation_id } => {
+            let entry = outbox::retry(client, &mutation_id)?;
+            print_document(client, outbox::key_of(&entry))
+        }
         ClientCommand::Sync { .. }
         | ClientCommand::Watch { .. }
         | ClientCommand::Space(_)
@@ -406,6 +521,14 @@ fn parse_filter(text: &str) -> Result<(&str, FilterValue), Failure> {
 
 fn core_failure(e: tandem_core::Error) -> Failure {
     Failure::new(e.code(), e.reason())
+}
+
+/// Prints a document as the device has it now (nothing if it has none).
+fn print_document(client: &Client, key: DocKey) -> Result<(), Failure> {
+    match client.get(key).map_err(core_failure)? {
+        Some(doc) => print_json(&doc),
+        None => Ok(()),
+    }
 }
 
 fn print_json(value: &impl Serialize) -> Result<(), Failure> {

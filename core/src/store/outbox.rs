@@ -121,6 +121,11 @@ pub struct PendingMutation {
     /// Where it is in its life.
     #[serde(flatten)]
     pub state: OutboxState,
+    /// How many sends of it failed: transient failures counted for its
+    /// retries, and for a failed entry the send that failed it too (a
+    /// dropped connection counts nothing). Back to 0 when the app retries
+    /// a failed entry.
+    pub attempts: u32,
     /// When the write was made, in ms since the Unix epoch.
     pub created_at_ms: u64,
     /// The whole mutation as the protocol encodes it.
@@ -223,6 +228,13 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<PendingMutation>, Error> {
     for row in rows {
         let (entry, json, created_at_ms) = row??;
         let m = entry.mutation;
+        // The column counts the transient failures; the refusal (or the
+        // last failure, when the attempts ran out) that failed an entry is
+        // not added to it.
+        let attempts = match entry.state {
+            OutboxState::Failed { .. } => entry.attempt.saturating_add(1),
+            _ => entry.attempt,
+        };
         out.push(PendingMutation {
             seq: entry.seq,
             mutation_id: m.mutation_id.to_string(),
@@ -231,6 +243,7 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<PendingMutation>, Error> {
             doc_id: m.doc_id.to_string(),
             operation: m.op.name().to_owned(),
             state: entry.state,
+            attempts,
             created_at_ms,
             mutation_json: json,
         });
@@ -734,6 +747,10 @@ mod tests {
                 next_attempt_at_ms: 9_000
             }
         );
+        assert_eq!(listed[0].attempts, 2);
+        // Failing it counts the send that failed it.
+        store.mark_failed(&first_a, "validation_failed: x").unwrap();
+        assert_eq!(store.pending_mutations().unwrap()[0].attempts, 3);
     }
 
     #[test]
@@ -759,8 +776,10 @@ mod tests {
                 reason: "rejected: validation_failed".into()
             }
         );
+        assert_eq!(store.pending_mutations().unwrap()[0].attempts, 1);
         assert!(store.retry_failed(&first).unwrap());
         assert_eq!(store.outbox_counts().unwrap(), (2, 0));
+        assert_eq!(store.pending_mutations().unwrap()[0].attempts, 0);
         assert_eq!(
             ids(&store.take_sendable(10, 0).unwrap()),
             vec![("a".into(), 1)]
