@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tandem_core::{
-    Client, ConnectionState, PendingMutation, StatusObserver, SyncOutcome, SyncStatus,
+    Client, ConnectionState, PendingMutation, StatusObserver, SyncError, SyncErrorKind,
+    SyncOutcome, SyncStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -111,7 +112,9 @@ pub(super) async fn bounded_sync(
             Ok(SyncOutcome::CaughtUp) => SyncEnd::CaughtUp { failed: 0 },
             Ok(SyncOutcome::PendingLeft { pending, failed }) => SyncEnd::TimedOut { pending, failed },
             // Connected once, then lost within the time.
-            Err(tandem_core::Error::Network(error)) => SyncEnd::NoServer(diagnose(server, &error).await),
+            Err(tandem_core::Error::Network(error)) => SyncEnd::NoServer(
+                diagnose(server, &SyncError::new(SyncErrorKind::Network, error)).await,
+            ),
             Err(tandem_core::Error::Unauthorized(error)) => SyncEnd::NoServer(
                 unauthorized(&error).with_status(EXIT_NOT_SYNCED),
             ),
@@ -128,7 +131,9 @@ pub(super) async fn bounded_sync(
 /// their codes (exit 1).
 pub(super) async fn request_failure(target: &Target, error: tandem_core::Error) -> Failure {
     match error {
-        tandem_core::Error::Network(error) => diagnose(&target.url, &error).await,
+        tandem_core::Error::Network(error) => {
+            diagnose(&target.url, &SyncError::new(SyncErrorKind::Network, error)).await
+        }
         tandem_core::Error::Unauthorized(error) => {
             unauthorized(&error).with_status(EXIT_NOT_SYNCED)
         }
@@ -138,7 +143,7 @@ pub(super) async fn request_failure(target: &Target, error: tandem_core::Error) 
 
 /// Resolves with the error of the first failed connection attempt, unless
 /// a connection succeeds first (then never).
-async fn first_connection_failure(updates: &mut mpsc::UnboundedReceiver<SyncStatus>) -> String {
+async fn first_connection_failure(updates: &mut mpsc::UnboundedReceiver<SyncStatus>) -> SyncError {
     while let Some(status) = updates.recv().await {
         if status.connection == ConnectionState::Online {
             break;
@@ -152,9 +157,8 @@ async fn first_connection_failure(updates: &mut mpsc::UnboundedReceiver<SyncStat
 
 /// Why the server could not be used, from the URL itself and the engine's
 /// last error; exit status 4.
-async fn diagnose(server: &str, last_error: &str) -> Failure {
-    // The engine's errors name their kind, as the failure's code does.
-    let last_error = one_line(last_error.strip_prefix("network: ").unwrap_or(last_error));
+async fn diagnose(server: &str, last_error: &SyncError) -> Failure {
+    let message = one_line(&last_error.message);
     let failure = match probe(server).await {
         Probe::Unreachable(why) => {
             Failure::new("unreachable", format!("cannot connect to {server}: {why}"))
@@ -165,8 +169,12 @@ async fn diagnose(server: &str, last_error: &str) -> Failure {
                 "{server} is not a Tandem server: GET /healthz answered `{answer}` (check --server)"
             ),
         ),
-        Probe::Answers if last_error.contains("unauthorized") => unauthorized(&last_error),
-        Probe::Answers => Failure::new("network", last_error),
+        Probe::Answers => match last_error.kind {
+            SyncErrorKind::Unauthorized => unauthorized(&message),
+            SyncErrorKind::Tls => Failure::new("tls", message),
+            SyncErrorKind::Clock => Failure::new("clock_skew", message),
+            _ => Failure::new("network", message),
+        },
     };
     failure.with_status(EXIT_NOT_SYNCED)
 }
@@ -252,10 +260,16 @@ struct SplitUrl {
 
 impl SplitUrl {
     fn of(url: &str) -> Option<SplitUrl> {
-        let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        let (tls, rest) = if let Some(rest) = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("ws://"))
+        {
             (false, rest)
         } else {
-            (true, url.strip_prefix("https://")?)
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("wss://"))?;
+            (true, rest)
         };
         let (host_port, path) = rest.split_once('/').unwrap_or((rest, ""));
         if host_port.is_empty() {
@@ -271,6 +285,11 @@ impl SplitUrl {
             format!("{host_port}:{}", if tls { 443 } else { 80 })
         };
         let path = path.trim_end_matches('/');
+        // The socket's own URL names the same server.
+        let path = path
+            .strip_suffix("v1/sync")
+            .unwrap_or(path)
+            .trim_end_matches('/');
         Some(SplitUrl {
             tls,
             authority,

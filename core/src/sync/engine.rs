@@ -1189,7 +1189,8 @@ impl Engine {
                         // its clock is set right: say so where the app looks
                         // for the state of the link, not only per write.
                         tracing::warn!(target: "tandem_core", %reason, "the server refused a write: this device's clock is ahead");
-                        self.last_error = Some(SyncError::new(SyncErrorKind::Clock, reason.clone()));
+                        self.last_error =
+                            Some(SyncError::new(SyncErrorKind::Clock, reason.clone()));
                     }
                     self.fail(entry, &format!("{}: {reason}", code.as_str()))?;
                 }
