@@ -50,7 +50,7 @@ self="$checkout/scripts/swift-test.sh"
 suite=trixie
 mirror="${TANDEM_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 packages=(swiftlang swiftlang-dev libc6-dev libstdc++-14-dev ca-certificates)
-cache_dir="${TANDEM_CACHE_DIR:-$HOME/.cache/tandem}"
+cache_dir="${TANDEM_CACHE_DIR:-${HOME:-/root}/.cache/tandem}"
 root="$cache_dir/swift-$suite"
 # What the root was built from; a root with another stamp is rebuilt.
 stamp="suite=$suite packages=${packages[*]}"
@@ -337,6 +337,7 @@ echo "toolchain: $(elapsed "$started")"
 
 # 3. package
 started=$SECONDS
+printf '\n==> Swift package for Linux\n'
 # The README's Swift example must be the code ReadmeExampleTests runs (the
 # same lines, indentation aside).
 readme_example() { awk '/^```swift$/ { inside = 1; next } /^```$/ { inside = 0 } inside' README.md; }
@@ -346,10 +347,9 @@ tested_example() {
 }
 unindent() { sed -E 's/^[[:space:]]+//'; }
 [[ -n "$(tested_example)" ]] || fail "no README example between the markers in ReadmeExampleTests.swift"
-if ! diff -u <(readme_example | unindent) <(tested_example | unindent); then
+if ! diff -u --label README.md --label ReadmeExampleTests.swift <(readme_example | unindent) <(tested_example | unindent); then
   fail "the Swift example in README.md differs from the one ReadmeExampleTests runs (diff above)"
 fi
-printf '\n==> Swift package for Linux\n'
 build_dir="$cache_dir/swift-package-linux/$(basename "$checkout")-$(printf '%s' "$checkout" | sha256sum | cut -c1-12)"
 mkdir -p "$build_dir"
 exec {build_lock_fd}>"$build_dir.lock"
