@@ -12,7 +12,7 @@
 #  3. The public Swift API equals the golden file swift-package/api/Tandem.api,
 #     so API changes show in review. `--update` rewrites the golden file.
 #
-# Compiling and testing the Swift package itself needs macOS (swift test).
+# scripts/swift-test.sh compiles and tests the Swift package itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

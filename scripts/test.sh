@@ -5,6 +5,7 @@
 # A caller may opt out of a part explicitly, and the output says so:
 #   TANDEM_SKIP_KOTLIN=1    skip the Kotlin bindings tests on the JVM
 #   TANDEM_SKIP_SWIFT_CHECKS=1  skip the Swift bindings checks (header, symbols, API)
+#   TANDEM_SKIP_SWIFT=1     skip compiling and testing the Swift package on Linux
 #   TANDEM_SKIP_POSTGRES=1  skip the PostgreSQL tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +83,7 @@ cargo test -p tandem-e2e --features failpoints --test failpoints --locked
 # bindings (host-JVM flavour) compiled with android-lib's conveniences and
 # tested with JUnit against the host library and a real `tandem serve`; the
 # Swift bindings' C header, exported symbols and public API. The Swift
-# package itself is compiled and tested only on macOS (swift test).
+# package itself is compiled and tested in the next section.
 bindings_started=$SECONDS
 skip_kotlin="${TANDEM_SKIP_KOTLIN:-}"
 skip_swift="${TANDEM_SKIP_SWIFT_CHECKS:-}"
@@ -124,12 +125,29 @@ else
   if [[ "$skip_swift" == 1 ]]; then
     section "Swift bindings checks: SKIPPED (TANDEM_SKIP_SWIFT_CHECKS=1)"
   else
-    section "Swift bindings: header, symbols and API (no Swift compiler on Linux)"
+    section "Swift bindings: header, symbols and API"
     scripts/check-swift-bindings.sh
   fi
   echo "bindings: $((SECONDS - bindings_started)) s"
 fi
 # ---- end of Kotlin and Swift bindings ----------------------------------------
+
+# ---- Swift package on Linux ----------------------------------------------------
+# The Swift package (the generated bindings, the conveniences of
+# swift-package/Sources/Tandem and Tests/TandemTests) compiled with the real
+# Swift compiler, Swift 6.0.3 from Debian trixie in a chroot cached outside
+# the checkout, and tested against a real `tandem serve` (scripts/swift-test.sh;
+# needs root; the first run on a machine sets the toolchain up, a few
+# minutes). The output counts the tests and times each phase.
+swift_started=$SECONDS
+if [[ "${TANDEM_SKIP_SWIFT:-}" == 1 ]]; then
+  section "Swift package on Linux: SKIPPED (TANDEM_SKIP_SWIFT=1)"
+else
+  section "Swift package on Linux: swift build and swift test (Swift 6 from Debian trixie, in a chroot)"
+  scripts/swift-test.sh
+  echo "Swift package: $((SECONDS - swift_started)) s"
+fi
+# ---- end of Swift package on Linux ---------------------------------------------
 
 # ---- Fuzzing ------------------------------------------------------------------
 # Every fuzz target (fuzz/: the wire decoder, the change-apply path, the user

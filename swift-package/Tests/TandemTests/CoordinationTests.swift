@@ -1,19 +1,25 @@
-// Mirrors android-lib/jvm-test/src/test/kotlin/dev/tandem/CoordinationTest.kt
-// against a real `tandem serve --dev-auth` (TANDEM_CLI, as SyncTests).
+// Roles, fencing, the duplicate guard and the device registry against a real
+// `tandem serve --dev-auth`: mirrors
+// android-lib/jvm-test/src/test/kotlin/dev/tandem/CoordinationTest.kt.
 
 import Foundation
 import XCTest
 
-@testable import Tandem
+import Tandem
 
 final class CoordinationTests: XCTestCase {
+    var server: TandemServer!
+
+    override func setUp() async throws {
+        server = try startServer()
+    }
+
     func testClaimObserveAndReleaseARoleAcrossTwoDevices() async throws {
-        let server = try TandemServer()
         let phone = try await openClient(user: "alice", device: "phone")
         let tablet = try await openClient(user: "alice", device: "tablet")
-        try await server.connect(phone, user: "alice")
-        try await server.connect(tablet, user: "alice")
-        var heard = tablet.roleUpdates("auto-responder").makeAsyncIterator()
+        try await server.connect(phone)
+        try await server.connect(tablet)
+        let heard = Collector(tablet.roleUpdates("auto-responder"))
 
         let claimed = try await phone.claimRole(role: "auto-responder", priority: 0)
         XCTAssertTrue(claimed.isSelf)
@@ -23,33 +29,36 @@ final class CoordinationTests: XCTestCase {
         XCTAssertEqual(fence.epoch, 1)
 
         // The tablet hears the phone took the role.
-        while let role = await heard.next(), role.holderName != "phone" {}
+        let taken = try await heard.next(timeout: syncTimeout) { $0.holderName == "phone" }
+        XCTAssertFalse(taken.isSelf)
         let second = try await tablet.claimRole(role: "auto-responder", priority: 0)
         XCTAssertEqual(second.holderName, "phone")
         XCTAssertNil(tablet.currentFence(role: "auto-responder"))
 
-        // The phone releases it: the tablet, a candidate, takes over.
+        // The phone releases it: the tablet, a candidate, takes over and its
+        // stream says so.
         let released = try await phone.releaseRole(role: "auto-responder")
         XCTAssertEqual(released.epoch, 2)
-        while let role = await heard.next(), !role.isSelf {}
+        let takenOver = try await heard.next(timeout: syncTimeout) { $0.isSelf }
+        XCTAssertEqual(takenOver.epoch, 2)
         XCTAssertEqual(tablet.currentFence(role: "auto-responder")?.epoch, 2)
 
         // The phone's old epoch no longer works.
-        do {
-            _ = try await phone.guardFenced(scope: "replies", content: "hello", windowMs: nil, fence: fence)
-            XCTFail("expected RoleLost")
-        } catch TandemError.RoleLost {
+        let error = await thrownError {
+            try await phone.guardFenced(scope: "replies", content: "hello", windowMs: nil, fence: fence)
         }
-        phone.close()
-        tablet.close()
+        guard case TandemError.RoleLost? = error else {
+            return XCTFail("expected RoleLost, got \(String(describing: error))")
+        }
+        await heard.cancel()
+        XCTAssertEqual(tablet.activeSubscriptions(), 0)
     }
 
     func testTheGuardAnswersFirstOnceThenDuplicate() async throws {
-        let server = try TandemServer()
         var devices: [Client] = []
         for index in 0..<4 {
             let client = try await openClient(user: "bob", device: "device-\(index)")
-            try await server.connect(client, user: "bob")
+            try await server.connect(client)
             devices.append(client)
         }
         let answers = try await withThrowingTaskGroup(of: GuardOutcome.self) { group in
@@ -60,28 +69,34 @@ final class CoordinationTests: XCTestCase {
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
-        XCTAssertEqual(answers.filter { $0 == .first }.count, 1)
+        XCTAssertEqual(answers.filter { $0 == .first }.count, 1, "\(answers)")
         XCTAssertEqual(answers.filter { $0 == .duplicate }.count, 3)
+        // The same content normalized the same way is a duplicate; other
+        // content in the same scope is a first.
         let again = try await devices[0].guard(scope: "conversation:1", content: "Thanks, on my way!", windowMs: 5_000)
         XCTAssertEqual(again, .duplicate)
-        devices.forEach { $0.close() }
+        let other = try await devices[0].guard(scope: "conversation:1", content: "See you", windowMs: 5_000)
+        XCTAssertEqual(other, .first)
     }
 
-    func testDevicesListEachOther() async throws {
-        let server = try TandemServer()
+    func testAFencedWriteByTheHolderIsAcceptedAndDevicesListEachOther() async throws {
         let phone = try await openClient(user: "carol", device: "phone")
         let laptop = try await openClient(user: "carol", device: "laptop")
-        try await server.connect(phone, user: "carol")
-        try await server.connect(laptop, user: "carol")
-        var lists = laptop.deviceUpdates().makeAsyncIterator()
-        var devices: [DeviceInfo] = []
-        while let next = await lists.next() {
-            devices = next
-            if devices.filter(\.online).count == 2 { break }
-        }
+        try await server.connect(phone)
+        try await server.connect(laptop)
+        _ = try await phone.claimRole(role: "responder", priority: 5)
+        let fence = try XCTUnwrap(phone.currentFence(role: "responder"))
+        _ = try phone.putFenced(key: DocKey(collection: "answers", id: "a1"), fieldsJson: #"{"text":"hi"}"#, fence: fence)
+        let outcome = try await phone.syncOnce(timeoutMs: syncTimeoutMs)
+        XCTAssertEqual(outcome, .caughtUp)
+        XCTAssertEqual(try phone.status().failed, 0)
+
+        let lists = Collector(laptop.deviceUpdates())
+        let devices = try await lists.next(timeout: syncTimeout) { $0.filter(\.online).count == 2 }
         XCTAssertEqual(devices.map(\.name), ["laptop", "phone"])
-        XCTAssertTrue(devices.first { $0.name == "laptop" }?.isSelf ?? false)
-        phone.close()
-        laptop.close()
+        XCTAssertEqual(devices.first { $0.name == "laptop" }?.isSelf, true)
+        XCTAssertEqual(devices.first { $0.name == "phone" }?.platform, "swift-test")
+        await lists.cancel()
+        XCTAssertEqual(laptop.activeSubscriptions(), 0)
     }
 }
