@@ -19,8 +19,8 @@
 # builds the first two with the NDK).
 #
 # Generates the bindings (scripts/gen-bindings.sh) and builds the `tandem`
-# server first. The first run downloads about 0.5 GB from Maven Central
-# into ~/.m2 (two android-all-instrumented jars and one android-all).
+# server first. The first run downloads about 750 MB from Maven Central
+# into ~/.m2 (two android-all-instrumented jars, one android-all, Robolectric).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
