@@ -57,15 +57,20 @@ rm -rf "$module"/target/surefire-reports-sdk*
 # Maven runs in a process group of its own: whatever the tests start (each
 # `tandem serve`) is in it, so anything still running when Maven is done is
 # a leak, reported and stopped here, and an interrupted run stops it too.
+# Its output goes to a file first: Maven 3.8 with -q writes stray colour
+# resets without a newline, which would run into the count lines below.
+maven_log="$(mktemp)"
 set -m
 (cd "$module" && exec mvn -B -q -Dstyle.color=never test \
   -Djna.library.path="$target_dir/debug" -Dtandem.cli="$target_dir/debug/tandem" \
-  -Dmaven.test.failure.ignore=true) &
+  -Dmaven.test.failure.ignore=true) >"$maven_log" 2>&1 &
 maven_group=$!
 set +m
-trap 'kill -- -"$maven_group" 2>/dev/null || true' EXIT
+trap 'kill -- -"$maven_group" 2>/dev/null || true; rm -f "$maven_log"' EXIT
 maven_status=0
 wait "$maven_group" || maven_status=$?
+sed 's/\x1b\[0m//g' "$maven_log"
+rm -f "$maven_log"
 trap - EXIT
 leaked="$(pgrep -g "$maven_group" || true)"
 if [[ -n "$leaked" ]]; then
