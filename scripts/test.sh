@@ -6,6 +6,7 @@
 #   TANDEM_SKIP_KOTLIN=1    skip the Kotlin bindings tests on the JVM
 #   TANDEM_SKIP_SWIFT_CHECKS=1  skip the Swift bindings checks (header, symbols, API)
 #   TANDEM_SKIP_SWIFT=1     skip compiling and testing the Swift package on Linux
+#   TANDEM_SKIP_ANDROID=1   skip the Android flavour of the Kotlin bindings (Robolectric)
 #   TANDEM_SKIP_POSTGRES=1  skip the PostgreSQL tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -148,6 +149,21 @@ else
   echo "Swift package: $((SECONDS - swift_started)) s"
 fi
 # ---- end of Swift package on Linux ---------------------------------------------
+
+# ---- Android flavour of the Kotlin bindings ------------------------------------
+# The Android flavour (what the AAR compiles) compiled with warnings as errors
+# against Robolectric's android-all, and android-lib/jvm-test's suites run
+# under Robolectric at the newest SDK JDK 17 allows and at minSdk, against the
+# host library and a real `tandem serve` (scripts/android-check.sh). The
+# Android .so for device ABIs, the AAR and on-device tests need the NDK and
+# Gradle (scripts/build-android.sh) and are not run here.
+if [[ "${TANDEM_SKIP_ANDROID:-}" == 1 ]]; then
+  section "Android bindings under Robolectric: SKIPPED (TANDEM_SKIP_ANDROID=1)"
+else
+  section "Android bindings: compiled against android-all, tests under Robolectric"
+  scripts/android-check.sh
+fi
+# ---- end of Android flavour of the Kotlin bindings -----------------------------
 
 # ---- Fuzzing ------------------------------------------------------------------
 # Every fuzz target (fuzz/: the wire decoder, the change-apply path, the user

@@ -10,6 +10,7 @@ import java.io.BufferedReader
 import java.io.File
 import java.io.InputStreamReader
 import java.nio.file.Files
+import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.TimeUnit
 import kotlin.test.assertEquals
 import kotlin.test.fail
@@ -34,7 +35,9 @@ fun task(id: String) = DocKey(collection = "tasks", id = id)
 /**
  * A real `tandem serve --dev-auth` on a free loopback port, started from the
  * binary the build produced (`-Dtandem.cli`), with [schema] as its schema
- * file. Stop it with [close].
+ * file. Stop it with [close]. A server whose start fails is stopped before
+ * the constructor throws, and one still running when the JVM exits (a test
+ * that never reached its tear-down) is killed by a shutdown hook.
  */
 class TandemServer(schema: String = """{"collections": {}}""") : AutoCloseable {
     private val process: Process
@@ -46,6 +49,7 @@ class TandemServer(schema: String = """{"collections": {}}""") : AutoCloseable {
         if (!File(cli).canExecute()) fail("no tandem binary at $cli: build it with cargo build -p tandem-cli")
         val dir = tempDir("tandem-server-")
         val schemaFile = File(dir, "schema.json").apply { writeText(schema) }
+        val log = File(dir, "server.log")
         process = ProcessBuilder(
             cli, "serve",
             "--listen", "127.0.0.1:0",
@@ -53,13 +57,19 @@ class TandemServer(schema: String = """{"collections": {}}""") : AutoCloseable {
             "--schema", schemaFile.absolutePath,
             "--dev-auth",
         )
-            .redirectError(File(dir, "server.log"))
+            .redirectError(log)
             .start()
-        val firstLine = BufferedReader(InputStreamReader(process.inputStream)).readLine()
-            ?: fail("tandem serve exited: " + File(dir, "server.log").readText())
-        val address = Regex(""""listening"\s*:\s*"([^"]+)"""").find(firstLine)?.groupValues?.get(1)
-            ?: fail("unexpected first line from tandem serve: $firstLine")
-        url = "http://$address"
+        runningServers.add(process)
+        url = try {
+            val firstLine = BufferedReader(InputStreamReader(process.inputStream)).readLine()
+                ?: fail("tandem serve exited: " + log.readText())
+            val address = Regex(""""listening"\s*:\s*"([^"]+)"""").find(firstLine)?.groupValues?.get(1)
+                ?: fail("unexpected first line from tandem serve: $firstLine")
+            "http://$address"
+        } catch (e: Throwable) {
+            stop(process)
+            throw e
+        }
     }
 
     /** Starts syncing [client] as `dev:<user>` and waits until it has caught up. */
@@ -68,10 +78,22 @@ class TandemServer(schema: String = """{"collections": {}}""") : AutoCloseable {
         assertEquals(SyncOutcome.CaughtUp, client.syncOnce(SYNC_TIMEOUT_MS))
     }
 
-    override fun close() {
-        process.destroy()
-        if (!process.waitFor(10, TimeUnit.SECONDS)) process.destroyForcibly()
+    /** Stops the server: gracefully (SIGTERM), or killed if it has not exited after 10 s. */
+    override fun close() = stop(process)
+}
+
+/** The servers started and not stopped yet; killed if the JVM exits first. */
+private val runningServers: MutableSet<Process> = ConcurrentHashMap.newKeySet<Process>().also { servers ->
+    Runtime.getRuntime().addShutdownHook(Thread { servers.forEach { it.destroyForcibly() } })
+}
+
+private fun stop(server: Process) {
+    server.destroy()
+    if (!server.waitFor(10, TimeUnit.SECONDS)) {
+        server.destroyForcibly()
+        server.waitFor(10, TimeUnit.SECONDS)
     }
+    runningServers.remove(server)
 }
 
 /** A bounded sync's time limit in the tests: generous for a loaded CI machine. */
