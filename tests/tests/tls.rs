@@ -277,3 +277,26 @@ fn hex_pin(der: &[u8]) -> String {
         tandem_core::sync::tls::spki_sha256(der).unwrap_or_else(|| panic!("not a certificate"));
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixture_certificates_the_swift_and_kotlin_tests_use_are_served_and_trusted() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    let read = |name: &str| {
+        std::fs::read(fixtures.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let identity = tandem_server::TlsIdentity {
+        cert_chain_pem: read("server.pem"),
+        key_pem: read("server-key.pem"),
+    };
+    let server = TestServer::start(TestServerOptions::dev().with(|c| c.tls = Some(identity))).await;
+    let ca = String::from_utf8(read("ca.pem")).unwrap_or_else(|e| panic!("{e}"));
+    let device = Device::offline("alice", "phone");
+    device
+        .start_sync_with(config(&server.https_url(), &[ca]))
+        .await;
+    device
+        .client
+        .put(key("t1"), "{}")
+        .unwrap_or_else(|e| panic!("{e}"));
+    device.settle().await;
+}
