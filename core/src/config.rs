@@ -136,6 +136,7 @@ impl DatabaseKey {
     }
 
     /// The key as SQLCipher's raw-key literal, `x'<64 hex digits>'`.
+    #[cfg(feature = "encryption")]
     pub(crate) fn raw_literal(&self) -> String {
         format!("x'{}'", hex::encode(self.0))
     }

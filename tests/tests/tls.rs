@@ -281,9 +281,8 @@ fn hex_pin(der: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fixture_certificates_the_swift_and_kotlin_tests_use_are_served_and_trusted() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
-    let read = |name: &str| {
-        std::fs::read(fixtures.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
+    let read =
+        |name: &str| std::fs::read(fixtures.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let identity = tandem_server::TlsIdentity {
         cert_chain_pem: read("server.pem"),
         key_pem: read("server-key.pem"),

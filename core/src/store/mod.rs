@@ -47,7 +47,7 @@ use tandem_protocol::{Collection, CollectionPolicy, HybridClock};
 pub use checkpoint::{CheckpointSettings, CheckpointStats, Checkpointer, WriterLock};
 pub(crate) use device::DeviceIdentity;
 pub(crate) use indexes::IndexCatalog;
-pub(crate) use outbox::OutboxEntry;
+pub(crate) use outbox::{BatchLimit, OutboxEntry};
 pub use outbox::{OutboxState, PendingMutation};
 pub(crate) use remote::{PageEnd, Resync, Settlement};
 pub(crate) use sync_state::ConflictLogEntry;

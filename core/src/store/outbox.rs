@@ -140,6 +140,30 @@ pub(crate) struct OutboxEntry {
     pub state: OutboxState,
     /// How many sends of it have failed so far.
     pub attempt: u32,
+    /// The size of the mutation as JSON: what it adds to a `push`.
+    pub encoded_len: usize,
+}
+
+/// How much one `push` may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchLimit {
+    /// Mutations, at most.
+    pub mutations: usize,
+    /// Bytes of the mutations as JSON, at most (the server's frame limit
+    /// less the envelope); a batch holds at least one mutation whatever its
+    /// size.
+    pub bytes: usize,
+}
+
+impl BatchLimit {
+    /// A limit on the count only.
+    #[cfg(test)]
+    pub fn mutations(mutations: usize) -> BatchLimit {
+        BatchLimit {
+            mutations,
+            bytes: usize::MAX,
+        }
+    }
 }
 
 /// Appends `mutation` as a queued entry; part of the write's transaction.
@@ -212,6 +236,7 @@ fn entry_of(row: &Row<'_>) -> rusqlite::Result<Result<(OutboxEntry, String, u64)
                 mutation,
                 state: state?,
                 attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                encoded_len: json.len(),
             },
             json,
             from_sql_int(created, "created_at")?,
@@ -328,7 +353,7 @@ impl Store {
     /// ([`Store::mark_acked`]).
     pub(crate) fn take_sendable(
         &self,
-        limit: usize,
+        limit: BatchLimit,
         now_ms: u64,
     ) -> Result<Vec<OutboxEntry>, Error> {
         self.with_writer(|writer| {
@@ -356,12 +381,23 @@ impl Store {
                      ORDER BY seq LIMIT ?2"
                 ))?;
                 let rows = stmt.query_map(
-                    params![to_sql_int(now_ms), i64::try_from(limit).unwrap_or(i64::MAX)],
+                    params![
+                        to_sql_int(now_ms),
+                        i64::try_from(limit.mutations).unwrap_or(i64::MAX)
+                    ],
                     entry_of,
                 )?;
-                let mut entries = Vec::new();
+                let mut entries: Vec<OutboxEntry> = Vec::new();
+                let mut bytes = 0usize;
                 for row in rows {
-                    entries.push(row??.0);
+                    let entry = row??.0;
+                    // A comma between mutations.
+                    let more = entry.encoded_len + 1;
+                    if !entries.is_empty() && bytes + more > limit.bytes {
+                        break;
+                    }
+                    bytes += more;
+                    entries.push(entry);
                 }
                 entries
             };
@@ -709,14 +745,19 @@ mod tests {
         put(&store, "b", 1);
         put(&store, "a", 2);
 
-        let sent = store.take_sendable(10, 1_000).unwrap();
+        let sent = store
+            .take_sendable(BatchLimit::mutations(10), 1_000)
+            .unwrap();
         assert_eq!(
             ids(&sent),
             vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 3)]
         );
         assert!(sent.iter().all(|e| e.state == OutboxState::InFlight));
         assert!(
-            store.take_sendable(10, 1_000).unwrap().is_empty(),
+            store
+                .take_sendable(BatchLimit::mutations(10), 1_000)
+                .unwrap()
+                .is_empty(),
             "all in flight"
         );
 
@@ -726,13 +767,17 @@ mod tests {
         store.requeue_in_flight().unwrap();
         // Before it is due: `b` goes, the later write of `a` waits.
         assert_eq!(
-            ids(&store.take_sendable(10, 2_000).unwrap()),
+            ids(&store
+                .take_sendable(BatchLimit::mutations(10), 2_000)
+                .unwrap()),
             vec![("b".into(), 2)]
         );
         store.requeue_in_flight().unwrap();
         // When due: both writes of `a`, in order, and `b`.
         assert_eq!(
-            ids(&store.take_sendable(10, 5_000).unwrap()),
+            ids(&store
+                .take_sendable(BatchLimit::mutations(10), 5_000)
+                .unwrap()),
             vec![("a".into(), 1), ("b".into(), 2), ("a".into(), 3)]
         );
         let listed = store.pending_mutations().unwrap();
@@ -759,7 +804,7 @@ mod tests {
         let store = open_store(dir.path());
         put(&store, "a", 1);
         put(&store, "a", 2);
-        let sent = store.take_sendable(1, 0).unwrap();
+        let sent = store.take_sendable(BatchLimit::mutations(1), 0).unwrap();
         let first = sent[0].mutation.mutation_id;
         store
             .mark_failed(&first, "rejected: validation_failed")
@@ -767,7 +812,7 @@ mod tests {
         assert_eq!(store.outbox_counts().unwrap(), (1, 1));
         // The later write of the same document still goes.
         assert_eq!(
-            ids(&store.take_sendable(10, 0).unwrap()),
+            ids(&store.take_sendable(BatchLimit::mutations(10), 0).unwrap()),
             vec![("a".into(), 2)]
         );
         assert_eq!(
@@ -781,7 +826,7 @@ mod tests {
         assert_eq!(store.outbox_counts().unwrap(), (2, 0));
         assert_eq!(store.pending_mutations().unwrap()[0].attempts, 0);
         assert_eq!(
-            ids(&store.take_sendable(10, 0).unwrap()),
+            ids(&store.take_sendable(BatchLimit::mutations(10), 0).unwrap()),
             vec![("a".into(), 1)]
         );
     }
@@ -792,7 +837,13 @@ mod tests {
         {
             let store = open_store(dir.path());
             put(&store, "a", 1);
-            assert_eq!(store.take_sendable(10, 0).unwrap().len(), 1);
+            assert_eq!(
+                store
+                    .take_sendable(BatchLimit::mutations(10), 0)
+                    .unwrap()
+                    .len(),
+                1
+            );
             store.close();
         }
         let store = open_store(dir.path());
@@ -800,7 +851,13 @@ mod tests {
             store.pending_mutations().unwrap()[0].state,
             OutboxState::Queued
         );
-        assert_eq!(store.take_sendable(10, 0).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .take_sendable(BatchLimit::mutations(10), 0)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -827,12 +884,12 @@ mod tests {
                 .unwrap();
         };
         put(1);
-        let first = store.take_sendable(10, 0).unwrap();
+        let first = store.take_sendable(BatchLimit::mutations(10), 0).unwrap();
         assert_eq!(first[0].mutation.base_version, None);
         // The server applied it at revision 7; its change has not arrived.
         assert!(!store.mark_acked(&first[0].mutation.mutation_id, 7).unwrap());
         put(2);
-        let second = store.take_sendable(10, 0).unwrap();
+        let second = store.take_sendable(BatchLimit::mutations(10), 0).unwrap();
         assert_eq!(
             second[0].mutation.base_version,
             Some(7),

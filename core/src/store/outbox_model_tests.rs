@@ -28,7 +28,7 @@ use tandem_protocol::{Collection, CollectionPolicy, DocId, Mutation, MutationId,
 use super::OutboxState;
 use crate::document::DocRef;
 use crate::store::test_support::open_store;
-use crate::store::{PageEnd, Resync, Store, Write};
+use crate::store::{BatchLimit, PageEnd, Resync, Store, Write};
 
 /// Documents the writes go to: few, so entries of one document pile up.
 /// The first [`LWW_DOCS`] are in `tasks` (`lww`), the rest in `notes`
@@ -337,7 +337,9 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
             });
         }
         Step::Send { limit } => {
-            let taken = store.take_sendable(limit, now).unwrap();
+            let taken = store
+                .take_sendable(BatchLimit::mutations(limit), now)
+                .unwrap();
             let expected: Vec<usize> = model.sendable().into_iter().take(limit).collect();
             let taken_view: Vec<_> = taken
                 .iter()

@@ -71,10 +71,16 @@ use tandem_protocol::{
 use crate::client::ConnectionState;
 use crate::document::DocRef;
 use crate::error::Error;
-use crate::store::{ConflictLogEntry, OutboxEntry, PageEnd, Resync, Settlement, Store, Write};
+use crate::store::{
+    BatchLimit, ConflictLogEntry, OutboxEntry, PageEnd, Resync, Settlement, Store, Write,
+};
 use crate::sync::backoff::{Backoff, Jitter};
 use crate::sync::conflict::{Conflict, ConflictHandler, Resolution};
 use crate::sync::status::{MutationFailure, SpaceProgress, SyncError, SyncErrorKind, SyncStatus};
+
+/// Room a `push` message needs around its mutations:
+/// `{"type":"push","batch_id":N,"mutations":[...]}`, with a margin.
+const PUSH_ENVELOPE_BYTES: usize = 128;
 
 /// Where the engine reads the time (injected, so tests control it).
 pub trait Clock: Send + Sync {
@@ -1263,10 +1269,31 @@ impl Engine {
             let server_limit = session.limits.map_or(usize::MAX, |l| {
                 usize::try_from(l.max_batch_mutations).unwrap_or(usize::MAX)
             });
-            let limit = self.tuning.max_batch.min(server_limit).max(1);
+            // A push must fit the frame the server accepts, or it is
+            // refused whole at every reconnect and nothing more is sent.
+            let frame_bytes = session.limits.map_or(usize::MAX, |l| {
+                usize::try_from(l.max_frame_bytes).unwrap_or(usize::MAX)
+            });
+            let limit = BatchLimit {
+                mutations: self.tuning.max_batch.min(server_limit).max(1),
+                bytes: frame_bytes.saturating_sub(PUSH_ENVELOPE_BYTES),
+            };
             let entries = self.store.take_sendable(limit, now)?;
             if entries.is_empty() {
                 break;
+            }
+            if let [entry] = entries.as_slice()
+                && entry.encoded_len > limit.bytes
+            {
+                // Alone and still over the frame: no send can ever carry
+                // it. Failed (the app can discard it, or write it smaller)
+                // rather than retried forever.
+                let reason = format!(
+                    "frame_too_large: the write is {} bytes as JSON, over the server's frame limit of {frame_bytes} bytes",
+                    entry.encoded_len
+                );
+                self.fail(entry, &reason)?;
+                continue;
             }
             let Link::Open(session) = &mut self.link else {
                 return Ok(());

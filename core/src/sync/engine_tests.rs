@@ -1060,3 +1060,51 @@ fn a_document_changed_during_a_fresh_catch_up_is_merged_not_counted_twice() {
     assert_eq!(r.view(&a).unwrap().version, Some(3));
     assert_eq!(r.view(&b).unwrap().version, Some(2));
 }
+
+#[test]
+fn pushes_fit_the_servers_frame_and_a_write_no_frame_can_carry_fails() {
+    let mut r = rig();
+    // Three writes of about 850 bytes as mutations, and one of about 3,250.
+    let text = |n: usize| "x".repeat(n);
+    for id in ["a", "b", "c"] {
+        r.write(
+            &doc("notes", id),
+            Write::Put(obj(json!({ "body": text(600) }))),
+        );
+    }
+    r.write(
+        &doc("notes", "huge"),
+        Write::Put(obj(json!({ "body": text(3_000) }))),
+    );
+    r.handle(Event::Start);
+    r.handle(Event::Connected);
+    let actions = r.frame(ServerMessage::Welcome(Welcome {
+        protocol: 1,
+        user: UserId::new("alice").unwrap(),
+        device_id: r.store.identity().device_id.clone(),
+        spaces: vec![space()],
+        policies: Default::default(),
+        reset_required: Vec::new(),
+        limits: Limits {
+            max_frame_bytes: 2_000,
+            max_batch_mutations: 500,
+            max_document_bytes: 1 << 20,
+        },
+    }));
+    let sent = pushes(&actions);
+    let ids: Vec<Vec<String>> = sent
+        .iter()
+        .map(|(_, ms)| ms.iter().map(|m| m.doc_id.to_string()).collect())
+        .collect();
+    assert_eq!(ids, vec![vec!["a", "b"], vec!["c"]], "split by bytes");
+    for push in sends(&actions) {
+        assert!(push.encode().len() <= 2_000, "a push over the frame limit");
+    }
+    // The one no frame can carry failed at once, rolled back, reported.
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Notify(Notice::MutationFailed(f))
+            if f.doc_id == "huge" && f.reason.starts_with("frame_too_large")
+    )));
+    assert!(r.view(&doc("notes", "huge")).is_none());
+}
