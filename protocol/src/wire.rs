@@ -490,6 +490,11 @@ pub enum RejectCode {
     /// server's clock is within the bound of the reading, the same mutation
     /// is accepted.
     ClockSkew,
+    /// A code this side does not know: a newer peer's. Received only, never
+    /// sent; the reason says what happened. (Without it, one new code from
+    /// a newer server would make the whole `ack` undecodable.)
+    #[serde(other)]
+    Other,
 }
 
 /// Why a request or connection failed (in an `error`).
@@ -538,6 +543,10 @@ pub enum ErrorCode {
     /// The user has as many registered devices as the server allows
     /// (`--max-devices-per-user`); revoking one frees a place.
     TooManyDevices,
+    /// A code this side does not know: a newer peer's. Received only, never
+    /// sent; the message says what happened.
+    #[serde(other)]
+    Other,
 }
 
 impl ErrorCode {
@@ -562,6 +571,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::StaleEpoch => "stale_epoch",
             ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::Other => "other",
         }
     }
 }
@@ -579,6 +589,7 @@ impl RejectCode {
             RejectCode::StaleEpoch => "stale_epoch",
             RejectCode::Forbidden => "forbidden",
             RejectCode::ClockSkew => "clock_skew",
+            RejectCode::Other => "other",
         }
     }
 }

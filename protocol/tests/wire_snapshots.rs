@@ -595,3 +595,29 @@ fn a_changes_message_is_at_most_its_envelope_and_its_changes() {
         serde_json::to_string(&change).unwrap().len()
     );
 }
+
+#[test]
+fn codes_from_a_newer_peer_decode_as_other() {
+    // An ack whose refusal carries a code this version has never heard of
+    // still decodes: the other results of the batch are not lost with it.
+    let ack = format!(
+        r#"{{"type":"ack","batch_id":7,"results":[
+            {{"mutation_id":"{}","outcome":{{"status":"rejected","code":"brand_new_rule","reason":"why"}}}}]}}"#,
+        mid(1)
+    );
+    match ServerMessage::decode(&ack).unwrap() {
+        ServerMessage::Ack(ack) => match &ack.results[0].outcome {
+            Outcome::Rejected { code, reason, .. } => {
+                assert_eq!(*code, tandem_protocol::RejectCode::Other);
+                assert_eq!(reason, "why");
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    let error = r#"{"type":"error","code":"brand_new_error","message":"m","fatal":false}"#;
+    match ServerMessage::decode(error).unwrap() {
+        ServerMessage::Error(e) => assert_eq!(e.code, tandem_protocol::ErrorCode::Other),
+        other => panic!("{other:?}"),
+    }
+}

@@ -103,7 +103,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::HandshakeTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::SlowConsumer | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // The server never sends a code it does not know.
+        ErrorCode::Internal | ErrorCode::Other => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::StaleEpoch => StatusCode::CONFLICT,
         ErrorCode::TooManyDevices => StatusCode::CONFLICT,
     }

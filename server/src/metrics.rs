@@ -47,7 +47,8 @@ fn error_index(code: ErrorCode) -> usize {
         ErrorCode::HandshakeTimeout => 12,
         ErrorCode::SlowConsumer => 13,
         ErrorCode::ShuttingDown => 14,
-        ErrorCode::Internal => 15,
+        // The server never sends a code it does not know.
+        ErrorCode::Internal | ErrorCode::Other => 15,
         ErrorCode::StaleEpoch => 16,
         ErrorCode::TooManyDevices => 17,
     }

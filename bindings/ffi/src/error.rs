@@ -173,7 +173,10 @@ fn from_server(code: ErrorCode, reason: String) -> TandemError {
         | ErrorCode::HandshakeTimeout
         | ErrorCode::SlowConsumer
         | ErrorCode::ShuttingDown
-        | ErrorCode::Internal => TandemError::Network { reason },
+        | ErrorCode::Internal
+        // A newer server's code this version does not know: treated as
+        // something that may pass, its message kept for the logs.
+        | ErrorCode::Other => TandemError::Network { reason },
         ErrorCode::StaleEpoch => TandemError::RoleLost { reason },
         // The device spoke the protocol wrongly: a bug on this side.
         ErrorCode::BadFrame | ErrorCode::HelloRequired | ErrorCode::UnsupportedProtocol => {
