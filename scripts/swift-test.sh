@@ -29,13 +29,14 @@
 #     Tandem (re-exporting TandemBindings) and Tests/TandemTests, both in
 #     Swift 6 language mode.
 #  4. swift build (with the tests), warnings as errors.
-#  5. swift test, with TANDEM_CLI naming the `tandem` binary; the output
-#     counts the tests that passed, failed and were skipped. A failed or
-#     skipped test, or a crash, fails the script.
+#  5. swift test, with TANDEM_CLI naming the `tandem` binary and
+#     TANDEM_FIXTURES the checkout's tests/fixtures (the TLS certificates);
+#     the output counts the tests that passed, failed and were skipped. A
+#     failed or skipped test, or a crash, fails the script.
 #
 # Each run happens in private mount and PID namespaces (unshare): the mounts
 # into the root (/proc, /dev, a tmpfs /tmp, the staged package, the target
-# directory read-only) are undone by a trap on exit and, in any case, vanish
+# directory and tests/fixtures read-only) are undone by a trap on exit and, in any case, vanish
 # with the namespace, also when the run is killed. A process the tests leave
 # running (a `tandem serve` they did not stop) is reported as a failure and
 # killed; the kernel kills whatever else is left when the namespace ends.
@@ -55,9 +56,11 @@ root="$cache_dir/swift-$suite"
 # What the root was built from; a root with another stamp is rebuilt.
 stamp="suite=$suite packages=${packages[*]}"
 swift_bin=/usr/libexec/swift/bin
-# Where the staged package and the host's target directory appear in the root.
+# Where the staged package, the host's target directory and the checkout's
+# test fixtures appear in the root.
 package_in_root=/tandem/package
 lib_in_root=/tandem/lib
+fixtures_in_root=/tandem/fixtures
 
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 elapsed() { printf '%d s' "$((SECONDS - $1))"; }
@@ -114,9 +117,12 @@ if [[ "${1:-}" == --in-namespace ]]; then
     test)
       build_dir=$4
       lib_dir=$5
+      fixtures_dir=$6
       mount_in_root --bind "$build_dir" "$package_in_root"
       mount_in_root --bind "$lib_dir" "$lib_in_root"
       mount -o remount,bind,ro "$root$lib_in_root"
+      mount_in_root --bind "$fixtures_dir" "$fixtures_in_root"
+      mount -o remount,bind,ro "$root$fixtures_in_root"
 
       started=$SECONDS
       printf '\n==> swift build (Swift 6 language mode, warnings are errors)\n'
@@ -159,7 +165,7 @@ if [[ "${1:-}" == --in-namespace ]]; then
       # would take minutes.
       log="$root/tmp/swift-test.log" # on the tmpfs: gone with the run
       : >"$log"
-      in_root TANDEM_CLI="$lib_in_root/tandem" \
+      in_root TANDEM_CLI="$lib_in_root/tandem" TANDEM_FIXTURES="$fixtures_in_root" \
         SWIFT_BACKTRACE="${SWIFT_BACKTRACE:-enable=yes,symbolicate=fast}" \
         timeout --kill-after=30 "${TANDEM_SWIFT_TEST_TIMEOUT:-900}" \
         sh -c "cd $package_in_root && exec swift test --skip-build $filter" >"$log" 2>&1 &
@@ -441,6 +447,6 @@ echo "staged in $build_dir: $(elapsed "$started")"
 
 # 4 and 5, in the namespaces.
 status=0
-in_namespaces test "$root" "$build_dir" "$lib_dir" || status=$?
+in_namespaces test "$root" "$build_dir" "$lib_dir" "$checkout/tests/fixtures" || status=$?
 echo "Swift on Linux: $(elapsed "$total_started") in all"
 exit "$status"

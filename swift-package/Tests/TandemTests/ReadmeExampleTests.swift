@@ -1,6 +1,7 @@
 // The Swift example of README.md, run as written: the lines between the
 // markers are the README's, which scripts/swift-test.sh checks (only the
-// app's parts, such as `render` and `auth`, are parameters here).
+// app's parts, such as `render`, `auth`, the credential store, the database
+// key and the private CA, are parameters here).
 
 import Foundation
 import XCTest
@@ -20,11 +21,15 @@ private struct DevAuth: Sendable {
 }
 
 private func showOpenTasks(
-    dir: URL, serverURL: String, auth: DevAuth, render: @escaping @Sendable ([Todo]) -> Void
+    dir: URL, databaseKey: Data, credentials: CredentialStore, serverURL: String, privateCA: String, auth: DevAuth,
+    render: @escaping @Sendable ([Todo]) -> Void
 ) async throws {
     // README: begin Swift example
-    let client = try await Client.open(config: ClientConfig(dataDir: dir.path, userId: "alice", deviceName: "Alice's iPhone"))
-    try await client.startSync(config: SyncConfig(serverUrl: serverURL), tokenProvider: ClosureTokenProvider { try await auth.userToken() })
+    let config = ClientConfig(dataDir: dir.path, userId: "alice", deviceName: "Alice's iPhone",
+                              encryptionKey: databaseKey)  // 32 random bytes kept in the Keychain; optional
+    let client = try await Client.open(config: config, credentialStore: credentials)  // tokens never in the database file
+    let sync = SyncConfig(serverUrl: serverURL, trustedRootsPem: [privateCA])  // extra roots: optional
+    try await client.startSync(config: sync, tokenProvider: ClosureTokenProvider { try await auth.userToken() })
     try client.declareIndex(collection: "tasks", fields: ["done"])
     try client.put(DocKey(collection: "tasks", id: "t1"), Todo(title: "Buy milk", done: false))
     let openTasks = Query(collection: "tasks", filters: [Filter(field: "done", op: .eq, value: .bool(value: false))])
@@ -37,12 +42,18 @@ private func showOpenTasks(
 
 final class ReadmeExampleTests: XCTestCase {
     func testTheReadmeExampleRuns() async throws {
-        let server = try startServer()
+        let server = try startServer(ServerOptions(tls: true))
         let dir = try makeTemporaryDirectory("tandem-readme")
         addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        let credentials = InMemoryCredentialStore()
+        let databaseKey = randomDatabaseKey()
+        let privateCA = try TestTLS.caPEM()
         let rendered = Mailbox<[Todo]>()
         let example = Task {
-            try await showOpenTasks(dir: dir, serverURL: server.url, auth: DevAuth(user: "alice")) { rendered.put($0) }
+            try await showOpenTasks(
+                dir: dir, databaseKey: databaseKey, credentials: credentials, serverURL: server.url,
+                privateCA: privateCA, auth: DevAuth(user: "alice")
+            ) { rendered.put($0) }
         }
 
         // The open task is rendered from the local database...
@@ -59,5 +70,10 @@ final class ReadmeExampleTests: XCTestCase {
         // Leaving the screen cancels the task: the loop ends, the client closes.
         example.cancel()
         try await example.value
+
+        // The device's tokens went to the credential store, and the database
+        // file is encrypted.
+        XCTAssertNotNil(credentials.load())
+        XCTAssertFalse(try databaseBytes(in: dir).contains("Buy milk"))
     }
 }

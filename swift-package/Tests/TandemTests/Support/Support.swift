@@ -1,6 +1,7 @@
 // What the tests share: clients in fresh directories that are closed and
-// removed when the test ends, waiting with deadlines, and collectors for the
-// AsyncStreams. Servers are in TandemServer.swift.
+// removed when the test ends, waiting with deadlines, collectors for the
+// AsyncStreams, and the TLS fixtures (tests/fixtures/tls). Servers are in
+// TandemServer.swift.
 //
 // New client settings (say, a credential store) go into `clientConfig` and
 // `openClient`, so every test gets them the same way.
@@ -44,19 +45,89 @@ func makeTemporaryDirectory(_ prefix: String) throws -> URL {
 func task(_ id: String) -> DocKey { DocKey(collection: "tasks", id: id) }
 
 /// The configuration the tests open clients with.
-func clientConfig(dataDir: URL, user: String, device: String) -> ClientConfig {
-    ClientConfig(dataDir: dataDir.path, userId: user, deviceName: device)
+func clientConfig(
+    dataDir: URL, user: String, device: String, encryptionKey: Data? = nil,
+    cacheLimitBytes: UInt64? = nil, evictableCollections: [String] = []
+) -> ClientConfig {
+    ClientConfig(
+        dataDir: dataDir.path, userId: user, deviceName: device, cacheLimitBytes: cacheLimitBytes,
+        evictableCollections: evictableCollections, encryptionKey: encryptionKey)
+}
+
+/// A new random 32-byte database key.
+func randomDatabaseKey() -> Data {
+    var generator = SystemRandomNumberGenerator()
+    return Data((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+}
+
+/// Every byte of the device's database files in `dataDir` (the database
+/// and its write-ahead log), to check what reaches the disk.
+func databaseBytes(in dataDir: URL) throws -> Data {
+    var bytes = Data()
+    for name in ["tandem.db", "tandem.db-wal"] {
+        if let content = FileManager.default.contents(atPath: dataDir.appendingPathComponent(name).path) {
+            bytes.append(content)
+        }
+    }
+    guard !bytes.isEmpty else { throw HarnessError("no database file in \(dataDir.path)") }
+    return bytes
+}
+
+extension Data {
+    /// Whether the UTF-8 bytes of `text` occur in this data.
+    func contains(_ text: String) -> Bool { range(of: Data(text.utf8)) != nil }
+}
+
+/// The directory of the shared test fixtures, tests/fixtures in the
+/// repository: TANDEM_FIXTURES names it when set (scripts/swift-test.sh
+/// mounts it into the root the tests run in), else it is found from this
+/// file's place in the checkout (swift test run in swift-package/).
+func fixturesDirectory() throws -> URL {
+    let directory: URL
+    if let path = ProcessInfo.processInfo.environment["TANDEM_FIXTURES"] {
+        directory = URL(fileURLWithPath: path)
+    } else {
+        // swift-package/Tests/TandemTests/Support/Support.swift
+        directory = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("tests/fixtures")
+    }
+    guard FileManager.default.fileExists(atPath: directory.appendingPathComponent("tls/ca.pem").path) else {
+        throw HarnessError("no test fixtures in \(directory.path): set TANDEM_FIXTURES to the repository's tests/fixtures")
+    }
+    return directory
+}
+
+/// The test certificate authority and the server certificate it signed
+/// for 127.0.0.1 and localhost (tests/fixtures/tls, made by its make.sh).
+enum TestTLS {
+    static func file(_ name: String) throws -> URL {
+        try fixturesDirectory().appendingPathComponent("tls").appendingPathComponent(name)
+    }
+    /// The authority's certificate, PEM: what `trustedRootsPem` takes.
+    static func caPEM() throws -> String { try String(contentsOf: file("ca.pem"), encoding: .utf8) }
+    /// The pin of server.pem's public key, computed once with
+    ///   openssl x509 -in server.pem -pubkey -noout | openssl pkey -pubin -outform der |
+    ///     openssl dgst -sha256 -binary | base64
+    /// (make.sh makes a new key: compute it again after running it).
+    static let serverPin = "sha256/8maLTL8HJ0vse7DLt0BShUiwzOxW8i/2n95hp5e2qDk="
 }
 
 extension XCTestCase {
     /// Opens a device of `user` in a fresh directory (or in `dataDir`, to
-    /// reopen one). It is closed, and a fresh directory removed, when the
-    /// test ends.
-    func openClient(user: String = "alice", device: String = "swift-test", dataDir: URL? = nil) async throws
-        -> Client
-    {
+    /// reopen one), with the credential store and database key given. It
+    /// is closed, and a fresh directory removed, when the test ends.
+    func openClient(
+        user: String = "alice", device: String = "swift-test", dataDir: URL? = nil,
+        credentialStore: CredentialStore? = nil, encryptionKey: Data? = nil,
+        cacheLimitBytes: UInt64? = nil, evictableCollections: [String] = []
+    ) async throws -> Client {
         let dir = try dataDir ?? makeTemporaryDirectory("tandem-\(user)")
-        let client = try await Client.open(config: clientConfig(dataDir: dir, user: user, device: device))
+        let config = clientConfig(
+            dataDir: dir, user: user, device: device, encryptionKey: encryptionKey,
+            cacheLimitBytes: cacheLimitBytes, evictableCollections: evictableCollections)
+        let client = try await Client.open(config: config, credentialStore: credentialStore)
         let removeDir = dataDir == nil
         addTeardownBlock {
             client.close()

@@ -1,5 +1,6 @@
 // A real `tandem serve --dev-auth` for the tests, from the binary named by
-// TANDEM_CLI (the same build as the library; scripts/swift-test.sh sets it).
+// TANDEM_CLI (the same build as the library; scripts/swift-test.sh sets it);
+// with `tls`, serving https and wss with the certificate of tests/fixtures/tls.
 //
 // Lifetime: a server never outlives the test that started it, nor the test
 // process. `startServer` stops it when the test ends (pass or fail), `deinit`
@@ -32,13 +33,20 @@ import Darwin
 struct ServerOptions: Sendable {
     /// The schema file's content: collection policies and field rules.
     var schema = #"{"collections": {}}"#
+    /// Whether it serves https/wss (`--tls-cert`, `--tls-key`) with the
+    /// test certificate for 127.0.0.1 (`TestTLS`); clients trust it with
+    /// the test authority in `trustedRootsPem`.
+    var tls = false
     /// More `tandem serve` arguments.
     var extraArguments: [String] = []
 }
 
 final class TandemServer: Sendable {
-    /// The base URL clients connect to.
+    /// The base URL clients connect to: `https://` with `tls`.
     let url: String
+    /// The roots a client trusts this server with: the test authority
+    /// when it serves TLS.
+    let trustedRootsPem: [String]
     /// The directory holding the database, the schema and the logs.
     let directory: URL
     private let server: ServerProcess
@@ -54,6 +62,16 @@ final class TandemServer: Sendable {
         directory = try makeTemporaryDirectory("tandem-server")
         let schemaFile = directory.appendingPathComponent("schema.json")
         try options.schema.write(to: schemaFile, atomically: true, encoding: .utf8)
+        var tlsArguments: [String] = []
+        if options.tls {
+            tlsArguments = [
+                "--tls-cert", try TestTLS.file("server.pem").path,
+                "--tls-key", try TestTLS.file("server-key.pem").path,
+            ]
+            trustedRootsPem = [try TestTLS.caPEM()]
+        } else {
+            trustedRootsPem = []
+        }
         let out = directory.appendingPathComponent("server.out")
         let log = directory.appendingPathComponent("server.log")
         server = try ServerProcess(
@@ -62,7 +80,7 @@ final class TandemServer: Sendable {
                 cli, "serve", "--listen", "127.0.0.1:0",
                 "--db", directory.appendingPathComponent("server.db").path,
                 "--schema", schemaFile.path, "--dev-auth",
-            ] + options.extraArguments)
+            ] + tlsArguments + options.extraArguments)
 
         // The first line of the server's output is {"listening": "<addr>", ...}.
         let deadline = Date().addingTimeInterval(startTimeout)
@@ -79,23 +97,25 @@ final class TandemServer: Sendable {
             }
         }
         let object = try? JSONSerialization.jsonObject(with: Data(firstLine!.utf8)) as? [String: Any]
-        guard let address = object?["listening"] as? String else {
+        guard let address = object?["listening"] as? String, object?["tls"] as? Bool == options.tls else {
             server.stop()
             throw HarnessError("unexpected first line from tandem serve: \(firstLine!)")
         }
-        url = "http://\(address)"
+        url = "\(options.tls ? "https" : "http")://\(address)"
     }
 
-    /// The client side of this server's settings.
-    func syncConfig(platform: String = "swift-test") -> SyncConfig {
-        SyncConfig(serverUrl: url, platform: platform)
+    /// The client side of this server's settings: its URL and, for TLS, the
+    /// test authority as a trusted root.
+    func syncConfig(platform: String = "swift-test", tuning: SyncTuning? = nil) -> SyncConfig {
+        SyncConfig(serverUrl: url, platform: platform, trustedRootsPem: trustedRootsPem, tuning: tuning)
     }
 
-    /// Starts syncing `client` as `dev:<user>` (by default its own user) and
-    /// waits until it has caught up.
-    func connect(_ client: Client, user: String? = nil) async throws {
+    /// Starts syncing `client` as `dev:<user>` (by default its own user),
+    /// with `config` (by default `syncConfig()`), and waits until it has
+    /// caught up.
+    func connect(_ client: Client, user: String? = nil, config: SyncConfig? = nil) async throws {
         let token = "dev:\(user ?? client.userId())"
-        try await client.startSync(config: syncConfig(), tokenProvider: ClosureTokenProvider { token })
+        try await client.startSync(config: config ?? syncConfig(), tokenProvider: ClosureTokenProvider { token })
         let outcome = try await client.syncOnce(timeoutMs: syncTimeoutMs)
         XCTAssertEqual(outcome, .caughtUp)
     }
