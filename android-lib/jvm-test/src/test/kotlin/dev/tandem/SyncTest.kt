@@ -1,5 +1,7 @@
 package dev.tandem
 
+import dev.tandem.ffi.Client
+import dev.tandem.ffi.ClientConfig
 import dev.tandem.ffi.Conflict
 import dev.tandem.ffi.ConflictHandler
 import dev.tandem.ffi.ConnectionState
@@ -10,6 +12,7 @@ import dev.tandem.ffi.Resolution
 import dev.tandem.ffi.SyncConfig
 import dev.tandem.ffi.SyncOutcome
 import dev.tandem.ffi.TandemException
+import dev.tandem.ffi.defaultSyncTuning
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.flow.first
@@ -73,7 +76,7 @@ class SyncTest {
             client.statusUpdates().collect { states.send(it.connection) }
         }
         withTimeout(DELIVERY_MS) { assertEquals(ConnectionState.OFFLINE, states.receive()) }
-        client.startSync(SyncConfig(serverUrl = server.url), tokenProvider { "dev:bob" })
+        client.startSync(server.syncConfig(), tokenProvider { "dev:bob" })
         withTimeout(SYNC_TIMEOUT_MS.toLong()) {
             while (states.receive() != ConnectionState.ONLINE) Unit
         }
@@ -163,6 +166,48 @@ class SyncTest {
         }
         first.shutdown()
         second.shutdown()
+    }
+
+    @Test
+    fun `a device syncs with tuning of its own`() = runBlocking {
+        val client = openClient("olga")
+        // One write per batch, and quick reconnects.
+        val tuning = defaultSyncTuning().copy(maxBatch = 1u, reconnectInitialMs = 100u, reconnectMaxMs = 1_000u)
+        repeat(3) { client.put(DocKey("notes", "n$it"), "{}") }
+        client.startSync(server.syncConfig().copy(tuning = tuning), tokenProvider { "dev:olga" })
+        assertEquals(SyncOutcome.CaughtUp, client.syncOnce(SYNC_TIMEOUT_MS))
+        assertEquals(0uL, client.status().pending)
+        client.shutdown()
+    }
+
+    @Test
+    fun `enforceCacheLimit evicts confirmed documents over the budget, and fetch gets them back`() = runBlocking {
+        val writer = openClient("paul", "writer")
+        server.connect(writer)
+        writer.put(DocKey("history", "h1"), """{"text":"old message"}""")
+        writer.put(DocKey("history", "h2"), """{"text":"older message"}""")
+        assertEquals(SyncOutcome.CaughtUp, writer.syncOnce(SYNC_TIMEOUT_MS))
+
+        // A budget no database fits in: every confirmed history document may go.
+        val small = Client.open(
+            ClientConfig(
+                dataDir = tempDir("tandem-cache-").absolutePath,
+                userId = "paul",
+                deviceName = "small",
+                cacheLimitBytes = 1u,
+                evictableCollections = listOf("history"),
+            ),
+        )
+        server.connect(small)
+        val h1 = DocKey("history", "h1")
+        assertEquals("""{"text":"old message"}""", small.fetch(h1)?.fieldsJson)
+        assertTrue(small.get(h1) != null, "fetched back")
+        assertTrue(small.enforceCacheLimit() >= 1uL, "evicted at least the fetched document")
+        // An evicted document is not on the device: only fetch gets it.
+        assertFailsWith<TandemException.Network> { small.get(h1) }
+        assertEquals("""{"text":"old message"}""", small.fetch(h1)?.fieldsJson)
+        writer.shutdown()
+        small.shutdown()
     }
 
     @Test
