@@ -15,6 +15,7 @@ import dev.tandem.ffi.TandemException
 import dev.tandem.ffi.defaultSyncTuning
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
@@ -121,12 +122,19 @@ class SyncTest {
         server.connect(second)
         first.put(contact, """{"name":"Ann","phone":"1"}""")
         assertEquals(SyncOutcome.CaughtUp, first.syncOnce(SYNC_TIMEOUT_MS))
-        assertEquals(SyncOutcome.CaughtUp, second.syncOnce(SYNC_TIMEOUT_MS))
-        assertEquals("""{"name":"Ann","phone":"1"}""", second.get(contact)?.fieldsJson)
+        // The server sends the change on to the second device in its own
+        // time (a bounded sync there may return before it arrives).
+        withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+            second.observe(contact).first { it?.fieldsJson == """{"name":"Ann","phone":"1"}""" }
+        }
 
         // The second device goes offline and edits the name while the first
-        // changes the phone number.
+        // changes the phone number. The second must be offline before the
+        // change is made, or it could receive it and edit on top of it.
         second.setNetworkAvailable(false)
+        withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+            second.statusUpdates().first { it.connection == ConnectionState.OFFLINE }
+        }
         first.patch(contact, """{"phone":"2"}""")
         assertEquals(SyncOutcome.CaughtUp, first.syncOnce(SYNC_TIMEOUT_MS))
         second.patch(contact, """{"name":"Anna"}""")
@@ -181,34 +189,47 @@ class SyncTest {
     }
 
     @Test
-    fun `enforceCacheLimit evicts confirmed documents over the budget, and fetch gets them back`() = runBlocking {
-        val writer = openClient("paul", "writer")
-        server.connect(writer)
-        writer.put(DocKey("history", "h1"), """{"text":"old message"}""")
-        writer.put(DocKey("history", "h2"), """{"text":"older message"}""")
-        assertEquals(SyncOutcome.CaughtUp, writer.syncOnce(SYNC_TIMEOUT_MS))
+    fun `a device keeps within its cache limit, enforceCacheLimit evicts again, and fetch gets documents back`() =
+        runBlocking {
+            val writer = openClient("paul", "writer")
+            server.connect(writer)
+            val h1 = DocKey("history", "h1")
+            val h2 = DocKey("history", "h2")
+            writer.put(h1, """{"text":"old message"}""")
+            writer.put(h2, """{"text":"older message"}""")
+            assertEquals(SyncOutcome.CaughtUp, writer.syncOnce(SYNC_TIMEOUT_MS))
 
-        // A budget no database fits in: every confirmed history document may go.
-        val small = Client.open(
-            ClientConfig(
-                dataDir = tempDir("tandem-cache-").absolutePath,
-                userId = "paul",
-                deviceName = "small",
-                cacheLimitBytes = 1u,
-                evictableCollections = listOf("history"),
-            ),
-        )
-        server.connect(small)
-        val h1 = DocKey("history", "h1")
-        assertEquals("""{"text":"old message"}""", small.fetch(h1)?.fieldsJson)
-        assertTrue(small.get(h1) != null, "fetched back")
-        assertTrue(small.enforceCacheLimit() >= 1uL, "evicted at least the fetched document")
-        // An evicted document is not on the device: only fetch gets it.
-        assertFailsWith<TandemException.Network> { small.get(h1) }
-        assertEquals("""{"text":"old message"}""", small.fetch(h1)?.fieldsJson)
-        writer.shutdown()
-        small.shutdown()
-    }
+            // A budget no database fits in: every confirmed history document goes.
+            val small = Client.open(
+                ClientConfig(
+                    dataDir = tempDir("tandem-cache-").absolutePath,
+                    userId = "paul",
+                    deviceName = "small",
+                    cacheLimitBytes = 1u,
+                    evictableCollections = listOf("history"),
+                ),
+            )
+            server.connect(small)
+            // An evicted document is not on the device: get says so, and
+            // only fetch gets it. Syncing evicts after catching up.
+            fun evicted(key: DocKey) = try {
+                small.get(key)
+                false
+            } catch (e: TandemException.Network) {
+                true
+            }
+            withTimeout(SYNC_TIMEOUT_MS.toLong()) {
+                while (!evicted(h1) || !evicted(h2)) delay(20)
+            }
+
+            assertEquals("""{"text":"old message"}""", small.fetch(h1)?.fieldsJson)
+            assertEquals("""{"text":"old message"}""", small.get(h1)?.fieldsJson, "local again")
+            assertEquals(1uL, small.enforceCacheLimit(), "the fetched document is over the budget")
+            assertTrue(evicted(h1))
+            assertEquals("""{"text":"older message"}""", small.fetch(h2)?.fieldsJson)
+            writer.shutdown()
+            small.shutdown()
+        }
 
     @Test
     fun `status callbacks come from the engine's thread and may call back into the client`() = runBlocking {
