@@ -1,5 +1,10 @@
 // Tandem for Android: the generated Kotlin bindings (Android flavour), the
-// Kotlin conveniences (Flows), and libtandem_ffi.so for each ABI.
+// Kotlin conveniences, and libtandem_ffi.so for each ABI.
+//
+// Sources:
+//   src/main/kotlin/      plain Kotlin (Flows, InMemoryCredentialStore), which
+//                         the host-JVM tests (jvm-test) compile too
+//   src/android/kotlin/   Android-only code (KeystoreCredentialStore)
 //
 // Generated inputs, from scripts/build-android.sh (never edited by hand):
 //   src/generated/kotlin/   the bindings (scripts/gen-bindings.sh)
@@ -24,7 +29,7 @@ android {
         consumerProguardFiles("consumer-rules.pro")
     }
 
-    sourceSets["main"].java.srcDirs("src/main/kotlin", "src/generated/kotlin")
+    sourceSets["main"].java.srcDirs("src/main/kotlin", "src/android/kotlin", "src/generated/kotlin")
 
     compileOptions {
         sourceCompatibility = JavaVersion.VERSION_17

@@ -14,6 +14,10 @@
 #     to JNA's cleaner. Prints passed/failed counts per SDK; any failure
 #     fails the script.
 #
+# Before anything is built, the Kotlin example of README.md ("Use Tandem
+# from an app") must be the code ReadmeExampleTest runs (the lines between
+# its `// README: begin/end Kotlin example` markers, indentation aside).
+#
 # Not checked here: libtandem_ffi.so built for the device ABIs, the AAR
 # built by Gradle, tests on a device or emulator (scripts/build-android.sh
 # builds the first two with the NDK).
@@ -46,6 +50,25 @@ if [[ -z "$min_sdk" || "$oldest_sdk" != "$min_sdk" ]]; then
   echo "error: $module/pom.xml runs the tests at SDK $oldest_sdk but android-lib/build.gradle.kts has minSdk ${min_sdk:-(not found)}: make android.sdk.oldest (and android.all.oldest) match" >&2
   exit 1
 fi
+
+readme_example() {
+  awk '/^## / { section = $0 } section == "## Use Tandem from an app" && /^```kotlin$/ { inside = 1; next }
+       /^```$/ { inside = 0 } inside' README.md
+}
+tested_example() {
+  awk '/README: end Kotlin example/ { inside = 0 } inside; /README: begin Kotlin example/ { inside = 1 }' \
+    android-lib/jvm-test/src/test/kotlin/dev/tandem/ReadmeExampleTest.kt
+}
+unindent() { sed -E 's/^[[:space:]]+//'; }
+if [[ -z "$(tested_example)" || -z "$(readme_example)" ]]; then
+  echo "error: no Kotlin example in README.md's \"Use Tandem from an app\" or between the markers in ReadmeExampleTest.kt" >&2
+  exit 1
+fi
+if ! diff -u --label README.md --label ReadmeExampleTest.kt <(readme_example | unindent) <(tested_example | unindent); then
+  echo "error: the Kotlin example in README.md differs from the one ReadmeExampleTest runs (diff above)" >&2
+  exit 1
+fi
+echo "README's Kotlin example is the code ReadmeExampleTest runs"
 
 started=$SECONDS
 target_dir="$(realpath "${CARGO_TARGET_DIR:-target}")"

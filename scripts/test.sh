@@ -110,8 +110,12 @@ else
     # The server the tests start; `cargo test` has built it already.
     cargo build --locked -p tandem-cli
     rm -rf android-lib/jvm-test/target/surefire-reports
+    # Maven 3.8 with -q writes stray colour resets (ESC[0m) without a
+    # newline, also with -Dstyle.color=never: stripped, so they do not run
+    # into the count line below (pipefail keeps Maven's exit status).
     (cd android-lib/jvm-test && mvn -B -q -Dstyle.color=never test \
-      -Djna.library.path="$target_dir/debug" -Dtandem.cli="$target_dir/debug/tandem")
+      -Djna.library.path="$target_dir/debug" -Dtandem.cli="$target_dir/debug/tandem") 2>&1 |
+      sed 's/\x1b\[0m//g'
     # `mvn -q` prints only failures; say what ran.
     cat android-lib/jvm-test/target/surefire-reports/TEST-*.xml | awk '
       /<testsuite / {

@@ -11,7 +11,9 @@ import dev.tandem.ffi.OutboxState
 import dev.tandem.ffi.Query
 import dev.tandem.ffi.QueryObserver
 import dev.tandem.ffi.Subscription
+import dev.tandem.ffi.SyncTuning
 import dev.tandem.ffi.TandemException
+import dev.tandem.ffi.defaultSyncTuning
 import dev.tandem.ffi.setLogger
 import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.launch
@@ -209,6 +211,11 @@ class LocalClientTest {
         assertNull(reads.poll(SILENCE_MS, TimeUnit.MILLISECONDS))
         assertEquals(0uL, client.activeSubscriptions())
         subscription.close()
+    }
+
+    @Test
+    fun `SyncTuning's defaults are the engine's`() {
+        assertEquals(defaultSyncTuning(), SyncTuning())
     }
 
     @Test
