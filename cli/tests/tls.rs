@@ -213,8 +213,10 @@ fn a_server_url_that_cannot_work_is_refused_at_once() {
             "{url}: {stderr}"
         );
         assert_eq!(line.matches("invalid_config").count(), 1, "{line}");
+        // Not after trying to reach it for the sync's 30 s (a loaded
+        // machine may take a few seconds to start and end the process).
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(15),
             "{url}: not at once"
         );
     }

@@ -22,10 +22,19 @@ use tandem_server::store::{
 
 const ROLE: &str = "auto-responder";
 
+/// An instance on the test's schema. Its role lease is far longer than
+/// the tests' patience: a holder whose renewals a loaded machine delays
+/// keeps its role (with the default 1.5 s it could pass to another device
+/// and the epochs the test expects would move), and a takeover seen within
+/// the patience came from the holder leaving, not from its lease.
 async fn instance(schema: &TestSchema) -> TestServer {
     let mut options = schema.options();
     options.pool_size = 6;
-    TestServer::start(TestServerOptions::dev().with(|c| c.postgres = Some(options))).await
+    TestServer::start(TestServerOptions::dev().with(|c| {
+        c.postgres = Some(options);
+        c.coordination.role_lease = Duration::from_secs(120);
+    }))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,10 +164,13 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
     };
     let a = store(&schema).await;
     let b = store(&schema).await;
-    // Long role leases: here it is the presence that runs out.
+    // Long role leases: here it is the presence that runs out. Presence
+    // long enough that instance B, stamping its device as a live instance
+    // does (every 200 ms here), keeps it present through a loaded machine's
+    // stalls.
     let leases = Leases {
         role_ms: 600_000,
-        presence_ms: 800,
+        presence_ms: 3_000,
     };
     let now = tandem_server::state::now_ms;
     for (i, id) in ["phone", "tablet"].iter().enumerate() {
@@ -214,19 +226,40 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
     .unwrap();
     // Instance A crashes: it stops stamping. Instance B keeps stamping its
     // own device; A's row runs out and B removes it.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    b.presence_heartbeat("b".into(), vec![stamp("tablet")], leases, now())
-        .await
-        .unwrap();
-    let online: Vec<(String, bool)> = b
-        .devices_of(UserId::new("alice").unwrap(), now())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| (d.name, d.online))
-        .collect();
+    let stamping = tokio::spawn({
+        let b = Arc::clone(&b);
+        async move {
+            loop {
+                let tablet = PresenceStamp {
+                    device: identity("tablet"),
+                    last_active: tandem_server::state::now_ms(),
+                };
+                b.presence_heartbeat(
+                    "b".into(),
+                    vec![tablet],
+                    leases,
+                    tandem_server::state::now_ms(),
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let listed = || async {
+        b.devices_of(UserId::new("alice").unwrap(), now())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.name, d.online))
+            .collect::<Vec<(String, bool)>>()
+    };
+    tandem_e2e::eventually_async("the crashed instance's device to go offline", || async {
+        !listed().await[0].1
+    })
+    .await;
     assert_eq!(
-        online,
+        listed().await,
         vec![("phone".into(), false), ("tablet".into(), true)]
     );
     let due = b.roles_to_check(now()).await.unwrap();
@@ -248,6 +281,8 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
         ),
         (Some("tablet"), 2)
     );
+    stamping.abort();
+    let _ = stamping.await;
     a.close().await.unwrap();
     b.close().await.unwrap();
 }

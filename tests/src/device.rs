@@ -127,6 +127,14 @@ impl Device {
         assert_eq!(outcome, SyncOutcome::CaughtUp, "device {}", self.name);
     }
 
+    /// Per space, the last server revision this device has applied.
+    pub fn cursors(&self) -> BTreeMap<String, u64> {
+        self.client
+            .status()
+            .unwrap_or_else(|e| panic!("status: {e}"))
+            .cursors
+    }
+
     /// The live documents of `collection` in `space` (default: personal):
     /// id → (fields, version).
     pub fn docs(
@@ -193,6 +201,102 @@ pub async fn server_docs(
         if page.body["more"] != Value::Bool(true) {
             return out;
         }
+    }
+}
+
+/// Waits until every device has applied every revision that any of them
+/// has applied, in each space they both know; panics after [`PATIENCE`].
+///
+/// [`Device::settle`] returns once a device is caught up with what it has
+/// heard of and has nothing to send: a change another device committed a
+/// moment earlier may still be on its way to it (the server's fan-out and
+/// the socket are asynchronous). After every device has settled, the
+/// highest cursor among them is the server's head (each settled writer
+/// has seen its own writes come back), so waiting for every device to
+/// reach it waits for exactly the changes still in flight.
+pub async fn caught_up(devices: &[&Device]) {
+    let mut target: BTreeMap<String, u64> = BTreeMap::new();
+    for device in devices {
+        for (space, cursor) in device.cursors() {
+            let highest = target.entry(space).or_default();
+            *highest = (*highest).max(cursor);
+        }
+    }
+    let behind = || -> Vec<String> {
+        devices
+            .iter()
+            .flat_map(|device| {
+                let cursors = device.cursors();
+                target
+                    .iter()
+                    .filter(move |(space, rev)| cursors.get(*space).is_some_and(|c| c < rev))
+                    .map(move |(space, rev)| format!("{} at {space} < {rev}", device.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let late = behind();
+        if late.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "devices never caught up: {late:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until every device holds exactly what the server holds in
+/// `collection` of `space` (read as `user`), and returns that; panics with
+/// the difference after [`PATIENCE`]. For after every writer has settled,
+/// when the server's state no longer changes: the devices' copies may
+/// still be receiving it (see [`caught_up`]).
+pub async fn converged(
+    server_url: &str,
+    user: &str,
+    space: &str,
+    collection: &str,
+    devices: &[&Device],
+) -> BTreeMap<String, (Value, Option<u64>)> {
+    let on_server = server_docs(server_url, user, space, collection).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for device in devices {
+        loop {
+            let local = device.docs(Some(space), collection);
+            if local == on_server {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                assert_eq!(
+                    local, on_server,
+                    "device {} never came to hold what the server holds",
+                    device.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    on_server
+}
+
+/// Waits until the asynchronous `check` holds, polling; panics after
+/// [`PATIENCE`]. For conditions only the server can answer (a device list,
+/// a space's members).
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -34,7 +34,9 @@ pub mod tokens;
 mod writer;
 
 pub use client::{WsClient, WsError};
-pub use device::{Device, eventually, server_docs, test_tuning};
+pub use device::{
+    Device, caught_up, converged, eventually, eventually_async, server_docs, test_tuning,
+};
 pub use http::{Http, Response};
 pub use process::{DeviceSpec, ServerProcess, integrity_check, kill, read_log};
 pub use proxy::Proxy;

@@ -9,32 +9,30 @@ use std::time::Duration;
 
 use serde_json::json;
 use tandem_core::{Conflict, ConflictHandler, DocKey, Resolution, SyncOutcome};
-use tandem_e2e::{Device, Proxy, TestServer, TestServerOptions, eventually, server_docs};
+use tandem_e2e::{
+    Device, Proxy, TestServer, TestServerOptions, caught_up, converged, eventually, server_docs,
+};
 
 fn key(collection: &str, id: &str) -> DocKey {
     DocKey::personal(collection, id)
 }
 
-/// Settles every device twice: once to push, once more to receive what
-/// the others pushed after it.
+/// Settles every device twice (once to push, once more to receive what
+/// the others pushed after it), then waits for the others' last changes,
+/// which may still be on their way when a device has settled.
 async fn settle_all(devices: &[&Device]) {
     for _ in 0..2 {
         for d in devices {
             d.settle().await;
         }
     }
+    caught_up(devices).await;
 }
 
-/// Every device holds exactly what the server holds.
+/// Every device comes to hold exactly what the server holds (once every
+/// writer has settled).
 async fn assert_converged(url: &str, user: &str, collection: &str, devices: &[&Device]) {
-    let server = server_docs(url, user, &format!("personal:{user}"), collection).await;
-    for d in devices {
-        assert_eq!(
-            d.docs(None, collection),
-            server,
-            "a device differs from the server"
-        );
-    }
+    converged(url, user, &format!("personal:{user}"), collection, devices).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,8 +47,15 @@ async fn a_write_on_one_device_reaches_another() {
         .unwrap();
     phone.settle().await;
     laptop.settle().await;
-    let docs = laptop.docs(None, "tasks");
-    assert_eq!(docs["t1"].0, json!({"title": "milk"}));
+    // The laptop may have settled before the phone's change reached it:
+    // it arrives live.
+    eventually("the laptop to receive the phone's write", || {
+        laptop
+            .docs(None, "tasks")
+            .get("t1")
+            .is_some_and(|(fields, _)| *fields == json!({"title": "milk"}))
+    })
+    .await;
     assert_converged(&url, "alice", "tasks", &[&phone, &laptop]).await;
 }
 
@@ -419,8 +424,16 @@ async fn a_cache_budget_evicts_unused_documents_which_are_fetched_again() {
         .unwrap();
     writer.settle().await;
     reader.settle().await;
-    let back = reader.client.get(key("photos", &other)).unwrap().unwrap();
-    assert!(back.fields_json.contains("\"edited\":true"));
+    // The reader may have settled before the writer's change reached it.
+    eventually("the edited photo to come back to the reader", || {
+        reader
+            .client
+            .get(key("photos", &other))
+            .ok()
+            .flatten()
+            .is_some_and(|back| back.fields_json.contains("\"edited\":true"))
+    })
+    .await;
     assert_eq!(reader.client.sync_status().unwrap().checksum_mismatches, 0);
 
     // Offline, an evicted document is plainly not local.

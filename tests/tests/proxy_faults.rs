@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tandem_e2e::Proxy;
+use tandem_e2e::{PATIENCE, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -70,14 +70,12 @@ async fn reset_reaches_the_client_as_a_connection_reset() {
     round_trip(&mut stream, 10).await;
     proxy.reset();
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+    let read = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
         .await
         .unwrap();
     let error = read.expect_err("a reset is an error, not an orderly end");
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
-    tokio::time::timeout(Duration::from_secs(5), ended.recv())
-        .await
-        .unwrap();
+    tokio::time::timeout(PATIENCE, ended.recv()).await.unwrap();
     // New connections are not affected.
     let mut again = connect(&proxy).await;
     round_trip(&mut again, 10).await;
@@ -90,9 +88,7 @@ async fn half_open_ends_the_server_side_and_leaves_the_client_in_silence() {
     let mut stream = connect(&proxy).await;
     round_trip(&mut stream, 10).await;
     proxy.half_open();
-    tokio::time::timeout(Duration::from_secs(5), ended.recv())
-        .await
-        .unwrap();
+    tokio::time::timeout(PATIENCE, ended.recv()).await.unwrap();
     // The client can still write, and hears nothing.
     stream.write_all(b"anyone there?").await.unwrap();
     let mut buf = [0u8; 16];
@@ -114,7 +110,7 @@ async fn a_partition_holds_bytes_until_it_heals() {
     let held = tokio::time::timeout(Duration::from_millis(500), stream.read_exact(&mut buf)).await;
     assert!(held.is_err(), "forwarded during a partition");
     proxy.heal();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut buf))
         .await
         .unwrap()
         .unwrap();
@@ -142,7 +138,12 @@ async fn latency_and_bandwidth_hold_the_stream_back_until_healed() {
         "8 KiB in {limited:?}"
     );
 
+    // Healed, 64 KiB goes through at once: at 4 KiB/s it would take at
+    // least 16 s.
     proxy.heal();
-    let healed = round_trip(&mut stream, 8 * 1024).await;
-    assert!(healed < limited, "healed {healed:?}, limited {limited:?}");
+    let healed = round_trip(&mut stream, 64 * 1024).await;
+    assert!(
+        healed < Duration::from_secs(16),
+        "healed {healed:?}, limited {limited:?}"
+    );
 }

@@ -224,11 +224,14 @@ async fn a_tls_failure_is_retried_with_backoff_not_in_a_loop() {
     eventually("a first attempt", || proxy.accepted() >= 1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let attempts = proxy.accepted();
-    // 0 s, 0.5 s, 1.5 s, 3.5 s (plus jitter): a handful, never a storm.
-    assert!(
-        (2..=6).contains(&attempts),
-        "{attempts} connection attempts in about 3 s"
-    );
+    // Attempts at 0 s, 0.5 s, 1.5 s, 3.5 s, 7.5 s, 15.5 s (each wait up to
+    // a fifth longer): a handful in the 3 s or more just waited (more than
+    // 3 s when the machine is loaded, which only adds attempts at these
+    // times), never a storm.
+    assert!(attempts <= 6, "{attempts} connection attempts in about 3 s");
+    // And it keeps trying: the next ones come, however slowly the machine
+    // makes the failed handshakes.
+    eventually("more attempts", || proxy.accepted() >= 3).await;
     let status = device
         .client
         .sync_status()

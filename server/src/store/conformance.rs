@@ -1349,9 +1349,17 @@ pub async fn a_closed_store_refuses_work(harness: &dyn StoreHarness) {
 // These cases use the wall clock: a PostgreSQL store decides leases and
 // windows by the database's clock, whatever time the caller passes.
 
-/// Short leases, so a case can let one run out.
+/// Leases that do not run out during a case, however slowly a loaded
+/// machine runs it: a fence is admitted only under a running lease, and a
+/// claim takes over a lease that ran out.
 const LEASES: Leases = Leases {
-    role_ms: 400,
+    role_ms: 60_000,
+    presence_ms: 60_000,
+};
+
+/// A role lease a case lets run out.
+const SHORT_LEASES: Leases = Leases {
+    role_ms: 300,
     presence_ms: 60_000,
 };
 
@@ -1379,8 +1387,17 @@ async fn role(
     actor: &DeviceIdentity,
     request: RoleRequest,
 ) -> Result<super::RoleChange, StoreError> {
+    role_with(store, actor, request, LEASES).await
+}
+
+async fn role_with(
+    store: &dyn Store,
+    actor: &DeviceIdentity,
+    request: RoleRequest,
+    leases: Leases,
+) -> Result<super::RoleChange, StoreError> {
     store
-        .change_role(actor.clone(), "responder".into(), request, LEASES, wall())
+        .change_role(actor.clone(), "responder".into(), request, leases, wall())
         .await
 }
 
@@ -1441,21 +1458,28 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
         (holder(&released), released.state.epoch),
         (Some("tablet"), 2)
     );
-    // Handoff to a connected device.
-    let handed = role(
+    // Handoff to a connected device, with a short lease.
+    let handed = role_with(
         store.as_ref(),
         &tablet,
         RoleRequest::Handoff {
             to: phone.device.clone(),
         },
+        SHORT_LEASES,
     )
     .await
     .expect("handoff");
     assert_eq!((holder(&handed), handed.state.epoch), (Some("phone"), 3));
     // The phone stops renewing: when its lease runs out the role is due for
     // a check, and the tablet takes it although the phone is connected.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let due = store.roles_to_check(wall()).await.expect("due");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let due = loop {
+        let due = store.roles_to_check(wall()).await.expect("due");
+        if !due.is_empty() || tokio::time::Instant::now() > deadline {
+            break due;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(due, vec![(user("alice"), "responder".to_owned())]);
     let checked = role(store.as_ref(), &tablet, RoleRequest::Check)
         .await
