@@ -20,16 +20,13 @@
 //! in the 100,000-write benchmark), and reads slow down as the WAL index
 //! grows. So when the WAL is still larger than
 //! [`CheckpointSettings::restart_pages`] after a passive pass, the thread
-//! first runs more passive passes while each leaves fewer frames behind
-//! (at most [`CATCH_UP_PASSES`], until about [`LOCKED_PASS_FRAMES`] are
-//! left), then takes the [`WriterLock`] that every write holds (a mutex in
-//! the process, not a SQLite lock, so the waiting write resumes the moment
-//! it is released rather than when SQLite's busy handler next polls) and
-//! runs one more passive pass: it copies only the frames that arrived
-//! during the last one, and the next write starts the WAL over. One write
-//! in several thousand of a sustained burst waits for that short pass; at
-//! the rates of a real app it never happens, because the WAL restarts
-//! between writes.
+//! takes the [`WriterLock`] that every write holds (a mutex in the process,
+//! not a SQLite lock, so the waiting write resumes the moment it is
+//! released rather than when SQLite's busy handler next polls) and runs one
+//! more passive pass: it copies only the frames that arrived during the
+//! last one, and the next write starts the WAL over. One write in several
+//! thousand of a sustained burst waits for that short pass; at the rates of
+//! a real app it never happens, because the WAL restarts between writes.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,9 +242,8 @@ impl Drop for Checkpointer {
     }
 }
 
-/// One passive checkpoint; returns the WAL's size and how many of its
-/// frames are in the database file, in frames.
-fn passive(conn: &Connection, shared: &Shared) -> Option<(i32, i32)> {
+/// One passive checkpoint; returns the WAL's size in frames.
+fn passive(conn: &Connection, shared: &Shared) -> Option<i32> {
     // An error (SQLITE_BUSY when another process checkpoints, or I/O) is
     // not fatal: the frames stay in the WAL, reads and writes stay
     // correct, and the next wake-up tries again.
@@ -257,15 +253,8 @@ fn passive(conn: &Connection, shared: &Shared) -> Option<(i32, i32)> {
     shared
         .frames_checkpointed
         .store(u64::try_from(done).unwrap_or(0), Ordering::Relaxed);
-    Some((log, done))
+    Some(log)
 }
-
-/// Frames a pass that holds writers off may have to copy: about 4 MiB,
-/// a few milliseconds of copying and the two fsyncs.
-const LOCKED_PASS_FRAMES: i32 = 1000;
-
-/// Passes without the lock, at most, before a pass with it.
-const CATCH_UP_PASSES: usize = 8;
 
 fn run<T>(
     conn: &Connection,
@@ -287,53 +276,16 @@ fn run<T>(
             }
             signal.wanted = false;
         }
-        let Some((log, done)) = passive(conn, shared) else {
+        let Some(log) = passive(conn, shared) else {
             continue;
         };
         shared.passive_runs.fetch_add(1, Ordering::Relaxed);
-        if log < settings.restart_pages || done >= log {
-            // Small enough, or every frame is copied already: the next
-            // write starts the WAL over without any help.
-            continue;
-        }
-        // Whatever arrived during a pass is what the next one copies. Held
-        // off, a write waits for the whole of that pass, so the frames left
-        // behind are brought down first while writers run: each pass is
-        // shorter than the one before as long as checkpoints outpace
-        // writes. (Measured with the CPU contended: a locked pass after one
-        // long pass of 118 ms took 60 ms, the tail of local writes.)
-        let mut behind = log - done;
-        for _ in 0..CATCH_UP_PASSES {
-            if behind <= LOCKED_PASS_FRAMES {
-                break;
+        if log >= settings.restart_pages {
+            let _writers_held = writers.lock_first();
+            if passive(conn, shared).is_some() {
+                shared.restart_runs.fetch_add(1, Ordering::Relaxed);
             }
-            let Some((log, done)) = passive(conn, shared) else {
-                break;
-            };
-            shared.passive_runs.fetch_add(1, Ordering::Relaxed);
-            let now_behind = log - done;
-            if now_behind >= behind {
-                // Writes are outpacing the checkpoints: waiting longer
-                // would not shorten the locked pass.
-                break;
-            }
-            behind = now_behind;
         }
-        if behind == 0 {
-            continue;
-        }
-        let writers_held = writers.lock_first();
-        let started = std::time::Instant::now();
-        if passive(conn, shared).is_some() {
-            shared.restart_runs.fetch_add(1, Ordering::Relaxed);
-        }
-        drop(writers_held);
-        tracing::debug!(
-            target: "tandem_core",
-            frames_behind = behind,
-            held_ms = started.elapsed().as_secs_f64() * 1e3,
-            "checkpoint: held writers off to restart the WAL"
-        );
     }
 }
 
@@ -396,10 +348,6 @@ mod tests {
         };
         let (conn, rows) = writer.join().unwrap();
         assert!(stats.stats().passive_runs >= 1);
-        assert!(
-            rows >= 8,
-            "{rows} rows, fewer than a passive pass waits for"
-        );
 
         // Everything was copied while no write could begin, so the next
         // write starts the WAL over.
