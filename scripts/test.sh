@@ -8,10 +8,22 @@
 #   TANDEM_SKIP_SWIFT=1     skip compiling and testing the Swift package on Linux
 #   TANDEM_SKIP_ANDROID=1   skip the Android flavour of the Kotlin bindings (Robolectric)
 #   TANDEM_SKIP_POSTGRES=1  skip the PostgreSQL tests
+#   TANDEM_SKIP_MOBILE=1    skip the mobile targets (tandem-ffi for Android, iOS, macOS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-section() { printf '\n==> %s\n' "$*"; }
+# Each section's time, printed at the end: what a run spends where.
+section_times=()
+section_name=""
+section_started=$SECONDS
+section() {
+  if [[ -n "$section_name" ]]; then
+    section_times+=("$(printf '%5d s  %s' "$((SECONDS - section_started))" "$section_name")")
+  fi
+  section_name="$*"
+  section_started=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
 need() {
   command -v "$1" >/dev/null 2>&1 || { echo "error: $1 is missing: $2" >&2; exit 1; }
 }
@@ -169,6 +181,21 @@ else
 fi
 # ---- end of Android flavour of the Kotlin bindings -----------------------------
 
+# ---- Mobile targets -----------------------------------------------------------
+# tandem-ffi checked for the Android ABIs and iOS devices (cargo check, with
+# zig standing in for the platforms' C toolchains) and built as a real
+# static library for macOS whose exports must match the Swift header. What
+# is and is not verified: scripts/check-mobile-targets.sh.
+mobile_started=$SECONDS
+if [[ "${TANDEM_SKIP_MOBILE:-}" == 1 ]]; then
+  section "mobile targets: SKIPPED (TANDEM_SKIP_MOBILE=1)"
+else
+  section "mobile targets: tandem-ffi checked for Android and iOS, built for macOS"
+  scripts/check-mobile-targets.sh
+  echo "mobile targets: $((SECONDS - mobile_started)) s"
+fi
+# ---- end of mobile targets -----------------------------------------------------
+
 # ---- Fuzzing ------------------------------------------------------------------
 # Every fuzz target (fuzz/: the wire decoder, the change-apply path, the user
 # token parser) runs for TANDEM_FUZZ_SECONDS (default 20) each when a nightly
@@ -213,3 +240,5 @@ echo "cargo deny: $((SECONDS - deny_started)) s"
 # ---- end of cargo deny -----------------------------------------------------------
 
 section "done"
+printf "time per section (%d s in all):\n" "$SECONDS"
+printf "  %s\n" "${section_times[@]}"
