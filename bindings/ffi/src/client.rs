@@ -151,6 +151,10 @@ impl Client {
 
     /// The local view of a document: none if the device has never seen it;
     /// a tombstone (`deleted`) if it is deleted.
+    ///
+    /// A document evicted to keep the database within `cache_limit_bytes`
+    /// fails with `Network` (only the server has it): `fetch` gets it
+    /// again.
     pub fn get(&self, key: DocKey) -> Result<Option<Document>, TandemError> {
         guard(|| {
             self.inner
