@@ -36,6 +36,12 @@ cargo fmt --all --check
 section "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The protocol crate compiles for the browser's WebAssembly target (the
+# target is added with rustup when missing).
+section "wasm32: tandem-protocol compiles for wasm32-unknown-unknown"
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+cargo check --locked -p tandem-protocol --target wasm32-unknown-unknown
+
 # ---- PostgreSQL --------------------------------------------------------------
 # The PostgreSQL store's tests (server/tests/postgres_*.rs: the conformance
 # suite, several instances on one database, two server processes with one
