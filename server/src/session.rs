@@ -760,6 +760,11 @@ impl Session {
                 }
                 self.send(&ServerMessage::Spaces(Spaces { spaces })).await
             }
+            // Before the roles and devices that follow the catch-up, a live
+            // `devices` (this device's own presence, say) would tell the
+            // device it knows every role when it has heard none. Those sent
+            // after the catch-up are read later, so nothing is lost.
+            LiveEvent::Role(_) | LiveEvent::Devices(_) if !self.coordination_sent => Ok(()),
             LiveEvent::Role(state) => self.send(&ServerMessage::Role(state)).await,
             LiveEvent::Devices(devices) => {
                 self.send(&ServerMessage::Devices(Devices {
