@@ -192,13 +192,13 @@ fi
 # zig standing in for the platforms' C toolchains) and built as a real
 # static library for macOS whose exports must match the Swift header. What
 # is and is not verified: scripts/check-mobile-targets.sh.
-mobile_started=$SECONDS
+# The script prints the time of each target; the section's total is in the
+# summary at the end.
 if [[ "${TANDEM_SKIP_MOBILE:-}" == 1 ]]; then
   section "mobile targets: SKIPPED (TANDEM_SKIP_MOBILE=1)"
 else
   section "mobile targets: tandem-ffi checked for Android and iOS, built for macOS"
   scripts/check-mobile-targets.sh
-  echo "mobile targets: $((SECONDS - mobile_started)) s"
 fi
 # ---- end of mobile targets -----------------------------------------------------
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tandem_core::sync::Backoff;
-use tandem_core::{Client, ClientConfig, Query, StaticToken, SyncConfig, SyncOutcome, SyncTuning};
+use tandem_core::{
+    Client, ClientConfig, DeviceInfo, Query, StaticToken, SyncConfig, SyncOutcome, SyncTuning,
+};
 use tempfile::TempDir;
 
 use crate::{Http, PATIENCE};
@@ -125,6 +127,23 @@ impl Device {
             .await
             .unwrap_or_else(|e| panic!("sync_once: {e}"));
         assert_eq!(outcome, SyncOutcome::CaughtUp, "device {}", self.name);
+    }
+
+    /// Waits until the server's list of the user's devices, as this device
+    /// asks for it, has one that `matches` (presence is recorded off the
+    /// session's path, so a list read at once can be a moment old).
+    pub async fn until_devices(&self, what: &str, matches: impl Fn(&DeviceInfo) -> bool) {
+        eventually_async(what, || {
+            let client = Arc::clone(&self.client);
+            let matches = &matches;
+            async move {
+                client
+                    .devices()
+                    .await
+                    .is_ok_and(|list| list.iter().any(matches))
+            }
+        })
+        .await;
     }
 
     /// Per space, the last server revision this device has applied.

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tandem_core::{DocKey, Error, GuardOutcome, RoleInfo, RoleObserver, SyncOutcome};
 use tandem_e2e::{
-    Device, Http, PATIENCE, Proxy, TestServer, TestServerOptions, WsClient, eventually,
-    eventually_async, server_docs,
+    Device, Http, PATIENCE, Proxy, TestServer, TestServerOptions, WsClient, eventually, server_docs,
 };
 use tandem_protocol::{ErrorCode, ServerMessage};
 
@@ -293,18 +292,11 @@ async fn a_revoked_device_is_disconnected_at_once_and_its_tokens_stop_working() 
     socket.hello("stolen-laptop", Default::default()).await;
     // The server records the laptop's presence after its welcome, off the
     // session's path: the phone's list shows it online a moment later.
-    eventually_async("the phone to list the stolen laptop online", || {
-        let client = Arc::clone(&phone.client);
-        async move {
-            client
-                .devices()
-                .await
-                .unwrap()
-                .iter()
-                .any(|d| d.device_id == "stolen-laptop" && d.online)
-        }
-    })
-    .await;
+    phone
+        .until_devices("the phone to list the stolen laptop online", |d| {
+            d.device_id == "stolen-laptop" && d.online
+        })
+        .await;
 
     let revoked_at = Instant::now();
     let remaining = phone.client.revoke_device("stolen-laptop").await.unwrap();
@@ -426,17 +418,11 @@ async fn push_hints_reach_the_webhook_for_offline_devices_and_a_hint_syncs_the_d
         .unwrap();
     tablet.client.stop_sync().await;
     // The tablet's presence is gone once its socket closed.
-    eventually_async("the tablet to be offline", || {
-        let client = Arc::clone(&phone.client);
-        async move {
-            client
-                .devices()
-                .await
-                .map(|l| l.iter().any(|d| d.name == "tablet" && !d.online))
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    phone
+        .until_devices("the tablet to be offline", |d| {
+            d.name == "tablet" && !d.online
+        })
+        .await;
 
     let note = |i: usize| {
         phone
