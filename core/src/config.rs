@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::background::{Background, Threads};
 use crate::credentials::CredentialStore;
 use crate::error::Error;
 
@@ -77,6 +78,11 @@ pub struct ClientConfig {
     /// default) keeps them in the database; an app gives the platform's
     /// secret store (see [`crate::credentials`]).
     pub credential_store: Option<Arc<dyn CredentialStore>>,
+    /// Who runs the client's background work (checkpoints, observer and
+    /// status deliveries): a thread per task by default; a single-threaded
+    /// host passes a [`HostDriven`](crate::background::HostDriven) and
+    /// runs it on its own turn.
+    pub background: Arc<dyn Background>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -91,6 +97,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("evictable_collections", &self.evictable_collections)
             .field("encrypted", &self.encryption_key.is_some())
             .field("credential_store", &self.credential_store.is_some())
+            .field("background", &"..")
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +116,7 @@ impl ClientConfig {
             evictable_collections: Vec::new(),
             encryption_key: None,
             credential_store: None,
+            background: Arc::new(Threads),
         }
     }
 }

@@ -7,27 +7,43 @@
 //! and every write is one transaction holding both the document's new local
 //! view and its outbox entry.
 //!
-//! - [`client`]: the [`Client`] facade, shaped for the FFI layer;
+//! - [`client`]: the [`Client`] facade, shaped for the FFI layer, its
+//!   methods by feature (local data, status, sync, account, coordination);
 //! - [`store`]: the database (connections, pragmas, schema and migrations,
 //!   local writes, queries, the outbox, confirmed state and view rebuilds);
 //! - [`observe`]: query and document observers, coalesced, notified after
 //!   commit;
-//! - [`query`]: the [`Query`] type;
-//! - [`document`]: [`LocalDocument`], what the app reads, and [`DocKey`];
-//! - [`coordination`]: the user's other devices, roles with fencing, the
-//!   duplicate guard, push hints;
-//! - [`credentials`]: where the device's tokens are kept (the database,
-//!   or the platform's secret store through a [`CredentialStore`]);
-//! - [`config`] and [`error`].
+//! - [`sync`]: the sans-I/O sync engine (events in, actions out) and, with
+//!   the `native` feature, the tokio driver that runs it over a WebSocket;
+//! - [`background`]: who runs checkpoints and observer deliveries (a
+//!   thread each, or the host's own turn);
+//! - [`query`], [`document`], [`coordination`], [`credentials`],
+//!   [`clock`], [`config`] and [`error`].
 //!
-//! - [`sync`]: syncing with the server: a sans-I/O engine (events in,
-//!   actions out) and the tokio driver that runs it over a WebSocket, with
-//!   credentials, conflicts, status and the cache budget;
-//!   [`Client::start_sync`] starts it.
+//! # Features
+//!
+//! - `native` (default): the tokio driver, the socket, HTTP and TLS
+//!   (`Client::start_sync` and everything that talks to the server).
+//!   Without it the crate is the store, the engine and the observers, with
+//!   no socket, runtime or TLS dependency: what a host with its own
+//!   transport (a browser, an app extension, a simulator) builds on; it
+//!   compiles for `wasm32-unknown-unknown`.
+//! - `encryption`: SQLCipher instead of plain SQLite.
+//! - `failpoints`: named fail points for crash tests.
 //!
 //! `docs/ENGINE.md` describes the engine for people using it.
 
+// Without the native driver, the engine's and the credentials' plumbing
+// waits for the host's own driver (built beside this crate), so parts of
+// it are unused in that build alone.
+#![cfg_attr(
+    not(feature = "native"),
+    allow(dead_code, reason = "the driver that uses these comes with the host")
+)]
+
+pub mod background;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod coordination;
 pub mod credentials;
@@ -38,7 +54,10 @@ pub mod query;
 pub mod store;
 pub mod sync;
 
-pub use client::{Client, ConnectionState, Operation, SpaceInfo, Status, SyncConfig, SyncOutcome};
+pub use client::{Client, Operation};
+#[cfg(feature = "native")]
+pub use client::{PUSH_HINT_SYNC_TIMEOUT, SpaceInfo, SyncOutcome};
+pub use clock::{Clock, SystemClock};
 pub use config::{
     ClientConfig, DATABASE_FILE, DEFAULT_MAX_DOCUMENT_BYTES, DatabaseKey, Durability,
 };
@@ -50,8 +69,10 @@ pub use observe::{DocumentObserver, QueryObserver, Subscription};
 pub use query::{Filter, FilterOp, FilterValue, Query};
 pub use store::{ConflictRecord, OutboxState, PendingMutation};
 pub use sync::{
-    Conflict, ConflictHandler, MutationFailure, Resolution, SpaceProgress, StaticToken,
-    StatusObserver, SyncError, SyncErrorKind, SyncStatus, SyncTuning, TlsSettings, TokenError,
+    Conflict, ConflictHandler, ConnectionState, MutationFailure, Resolution, SpaceProgress,
+    StaticToken, StatusObserver, SyncError, SyncErrorKind, SyncStatus, SyncTuning, TokenError,
     TokenProvider,
 };
+#[cfg(feature = "native")]
+pub use sync::{SyncConfig, TlsSettings};
 pub use tandem_protocol::RoleFence;

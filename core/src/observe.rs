@@ -8,14 +8,18 @@
 //!   each time a commit changes it. It is only called after the commit that
 //!   changed the data (results are read from committed state), never before.
 //! - Results are coalesced: every commit adds the documents it changed to
-//!   an inbox; one observer thread takes everything in the inbox at once,
+//!   an inbox; one background task (`crate::background`: its own thread by
+//!   default, or the host's turn) takes everything in the inbox at once,
 //!   re-runs each affected query once, and calls the observer only if the
 //!   result differs from the last one it received. A burst of writes therefore yields the latest result,
 //!   not every intermediate one, and a write that does not change a result
 //!   yields nothing.
-//! - Calls to one observer never overlap (there is one observer thread).
+//! - Calls to one observer never overlap (there is one observer task).
 //!   Observers should return quickly; work that takes time belongs on the
 //!   app's own queue.
+//! - The sync engine's notices for the app (status, roles, devices, failed
+//!   writes; `sync/live.rs`) are delivered by the same task, in the order
+//!   they were posted, so no app code runs on the sync engine's task.
 //! - [`Subscription::cancel`], or dropping the subscription, stops it. When
 //!   `cancel` returns, the observer is not being called and will not be
 //!   called again (unless `cancel` was called from inside the observer
@@ -23,13 +27,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::thread::{JoinHandle, ThreadId};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::ThreadId;
 
+use crate::background::{Background, BackgroundTask, TaskHandle};
 use crate::document::{DocRef, LocalDocument};
 use crate::error::Error;
 use crate::query::ResolvedQuery;
-use crate::store::Store;
+use crate::store::{CommitListener, Store};
 
 /// Receives the results of a query.
 pub trait QueryObserver: Send + Sync {
@@ -102,10 +107,8 @@ impl Subscription {
         slot.cancelled.store(true, Ordering::SeqCst);
         if let Some(registry) = registry.upgrade() {
             registry.remove(slot.id);
-            let on_observer_thread = registry
-                .thread
-                .get()
-                .is_some_and(|id| *id == std::thread::current().id());
+            let on_observer_thread =
+                *lock(&registry.delivering_on) == Some(std::thread::current().id());
             if on_observer_thread {
                 return;
             }
@@ -139,22 +142,14 @@ impl std::fmt::Debug for Subscription {
 
 /// Where the store announces commits. Announcing never blocks and costs
 /// nothing while nobody observes.
-pub(crate) struct CommitSink(Option<Arc<Registry>>);
+pub(crate) struct CommitSink(Arc<Registry>);
 
-impl CommitSink {
-    /// A sink nobody listens to.
-    #[cfg(test)]
-    pub fn none() -> CommitSink {
-        CommitSink(None)
-    }
-
-    pub fn committed(&self, docs: Vec<DocRef>) {
-        if let Some(registry) = &self.0 {
-            // A subscription made after this check reads the committed
-            // state for its first result, so skipping is safe.
-            if registry.subscribed.load(Ordering::SeqCst) > 0 {
-                registry.post(|inbox| inbox.changed.extend(docs));
-            }
+impl CommitListener for CommitSink {
+    fn committed(&self, docs: Vec<DocRef>) {
+        // A subscription made after this check reads the committed state
+        // for its first result, so skipping is safe.
+        if self.0.subscribed.load(Ordering::SeqCst) > 0 {
+            self.0.post(|inbox| inbox.changed.extend(docs));
         }
     }
 }
@@ -195,22 +190,23 @@ enum Delivered {
     Document(Option<LocalDocument>),
 }
 
-/// What has happened since the observer thread last looked.
+/// A notice for the app, delivered in order by the observer task.
+pub(crate) type Notice = Box<dyn FnOnce() + Send>;
+
+/// What has happened since the observer task last looked.
 #[derive(Default)]
 struct Inbox {
     /// Documents changed by commits.
     changed: HashSet<DocRef>,
     /// Subscriptions that want their first result.
     fresh: HashSet<u64>,
-    stop: bool,
-    /// The thread is waiting for news (so posting must wake it; otherwise
-    /// it will look at the inbox before it waits again).
-    idle: bool,
+    /// Notices, in the order they were posted.
+    notices: Vec<Notice>,
 }
 
 impl Inbox {
     fn is_empty(&self) -> bool {
-        self.changed.is_empty() && self.fresh.is_empty() && !self.stop
+        self.changed.is_empty() && self.fresh.is_empty() && self.notices.is_empty()
     }
 }
 
@@ -220,35 +216,34 @@ struct Registry {
     /// while there are none.
     subscribed: AtomicUsize,
     next_id: AtomicU64,
-    thread: OnceLock<ThreadId>,
     inbox: Mutex<Inbox>,
-    news: Condvar,
+    /// How to wake the observer task, once started.
+    task: OnceLock<Arc<dyn TaskHandle>>,
+    /// The thread delivering right now, if any (a cancel from inside an
+    /// observer must not wait for itself).
+    delivering_on: Mutex<Option<ThreadId>>,
+    /// The last result each subscription received.
+    delivered: Mutex<HashMap<u64, Delivered>>,
 }
 
 impl Registry {
-    /// Adds to the inbox; wakes the thread only if it is waiting, so a
-    /// burst of commits while it works costs no wake-ups.
+    /// Adds to the inbox; wakes the task only when the inbox was empty (it
+    /// takes everything at once, so a burst of commits costs one wake).
     fn post(&self, add: impl FnOnce(&mut Inbox)) {
-        let mut inbox = lock(&self.inbox);
-        add(&mut inbox);
-        if inbox.idle {
-            inbox.idle = false;
-            self.news.notify_one();
+        let was_empty = {
+            let mut inbox = lock(&self.inbox);
+            let was_empty = inbox.is_empty();
+            add(&mut inbox);
+            was_empty
+        };
+        if was_empty && let Some(task) = self.task.get() {
+            task.wake();
         }
     }
 
-    /// Waits for news and takes all of it (the coalescing).
+    /// Takes all the news (the coalescing).
     fn take(&self) -> Inbox {
-        let mut inbox = lock(&self.inbox);
-        while inbox.is_empty() {
-            inbox.idle = true;
-            inbox = self
-                .news
-                .wait(inbox)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        inbox.idle = false;
-        std::mem::take(&mut *inbox)
+        std::mem::take(&mut *lock(&self.inbox))
     }
 
     fn remove(&self, id: u64) {
@@ -258,10 +253,9 @@ impl Registry {
     }
 }
 
-/// The observers of one client and the thread that notifies them.
+/// The observers of one client and the task that notifies them.
 pub(crate) struct Observers {
     registry: Arc<Registry>,
-    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Observers {
@@ -272,30 +266,38 @@ impl Observers {
             slots: Mutex::new(HashMap::new()),
             subscribed: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            thread: OnceLock::new(),
             inbox: Mutex::new(Inbox::default()),
-            news: Condvar::new(),
+            task: OnceLock::new(),
+            delivering_on: Mutex::new(None),
+            delivered: Mutex::new(HashMap::new()),
         });
         (
-            CommitSink(Some(Arc::clone(&registry))),
+            CommitSink(Arc::clone(&registry)),
             ObserverRegistry(registry),
         )
     }
 
-    /// Starts the observer thread, which reads through `store`.
-    pub fn start(store: Arc<Store>, registry: ObserverRegistry) -> Result<Observers, Error> {
+    /// Starts the observer task on `background`; it reads through `store`.
+    pub fn start(
+        store: Arc<Store>,
+        registry: ObserverRegistry,
+        background: &dyn Background,
+    ) -> Result<Observers, Error> {
         let registry = registry.0;
-        let thread_registry = Arc::clone(&registry);
-        let thread = std::thread::Builder::new()
-            .name("tandem-observers".into())
-            .spawn(move || {
-                let _ = thread_registry.thread.set(std::thread::current().id());
-                run(&store, &thread_registry);
-            })?;
-        Ok(Observers {
-            registry,
-            thread: Mutex::new(Some(thread)),
-        })
+        let task = Arc::new(ObserverTask {
+            store,
+            registry: Arc::clone(&registry),
+        });
+        let handle = background.start("tandem-observers", task)?;
+        let _ = registry.task.set(Arc::clone(&handle));
+        // Anything posted before the task existed.
+        handle.wake();
+        Ok(Observers { registry })
+    }
+
+    /// Where the sync engine's notices for the app go.
+    pub fn notices(&self) -> Notices {
+        Notices(Arc::downgrade(&self.registry))
     }
 
     pub fn observe_query(
@@ -335,15 +337,11 @@ impl Observers {
         }
     }
 
-    /// Stops the observer thread and waits for it (unless called from an
-    /// observer, which runs on that thread). Idempotent.
+    /// Stops the observer task and waits for it (unless called from an
+    /// observer). Idempotent.
     pub fn stop(&self) {
-        self.registry.post(|inbox| inbox.stop = true);
-        let handle = lock(&self.thread).take();
-        if let Some(handle) = handle
-            && handle.thread().id() != std::thread::current().id()
-        {
-            let _ = handle.join();
+        if let Some(task) = self.registry.task.get() {
+            task.stop();
         }
         let ids: Vec<u64> = lock(&self.registry.slots).keys().copied().collect();
         for id in ids {
@@ -359,22 +357,49 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn run(store: &Store, registry: &Registry) {
-    let mut delivered: HashMap<u64, Delivered> = HashMap::new();
-    loop {
+/// Posts notices for the app to the observer task.
+#[derive(Clone)]
+pub(crate) struct Notices(Weak<Registry>);
+
+impl Notices {
+    /// Delivers `notice` after those posted before it (dropped if the
+    /// client is closed).
+    pub fn post(&self, notice: Notice) {
+        if let Some(registry) = self.0.upgrade() {
+            registry.post(|inbox| inbox.notices.push(notice));
+        }
+    }
+}
+
+/// The observer task: delivers notices, then the results that changed.
+struct ObserverTask {
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+}
+
+impl BackgroundTask for ObserverTask {
+    fn run_pending(&self) {
+        let registry = &self.registry;
         let inbox = registry.take();
-        if inbox.stop {
+        if inbox.is_empty() {
             return;
         }
+        *lock(&registry.delivering_on) = Some(std::thread::current().id());
+        for notice in inbox.notices {
+            notice();
+        }
         let slots: Vec<Arc<Slot>> = lock(&registry.slots).values().cloned().collect();
+        let mut delivered = lock(&registry.delivered);
         delivered.retain(|id, _| slots.iter().any(|s| s.id == *id));
         for slot in slots {
             let affected = inbox.fresh.contains(&slot.id)
                 || inbox.changed.iter().any(|doc| slot.target.affected_by(doc));
             if affected && !slot.cancelled.load(Ordering::SeqCst) {
-                deliver(store, &slot, &mut delivered);
+                deliver(&self.store, &slot, &mut delivered);
             }
         }
+        drop(delivered);
+        *lock(&registry.delivering_on) = None;
     }
 }
 

@@ -198,7 +198,16 @@ fn status_counts_the_outbox() {
     let status = client.status().unwrap();
     assert_eq!(
         serde_json::to_value(&status).unwrap(),
-        json!({"connection": "offline", "pending": 2, "failed": 0, "last_synced": null, "cursors": {}})
+        json!({
+            "connection": "offline",
+            "pending": 2,
+            "failed": 0,
+            "last_synced": null,
+            "cursors": {},
+            "catching_up": {},
+            "checksum_mismatches": 0,
+            "last_error": null
+        })
     );
 }
 

@@ -263,7 +263,7 @@ impl Client {
     /// The sync status: connection, outbox counts, last synced time,
     /// cursors, catch-up progress, the last error.
     pub fn status(&self) -> Result<SyncStatus, TandemError> {
-        guard(|| self.inner.sync_status().map(SyncStatus::from))
+        guard(|| self.inner.status().map(SyncStatus::from))
     }
 
     /// Starts syncing with the server in `config`: registers the device if

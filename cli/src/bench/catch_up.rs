@@ -55,7 +55,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         }
         device.client.stop_sync().await;
         let expected = repeat * changes;
-        let status = device.client.sync_status().map_err(failure)?;
+        let status = device.client.status().map_err(failure)?;
         if status.cursors.get(&format!("personal:{USER}")).copied() != Some(expected) {
             return Err(failure(format!(
                 "caught up to {:?}, expected {expected}",

@@ -38,7 +38,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         device.start(&server).await?;
         device.caught_up(Duration::from_secs(600)).await?;
         let took = began.elapsed();
-        let status = device.client.sync_status().map_err(failure)?;
+        let status = device.client.status().map_err(failure)?;
         if status.pending != 0 {
             return Err(failure(format!("{} still pending", status.pending)));
         }

@@ -377,7 +377,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
         device.start(&server).await?;
         device.caught_up(Duration::from_secs(3600)).await?;
         let took = began.elapsed();
-        let status = device.client.sync_status().map_err(failure)?;
+        let status = device.client.status().map_err(failure)?;
         if status.cursors.get(&format!("personal:{USER}")).copied() != Some(docs) {
             return Err(failure(format!(
                 "synced to {:?}, expected {docs}",

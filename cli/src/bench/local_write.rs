@@ -57,6 +57,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Failure> {
             Durability::Normal,
             CheckpointSettings::default(),
             Arc::clone(&writers),
+            &tandem_core::background::Threads,
         )
         .map_err(|e| Failure::new(e.code(), e))?;
         let sql = |e: rusqlite::Error| Failure::new("storage", e);

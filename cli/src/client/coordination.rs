@@ -227,7 +227,7 @@ async fn claim(
 /// [`RELEASE_GRACE`] (the lease runs out on its own otherwise).
 async fn release(client: &Client, role: &str) {
     let connected = client
-        .sync_status()
+        .status()
         .is_ok_and(|s| s.connection == ConnectionState::Online);
     if connected {
         let _ = tokio::time::timeout(RELEASE_GRACE, client.release_role(role)).await;

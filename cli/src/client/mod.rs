@@ -459,7 +459,7 @@ fn run_command(
             Ok(())
         }
         ClientCommand::Status => {
-            let status = client.sync_status().map_err(core_failure)?;
+            let status = client.status().map_err(core_failure)?;
             print_json(&StatusLine {
                 status,
                 device: client.device_id(),

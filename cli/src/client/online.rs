@@ -127,7 +127,7 @@ async fn command(
             // pending, failed): no warning besides it.
             bounded_sync(client, target, timeout.min(STATUS_SYNC_TIMEOUT)).await?;
             warn_newly_failed(client, target, None);
-            let status = client.sync_status().map_err(core_failure)?;
+            let status = client.status().map_err(core_failure)?;
             print_json(&StatusLine {
                 status,
                 device: client.device_id(),
@@ -264,7 +264,7 @@ async fn sync(client: &Client, target: &Target, timeout: Duration) -> Result<(),
         ),
     };
     if let Some(outcome) = outcome {
-        let status = client.sync_status().map_err(core_failure)?;
+        let status = client.status().map_err(core_failure)?;
         print_json(&serde_json::json!({
             "outcome": outcome,
             "status": StatusLine { status, device: client.device_id() },

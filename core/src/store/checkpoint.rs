@@ -7,7 +7,8 @@
 //! and the tail latency of local writes is the checkpoint's, not the
 //! commit's. So the writer connection has `wal_autocheckpoint = 0`, and its
 //! WAL hook (called after each commit with the WAL's size) wakes a
-//! background thread with its own connection, which runs PASSIVE
+//! background task (`crate::background`: a thread of its own by default)
+//! with its own connection, which runs PASSIVE
 //! checkpoints: they copy what they can without taking any lock a writer
 //! needs. The hook wakes the thread once per
 //! [`CheckpointSettings::passive_pages`] pages appended, not on every
@@ -29,15 +30,16 @@
 //! a real app it never happens, because the WAL restarts between writes.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::Connection;
 use rusqlite::wal::CheckpointMode;
 
+use crate::background::{Background, BackgroundTask, TaskHandle};
 use crate::config::DatabaseKey;
 use crate::error::Error;
+use crate::store::WriterLock;
 
 /// When checkpoints run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,93 +78,44 @@ pub struct CheckpointStats {
     pub frames_checkpointed: u64,
 }
 
-/// The lock every write to a database holds, around a `T` (the writer
-/// connection and what goes with it).
-///
-/// A plain mutex is not fair: a writer that releases it and takes it again
-/// at once wins over a thread that was already waiting, so a checkpointer
-/// waiting for a pause could starve (measured: tens of milliseconds while
-/// a burst of writes went on, which then made its pass long). A waiting
-/// checkpointer holds the turnstile, which every writer passes through
-/// before taking the lock, so it is next.
-pub struct WriterLock<T> {
-    turnstile: Mutex<()>,
-    inner: Mutex<T>,
-}
-
-impl<T> WriterLock<T> {
-    /// A lock around `value`.
-    pub fn new(value: T) -> WriterLock<T> {
-        WriterLock {
-            turnstile: Mutex::new(()),
-            inner: Mutex::new(value),
-        }
-    }
-
-    /// Takes the lock for a write. A panic while it was held does not make
-    /// it unusable: what it guards is a connection, whose open transaction
-    /// rolls back when dropped during the unwinding.
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
-        drop(
-            self.turnstile
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes the lock ahead of writers that have not reached it yet.
-    fn lock_first(&self) -> (std::sync::MutexGuard<'_, ()>, std::sync::MutexGuard<'_, T>) {
-        let turnstile = self
-            .turnstile
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        (turnstile, inner)
-    }
-}
-
-/// The background checkpointer of one database. Stops (and joins its
-/// thread) when dropped.
+/// The background checkpointer of one database. Stops (and waits for a
+/// pass in progress) when dropped.
 pub struct Checkpointer {
-    shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+    task: Arc<dyn TaskHandle>,
 }
 
-struct Shared {
-    signal: Mutex<Signal>,
-    wake: Condvar,
+#[derive(Default)]
+struct Counters {
     passive_runs: AtomicU64,
     restart_runs: AtomicU64,
     frames_checkpointed: AtomicU64,
 }
 
-#[derive(Default)]
-struct Signal {
-    wanted: bool,
-    stop: bool,
-}
-
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Signal> {
-        // The signal is two flags; a panic elsewhere cannot leave them
-        // inconsistent, so a poisoned lock is still usable.
-        self.signal.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// The checkpoint pass, run by the background task when the hook wakes it.
+struct Pass<T> {
+    conn: Mutex<Connection>,
+    writers: Arc<WriterLock<T>>,
+    settings: CheckpointSettings,
+    counters: Arc<Counters>,
+    /// Set by the hook; a pass takes it (a wake without it, such as a
+    /// spurious one, does nothing).
+    wanted: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
     /// Installs the WAL hook on `writer` (which must have
     /// `wal_autocheckpoint = 0` already: setting that pragma replaces the
-    /// hook) and starts the thread, with its own connection to `path`.
-    /// `writers` is the lock every write to the database holds; the thread
-    /// holds it during a restart pass.
+    /// hook) and starts the checkpoint task on `background`, with its own
+    /// connection to `path`. `writers` is the lock every write to the
+    /// database holds; the task holds it during a restart pass.
     pub fn start<T: Send + 'static>(
         path: &Path,
         key: Option<&DatabaseKey>,
         writer: &mut Connection,
         writers: Arc<WriterLock<T>>,
         settings: CheckpointSettings,
+        background: &dyn Background,
     ) -> Result<Checkpointer, Error> {
         let conn = crate::store::connect(path, key)?;
         // A connection learns that the database is in WAL mode when it
@@ -175,16 +128,21 @@ impl Checkpointer {
             )));
         }
 
-        let shared = Arc::new(Shared {
-            signal: Mutex::new(Signal::default()),
-            wake: Condvar::new(),
-            passive_runs: AtomicU64::new(0),
-            restart_runs: AtomicU64::new(0),
-            frames_checkpointed: AtomicU64::new(0),
-        });
-        let hook_shared = Arc::clone(&shared);
+        let counters = Arc::new(Counters::default());
+        let wanted = Arc::new(AtomicBool::new(false));
+        let task = background.start(
+            "tandem-checkpoint",
+            Arc::new(Pass {
+                conn: Mutex::new(conn),
+                writers,
+                settings,
+                counters: Arc::clone(&counters),
+                wanted: Arc::clone(&wanted),
+            }),
+        )?;
+        let hook_task = Arc::clone(&task);
         let every = settings.passive_pages.max(1);
-        // The WAL size at which the hook next wakes the thread. It runs on
+        // The WAL size at which the hook next wakes the task. It runs on
         // the writer's thread, inside the commit, so it only compares
         // numbers unless it is time to signal.
         let mut next_wake = every;
@@ -195,44 +153,26 @@ impl Checkpointer {
             }
             if pages >= next_wake {
                 next_wake = pages.saturating_add(every);
-                let mut signal = hook_shared.lock();
-                signal.wanted = true;
-                hook_shared.wake.notify_one();
+                wanted.store(true, Ordering::SeqCst);
+                hook_task.wake();
             }
             Ok(())
         }))?;
-
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("tandem-checkpoint".into())
-            .spawn(move || run(&conn, &writers, &thread_shared, settings))?;
-        Ok(Checkpointer {
-            shared,
-            thread: Some(thread),
-        })
+        Ok(Checkpointer { counters, task })
     }
 
-    /// What the thread has done so far.
+    /// What the task has done so far.
     pub fn stats(&self) -> CheckpointStats {
         CheckpointStats {
-            passive_runs: self.shared.passive_runs.load(Ordering::Relaxed),
-            restart_runs: self.shared.restart_runs.load(Ordering::Relaxed),
-            frames_checkpointed: self.shared.frames_checkpointed.load(Ordering::Relaxed),
+            passive_runs: self.counters.passive_runs.load(Ordering::Relaxed),
+            restart_runs: self.counters.restart_runs.load(Ordering::Relaxed),
+            frames_checkpointed: self.counters.frames_checkpointed.load(Ordering::Relaxed),
         }
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the task and waits for a pass in progress.
     pub fn stop(&mut self) {
-        {
-            let mut signal = self.shared.lock();
-            signal.stop = true;
-            self.shared.wake.notify_one();
-        }
-        if let Some(thread) = self.thread.take() {
-            // A panic in the thread has nothing to hand back; the database
-            // is consistent whatever a checkpoint was doing.
-            let _ = thread.join();
-        }
+        self.task.stop();
     }
 }
 
@@ -242,51 +182,37 @@ impl Drop for Checkpointer {
     }
 }
 
+impl<T: Send> BackgroundTask for Pass<T> {
+    fn run_pending(&self) {
+        if !self.wanted.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(log) = passive(&conn, &self.counters) else {
+            return;
+        };
+        self.counters.passive_runs.fetch_add(1, Ordering::Relaxed);
+        if log >= self.settings.restart_pages {
+            let _writers_held = self.writers.lock_first();
+            if passive(&conn, &self.counters).is_some() {
+                self.counters.restart_runs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// One passive checkpoint; returns the WAL's size in frames.
-fn passive(conn: &Connection, shared: &Shared) -> Option<i32> {
+fn passive(conn: &Connection, counters: &Counters) -> Option<i32> {
     // An error (SQLITE_BUSY when another process checkpoints, or I/O) is
     // not fatal: the frames stay in the WAL, reads and writes stay
     // correct, and the next wake-up tries again.
     let (log, done) = conn
         .wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE)
         .ok()?;
-    shared
+    counters
         .frames_checkpointed
         .store(u64::try_from(done).unwrap_or(0), Ordering::Relaxed);
     Some(log)
-}
-
-fn run<T>(
-    conn: &Connection,
-    writers: &WriterLock<T>,
-    shared: &Shared,
-    settings: CheckpointSettings,
-) {
-    loop {
-        {
-            let mut signal = shared.lock();
-            while !signal.wanted && !signal.stop {
-                signal = shared
-                    .wake
-                    .wait(signal)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
-            if signal.stop {
-                return;
-            }
-            signal.wanted = false;
-        }
-        let Some(log) = passive(conn, shared) else {
-            continue;
-        };
-        shared.passive_runs.fetch_add(1, Ordering::Relaxed);
-        if log >= settings.restart_pages {
-            let _writers_held = writers.lock_first();
-            if passive(conn, shared).is_some() {
-                shared.restart_runs.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -322,6 +248,7 @@ mod tests {
             Durability::Normal,
             settings,
             Arc::clone(&writers),
+            &crate::background::Threads,
         )
         .unwrap();
         conn.execute_batch("CREATE TABLE t (x TEXT)").unwrap();

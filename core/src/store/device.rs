@@ -4,12 +4,13 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use tandem_protocol::{DeviceId, Hlc, SpaceId, UserId};
 
+use crate::clock::now_millis;
 use crate::error::Error;
-use crate::store::{now_millis, to_sql_int};
+use crate::store::to_sql_int;
 
 /// Who this device is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeviceIdentity {
+pub(crate) struct LocalIdentity {
     /// Generated when the directory was first used; never changes.
     pub device_id: DeviceId,
     /// The user the directory belongs to.
@@ -28,7 +29,7 @@ pub(crate) fn load_or_create(
     conn: &Connection,
     user: &str,
     device_name: &str,
-) -> Result<DeviceIdentity, Error> {
+) -> Result<LocalIdentity, Error> {
     let user_id = UserId::new(user)?;
     let stored: Option<(String, String, String, Option<String>)> = conn
         .query_row(
@@ -49,7 +50,7 @@ pub(crate) fn load_or_create(
                 to_sql_int(now_millis())
             ],
         )?;
-        return Ok(DeviceIdentity {
+        return Ok(LocalIdentity {
             personal_space: SpaceId::personal(&user_id),
             device_id,
             user_id,
@@ -74,7 +75,7 @@ pub(crate) fn load_or_create(
         .map(|text| text.parse::<Hlc>())
         .transpose()
         .map_err(|e| Error::CorruptStore(format!("device clock: {e}")))?;
-    Ok(DeviceIdentity {
+    Ok(LocalIdentity {
         personal_space: SpaceId::personal(&user_id),
         device_id,
         user_id,

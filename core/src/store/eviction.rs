@@ -32,9 +32,10 @@ use std::sync::Mutex;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use crate::clock::now_millis;
 use crate::document::DocRef;
 use crate::error::Error;
-use crate::store::{Store, from_sql_int, lock, now_millis, to_sql_int};
+use crate::store::{Store, from_sql_int, lock, to_sql_int};
 
 /// Candidates read per round; a round evicts only as many as free the
 /// excess (by their stored size), so the database ends close under its

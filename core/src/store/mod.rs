@@ -22,6 +22,7 @@
 //! them to measure a bare SQLite write with exactly the store's settings.
 
 mod checkpoint;
+mod commits;
 mod device;
 mod eviction;
 mod indexes;
@@ -34,30 +35,35 @@ mod remote;
 mod schema;
 mod sync_state;
 mod views;
+mod writer_lock;
 mod writes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tandem_protocol::{Collection, CollectionPolicy, HybridClock};
 
-pub use checkpoint::{CheckpointSettings, CheckpointStats, Checkpointer, WriterLock};
-pub(crate) use device::DeviceIdentity;
+pub use checkpoint::{CheckpointSettings, CheckpointStats, Checkpointer};
+pub(crate) use commits::CommitListener;
+#[cfg(test)]
+pub(crate) use commits::NoListener;
+pub(crate) use device::LocalIdentity;
 pub(crate) use indexes::IndexCatalog;
-pub(crate) use outbox::{BatchLimit, OutboxEntry};
+pub(crate) use outbox::{BatchLimit, EntryOutcome, OutboxEntry};
 pub use outbox::{OutboxState, PendingMutation};
 pub(crate) use remote::{PageEnd, Resync, Settlement};
 pub(crate) use sync_state::ConflictLogEntry;
 pub use sync_state::{ConflictRecord, StoredCredentials};
+pub use writer_lock::WriterLock;
 pub(crate) use writes::Write;
 
+use crate::background::Background;
 use crate::config::{ClientConfig, DATABASE_FILE, DatabaseKey, Durability};
 use crate::document::DocRef;
 use crate::error::Error;
-use crate::observe::CommitSink;
 use readers::ReaderPool;
 
 /// How many reader connections the store keeps: one for the observer
@@ -75,15 +81,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 64;
 
 /// Opens a connection for writing to the database at `path` with the
-/// store's settings, and starts its background checkpointer. `writers` is
-/// the lock that every write through the connection holds (the
-/// checkpointer holds it to restart an oversized WAL).
+/// store's settings, and starts its background checkpointer on
+/// `background`. `writers` is the lock that every write through the
+/// connection holds (the checkpointer holds it to restart an oversized
+/// WAL).
 pub fn open_writer<T: Send + 'static>(
     path: &Path,
     key: Option<&DatabaseKey>,
     durability: Durability,
     checkpoints: CheckpointSettings,
     writers: Arc<WriterLock<T>>,
+    background: &dyn Background,
 ) -> Result<(Connection, Checkpointer), Error> {
     let mut conn = connect(path, key)?;
     // WAL: a commit appends to the log instead of rewriting pages in place
@@ -105,7 +113,7 @@ pub fn open_writer<T: Send + 'static>(
     conn.pragma_update(None, "journal_size_limit", 128 * 1024 * 1024)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let checkpointer = Checkpointer::start(path, key, &mut conn, writers, checkpoints)?;
+    let checkpointer = Checkpointer::start(path, key, &mut conn, writers, checkpoints, background)?;
     Ok((conn, checkpointer))
 }
 
@@ -227,19 +235,20 @@ pub(crate) struct Store {
     checkpointer: Mutex<Option<Checkpointer>>,
     readers: ReaderPool,
     indexes: RwLock<IndexCatalog>,
-    identity: DeviceIdentity,
+    identity: LocalIdentity,
     max_document_bytes: usize,
-    commits: CommitSink,
+    commits: Box<dyn CommitListener>,
     cache: eviction::CachePolicy,
 }
 
 impl Store {
     /// Opens (creating or upgrading) the database in `config.data_dir`.
-    /// Committed changes are announced on `commits`.
+    /// Committed changes are announced to `commits`; checkpoints run on
+    /// `config.background`.
     pub fn open(
         config: &ClientConfig,
         checkpoints: CheckpointSettings,
-        commits: CommitSink,
+        commits: Box<dyn CommitListener>,
     ) -> Result<Store, Error> {
         std::fs::create_dir_all(&config.data_dir)?;
         let path = Path::new(&config.data_dir).join(DATABASE_FILE);
@@ -251,6 +260,7 @@ impl Store {
             config.durability,
             checkpoints,
             Arc::clone(&writer),
+            config.background.as_ref(),
         )?;
         schema::prepare(&mut conn)?;
         let identity = device::load_or_create(&conn, &config.user_id, &config.device_name)?;
@@ -286,7 +296,7 @@ impl Store {
     }
 
     /// The device's identity.
-    pub fn identity(&self) -> &DeviceIdentity {
+    pub fn identity(&self) -> &LocalIdentity {
         &self.identity
     }
 
@@ -357,14 +367,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Milliseconds since the Unix epoch, by the wall clock.
-pub(crate) fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// SQLite integers are signed; counts and versions are not. Values beyond
 /// `i64::MAX` cannot come from this store, so they saturate.
 pub(crate) fn to_sql_int(v: u64) -> i64 {
@@ -379,7 +381,7 @@ pub(crate) fn from_sql_int(v: i64, what: &str) -> Result<u64, Error> {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
-    use crate::observe::CommitSink;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A store in a fresh temporary directory, for user `alice`.
     pub fn open_store(dir: &Path) -> Store {
@@ -388,7 +390,23 @@ pub(crate) mod test_support {
 
     pub fn open_store_with(dir: &Path, checkpoints: CheckpointSettings) -> Store {
         let config = ClientConfig::new(dir.to_str().unwrap(), "alice", "phone");
-        Store::open(&config, checkpoints, CommitSink::none()).unwrap()
+        Store::open(&config, checkpoints, Box::new(NoListener)).unwrap()
+    }
+
+    /// Counts the transactions the store's writer commits from now on.
+    pub fn count_commits(store: &Store) -> Arc<AtomicUsize> {
+        let commits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&commits);
+        store
+            .with_writer(|writer| {
+                writer.conn.commit_hook(Some(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    false
+                }))?;
+                Ok(())
+            })
+            .unwrap();
+        commits
     }
 
     /// Runs `sql` (a count) on a connection of its own.
@@ -421,6 +439,7 @@ mod tests {
                 durability,
                 CheckpointSettings::default(),
                 Arc::new(WriterLock::new(())),
+                &crate::background::Threads,
             )
             .unwrap();
             assert_eq!(pragma(&conn, "synchronous"), synchronous);

@@ -73,13 +73,16 @@
 //! `retrying` entries keep their attempt count and time; `failed` entries
 //! stay failed.
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
-use tandem_protocol::{Mutation, MutationId};
+use std::collections::HashMap;
 
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use tandem_protocol::{Collection, CollectionPolicy, HybridClock, Mutation, MutationId};
+
+use crate::clock::now_millis;
 use crate::document::DocRef;
 use crate::error::Error;
 use crate::store::views::rebuild_view;
-use crate::store::{Store, device, from_sql_int, now_millis, policy_of, to_sql_int};
+use crate::store::{Store, Writer, device, from_sql_int, policy_of, to_sql_int};
 
 /// The state of an outbox entry (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -350,7 +353,7 @@ impl Store {
     /// any unacknowledged entry of the same document: such an entry was
     /// written on top of the earlier one, so it is sent once the earlier
     /// one's revision is known and becomes its `base_version`
-    /// ([`Store::mark_acked`]).
+    /// ([`EntryOutcome::Acked`]).
     pub(crate) fn take_sendable(
         &self,
         limit: BatchLimit,
@@ -401,6 +404,10 @@ impl Store {
                 }
                 entries
             };
+            if entries.is_empty() {
+                // Nothing to mark: no write (the transaction rolls back).
+                return Ok(entries);
+            }
             {
                 let mut mark =
                     tx.prepare_cached("UPDATE outbox SET state = 'in_flight' WHERE seq = ?1")?;
@@ -424,50 +431,50 @@ impl Store {
         self.with_writer(|writer| requeue_in_flight(&writer.conn))
     }
 
-    /// A send of `id` failed in a way that may pass: count the attempt and
-    /// send again at `next_attempt_at_ms`. Only an entry that is still in
-    /// flight changes (an answer may race a dropped connection).
-    pub(crate) fn mark_retrying(
+    /// Records what became of sent entries, in one transaction: an answer
+    /// to a whole batch (every acknowledgement and refusal of a 500-entry
+    /// `ack`), or the retries of a batch that went unanswered. Views of
+    /// the documents whose entries failed or left the outbox are rebuilt
+    /// in the same transaction; observers hear of them after the commit.
+    pub(crate) fn record_outcomes(
         &self,
-        id: &MutationId,
-        next_attempt_at_ms: u64,
-    ) -> Result<(), Error> {
-        self.with_writer(|writer| {
-            writer.conn.execute(
-                "UPDATE outbox SET state = 'retrying', attempt = attempt + 1, next_attempt_at = ?2
-                 WHERE mutation_id = ?1 AND acked_rev IS NULL",
-                params![id.to_string(), to_sql_int(next_attempt_at_ms)],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// The server refused `id` for good (or the attempts ran out): the entry
-    /// is kept as failed, with `reason`, and its document's view is rebuilt
-    /// without it. Returns the document, if the entry exists.
-    pub(crate) fn mark_failed(
-        &self,
-        id: &MutationId,
-        reason: &str,
-    ) -> Result<Option<DocRef>, Error> {
-        let doc = self.with_writer(|writer| {
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let doc = doc_of_entry(&tx, id)?;
-            tx.prepare_cached(
-                "UPDATE outbox SET state = 'failed', failure = ?2, next_attempt_at = NULL
-                 WHERE mutation_id = ?1",
-            )?
-            .execute(params![id.to_string(), reason])?;
-            if let Some(doc) = &doc {
-                rebuild_view(&tx, doc, &policy_of(&writer.policies, &doc.collection))?;
+        outcomes: &[(MutationId, EntryOutcome)],
+    ) -> Result<usize, Error> {
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
+        let changed = self.with_writer(|writer| {
+            let Writer {
+                conn,
+                clock,
+                policies,
+            } = writer;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut changed = Vec::new();
+            let mut clock_saved = false;
+            for (id, outcome) in outcomes {
+                match outcome {
+                    EntryOutcome::Acked { rev } => {
+                        if let Some(doc) =
+                            acked_in(&tx, policies, clock, id, *rev, &mut clock_saved)?
+                        {
+                            changed.push(doc);
+                        }
+                    }
+                    EntryOutcome::Failed { reason } => {
+                        if let Some(doc) = failed_in(&tx, policies, id, reason)? {
+                            changed.push(doc);
+                        }
+                    }
+                    EntryOutcome::Retry { at_ms } => retrying_in(&tx, id, *at_ms)?,
+                }
             }
             tx.commit()?;
-            Ok(doc)
+            Ok(changed)
         })?;
-        self.announce(doc.iter().cloned().collect());
-        Ok(doc)
+        let n = changed.len();
+        self.announce(changed);
+        Ok(n)
     }
 
     /// The app asks to send a failed entry again; its effect is back in the
@@ -496,86 +503,6 @@ impl Store {
         let retried = doc.is_some();
         self.announce(doc.into_iter().collect());
         Ok(retried)
-    }
-
-    /// The server acknowledged `id` (applied or duplicate) at revision
-    /// `rev`. The entry stays in the view until the space's cursor reaches
-    /// `rev` (the change carrying it then confirms it, or the sweep in
-    /// `remote.rs` removes it), so the value never falls back in between;
-    /// if the cursor is already there it is removed now. In a
-    /// version-checked collection, the later entries of the document that
-    /// were written on top of it take `rev` as their `base_version`.
-    /// Returns whether the entry was removed now.
-    pub(crate) fn mark_acked(&self, id: &MutationId, rev: u64) -> Result<bool, Error> {
-        let removed = self.with_writer(|writer| {
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row: Option<(i64, String, String, String, Option<i64>)> = tx
-                .prepare_cached(
-                    "SELECT seq, space, collection, doc_id,
-                            json_extract(mutation, '$.base_version')
-                     FROM outbox WHERE mutation_id = ?1",
-                )?
-                .query_row([id.to_string()], |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                    ))
-                })
-                .optional()?;
-            let Some((seq, space, collection, doc_id, base)) = row else {
-                return Ok(None);
-            };
-            let doc = doc_ref(&space, &collection, &doc_id)?;
-            let policy = policy_of(&writer.policies, &doc.collection);
-            if policy.policy.checks_version() {
-                // Later entries whose base is this one's base were written on
-                // top of it.
-                tx.prepare_cached(
-                    "UPDATE outbox SET mutation = json_set(mutation, '$.base_version', ?1)
-                     WHERE space = ?2 AND collection = ?3 AND doc_id = ?4 AND seq > ?5
-                       AND state != 'failed' AND acked_rev IS NULL
-                       AND json_extract(mutation, '$.base_version') IS ?6
-                       AND json_extract(mutation, '$.op.type') NOT IN ('set_add', 'set_remove')",
-                )?
-                .execute(params![
-                    to_sql_int(rev),
-                    space,
-                    collection,
-                    doc_id,
-                    seq,
-                    base
-                ])?;
-            }
-            let cursor: Option<i64> = tx
-                .prepare_cached("SELECT rev FROM cursors WHERE space = ?1")?
-                .query_row([&space], |row| row.get(0))
-                .optional()?;
-            let reached = cursor.is_some_and(|c| c >= to_sql_int(rev));
-            if reached {
-                device::save_clock(&tx, &writer.clock.last())?;
-                remove_in(&tx, id)?;
-                rebuild_view(&tx, &doc, &policy)?;
-            } else {
-                tx.prepare_cached(
-                    "UPDATE outbox SET acked_rev = ?2, state = 'in_flight' WHERE mutation_id = ?1",
-                )?
-                .execute(params![id.to_string(), to_sql_int(rev)])?;
-            }
-            tx.commit()?;
-            Ok(Some((doc, reached)))
-        })?;
-        Ok(match removed {
-            Some((doc, true)) => {
-                self.announce(vec![doc]);
-                true
-            }
-            _ => false,
-        })
     }
 
     /// The earliest time after `now_ms` at which a retrying entry becomes
@@ -703,6 +630,154 @@ pub(crate) fn remove_in(tx: &Transaction<'_>, id: &MutationId) -> Result<Option<
         collection: collection.parse().map_err(corrupt)?,
         id: doc_id.parse().map_err(corrupt)?,
     }))
+}
+
+/// What became of one sent entry (see [`Store::record_outcomes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EntryOutcome {
+    /// The server applied it (or had already) at revision `rev`. The
+    /// entry stays in the view until the space's cursor reaches `rev` (the
+    /// change carrying it then confirms it, or the sweep in `remote.rs`
+    /// removes it), so the value never falls back in between; if the
+    /// cursor is already there it is removed now. In a version-checked
+    /// collection, the later entries of the document that were written on
+    /// top of it take `rev` as their `base_version`.
+    Acked {
+        /// The revision the server gave it.
+        rev: u64,
+    },
+    /// The server refused it for good (or the attempts ran out): kept as
+    /// failed with `reason`, and its document's view rebuilt without it.
+    Failed {
+        /// Why, for the app.
+        reason: String,
+    },
+    /// A send failed in a way that may pass: count the attempt and send
+    /// again at `at_ms`. Only an entry still in flight changes (an answer
+    /// may race a dropped connection).
+    Retry {
+        /// When to send it again, in ms since the Unix epoch.
+        at_ms: u64,
+    },
+}
+
+/// Records an acknowledgement; returns the document if its entry left
+/// the outbox now.
+fn acked_in(
+    tx: &Transaction<'_>,
+    policies: &HashMap<Collection, CollectionPolicy>,
+    clock: &HybridClock,
+    id: &MutationId,
+    rev: u64,
+    clock_saved: &mut bool,
+) -> Result<Option<DocRef>, Error> {
+    let row: Option<(i64, String, String, String, Option<i64>)> = tx
+        .prepare_cached(
+            "SELECT seq, space, collection, doc_id,
+                    json_extract(mutation, '$.base_version')
+             FROM outbox WHERE mutation_id = ?1",
+        )?
+        .query_row([id.to_string()], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((seq, space, collection, doc_id, base)) = row else {
+        return Ok(None);
+    };
+    let doc = doc_ref(&space, &collection, &doc_id)?;
+    let policy = policy_of(policies, &doc.collection);
+    if policy.policy.checks_version() {
+        // Later entries whose base is this one's base were written on top
+        // of it.
+        tx.prepare_cached(
+            "UPDATE outbox SET mutation = json_set(mutation, '$.base_version', ?1)
+             WHERE space = ?2 AND collection = ?3 AND doc_id = ?4 AND seq > ?5
+               AND state != 'failed' AND acked_rev IS NULL
+               AND json_extract(mutation, '$.base_version') IS ?6
+               AND json_extract(mutation, '$.op.type') NOT IN ('set_add', 'set_remove')",
+        )?
+        .execute(params![
+            to_sql_int(rev),
+            space,
+            collection,
+            doc_id,
+            seq,
+            base
+        ])?;
+    }
+    let cursor: Option<i64> = tx
+        .prepare_cached("SELECT rev FROM cursors WHERE space = ?1")?
+        .query_row([&space], |row| row.get(0))
+        .optional()?;
+    if cursor.is_some_and(|c| c >= to_sql_int(rev)) {
+        if !*clock_saved {
+            device::save_clock(tx, &clock.last())?;
+            *clock_saved = true;
+        }
+        remove_in(tx, id)?;
+        rebuild_view(tx, &doc, &policy)?;
+        Ok(Some(doc))
+    } else {
+        tx.prepare_cached(
+            "UPDATE outbox SET acked_rev = ?2, state = 'in_flight' WHERE mutation_id = ?1",
+        )?
+        .execute(params![id.to_string(), to_sql_int(rev)])?;
+        Ok(None)
+    }
+}
+
+/// Fails an entry for good; returns its document, if the entry exists.
+fn failed_in(
+    tx: &Transaction<'_>,
+    policies: &HashMap<Collection, CollectionPolicy>,
+    id: &MutationId,
+    reason: &str,
+) -> Result<Option<DocRef>, Error> {
+    let doc = doc_of_entry(tx, id)?;
+    tx.prepare_cached(
+        "UPDATE outbox SET state = 'failed', failure = ?2, next_attempt_at = NULL
+         WHERE mutation_id = ?1",
+    )?
+    .execute(params![id.to_string(), reason])?;
+    if let Some(doc) = &doc {
+        rebuild_view(tx, doc, &policy_of(policies, &doc.collection))?;
+    }
+    Ok(doc)
+}
+
+/// Counts an attempt of an in-flight entry and sets when it goes again.
+fn retrying_in(tx: &Transaction<'_>, id: &MutationId, at_ms: u64) -> Result<(), Error> {
+    tx.prepare_cached(
+        "UPDATE outbox SET state = 'retrying', attempt = attempt + 1, next_attempt_at = ?2
+         WHERE mutation_id = ?1 AND acked_rev IS NULL",
+    )?
+    .execute(params![id.to_string(), to_sql_int(at_ms)])?;
+    Ok(())
+}
+
+/// One outcome at a time, for the store's own tests.
+#[cfg(test)]
+impl Store {
+    pub(crate) fn mark_acked(&self, id: &MutationId, rev: u64) -> Result<bool, Error> {
+        Ok(self.record_outcomes(&[(*id, EntryOutcome::Acked { rev })])? == 1)
+    }
+
+    pub(crate) fn mark_failed(&self, id: &MutationId, reason: &str) -> Result<(), Error> {
+        let reason = reason.to_owned();
+        self.record_outcomes(&[(*id, EntryOutcome::Failed { reason })])
+            .map(drop)
+    }
+
+    pub(crate) fn mark_retrying(&self, id: &MutationId, at_ms: u64) -> Result<(), Error> {
+        self.record_outcomes(&[(*id, EntryOutcome::Retry { at_ms })])
+            .map(drop)
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ use tandem_protocol::{
     Change, Collection, CollectionPolicy, Document, HybridClock, SpaceChecksum, SpaceId, merge,
 };
 
+use crate::clock::now_millis;
 use crate::document::DocRef;
 use crate::error::Error;
 use crate::store::outbox::{self, doc_ref, remove_in};
@@ -57,7 +58,7 @@ use crate::store::views::{
     rebuild_view,
 };
 use crate::store::writes::{Write, write_in, write_view};
-use crate::store::{Store, Writer, device, from_sql_int, now_millis, policy_of, to_sql_int};
+use crate::store::{Store, Writer, device, from_sql_int, policy_of, to_sql_int};
 
 /// The writer's policies.
 type Policies = HashMap<Collection, CollectionPolicy>;

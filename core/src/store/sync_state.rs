@@ -5,9 +5,10 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use crate::clock::now_millis;
 use crate::document::DocRef;
 use crate::error::Error;
-use crate::store::{Store, from_sql_int, now_millis, to_sql_int};
+use crate::store::{Store, from_sql_int, to_sql_int};
 
 /// The device's credentials for one server, as stored.
 #[derive(Clone, PartialEq, Eq)]

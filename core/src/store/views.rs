@@ -264,8 +264,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now_millis;
     use crate::store::Write;
-    use crate::store::now_millis;
     use crate::store::test_support::{count, open_store};
     use serde_json::{Map, Value, json};
     use tandem_protocol::{Change, DeviceId, DocId, Mutation, MutationId, Op, Policy};

@@ -19,9 +19,10 @@ use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value};
 use tandem_protocol::{CollectionPolicy, DocState, HybridClock, Mutation, MutationId, Op, merge};
 
+use crate::clock::now_millis;
 use crate::document::{DocRef, LocalDocument};
 use crate::error::Error;
-use crate::store::{Store, from_sql_int, now_millis, outbox, policy_of, to_sql_int};
+use crate::store::{Store, from_sql_int, outbox, policy_of, to_sql_int};
 
 /// What the app asks to do to a document: an [`Op`] before it is stamped
 /// (`set_remove` learns which adds it removes from the current view).

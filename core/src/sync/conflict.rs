@@ -14,6 +14,9 @@
 //!   it goes through the same checks as any write. (`manual` without a
 //!   handler behaves like `server_wins`: nothing stays wedged.)
 //!
+//! The engine asks through an action and hears the answer as an event
+//! (`engine/settle.rs`), and settles it in one transaction.
+//!
 //! Every decision goes into the conflict log
 //! ([`Client::conflicts`](crate::Client::conflicts)).
 
@@ -42,7 +45,8 @@ pub struct Conflict {
 }
 
 /// What the handler decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Resolution {
     /// The server's document stays; the local change is dropped.
     KeepRemote,
@@ -56,9 +60,19 @@ pub enum Resolution {
     },
 }
 
-/// Resolves conflicts; called on the sync engine's task, so it should
-/// return quickly.
+/// Resolves conflicts. Called off the sync engine's task (the native
+/// driver runs it on a blocking thread), one conflict at a time per
+/// write; syncing goes on meanwhile, and the write in conflict waits. A
+/// handler may take its time (ask the user), but the answer counts only
+/// while the connection that brought the conflict lasts: after a
+/// reconnect the server answers the write again and the handler is asked
+/// again.
 pub trait ConflictHandler: Send + Sync {
     /// Decides one conflict.
     fn resolve(&self, conflict: Conflict) -> Resolution;
 }
+
+/// Where the app's conflict handler is kept; the client replaces it at any
+/// time, and the driver reads it for each conflict.
+pub type ConflictSlot =
+    std::sync::Arc<std::sync::RwLock<Option<std::sync::Arc<dyn ConflictHandler>>>>;

@@ -1,261 +1,35 @@
-//! Runs the engine on tokio: the WebSocket, the timers, the credentials.
+//! Runs the engine on tokio: the socket, the timers, the credentials, the
+//! conflict handler.
 //!
 //! One task owns the [`Engine`] and loops over a `select!` of: commands
 //! from the [`Client`](crate::Client) (events such as a local write, and
-//! waits for `sync_once`), frames from the socket, the earliest armed
-//! timer, and the results of the two helper tasks it spawns (opening a
-//! connection, refreshing credentials). Every input becomes an [`Event`];
-//! every [`Action`] is carried out here and nowhere else. The driver holds
-//! no sync rule of its own.
-//!
-//! The socket is tokio-tungstenite over a `TcpStream` with `TCP_NODELAY`
-//! (without it a small frame that follows another waits for the peer's
-//! delayed ACK, 40 ms on Linux) and a 64 KiB read buffer (tungstenite
-//! zeroes its buffer before each read, so its 128 KiB default costs more
-//! than the frames need; catch-up pages grow it when larger).
-//!
-//! Credentials: the access and refresh tokens live in the database or the
-//! app's credential store (`crate::credentials`).
-//! [`Credentials`] registers with a user token from the app's
-//! [`TokenProvider`] when there are none, refreshes when the access token
-//! is about to expire or the server refused it, and registers again when a
-//! refresh is refused. One lock serializes all of it, because a refresh
-//! token is single-use: two refreshes with the same token would revoke the
-//! device.
+//! waits for `sync_once`), frames from the socket (`socket.rs`), the
+//! earliest armed timer, and the results of the helper tasks it spawns
+//! (opening a connection, refreshing credentials through `access.rs`,
+//! asking the app's conflict handler on a blocking thread). Every input
+//! becomes an [`Event`]; every [`Action`] is carried out here and nowhere
+//! else. The driver holds no sync rule of its own, and calls no app code
+//! on its task: status, roles and devices go to the live hub
+//! (`live.rs`), which delivers them on the client's observer task.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use tandem_protocol::{ClientMessage, ServerMessage};
-
-use crate::coordination::{DeviceInfo, DevicesObserver, RoleInfo, RoleObserver};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use crate::credentials::CredentialVault;
+use crate::coordination::{DeviceInfo, RoleInfo};
 use crate::error::Error;
-use crate::store::{Store, StoredCredentials};
-use crate::sync::api::{Api, ApiFailure, chain};
-use crate::sync::endpoint::Endpoint;
-use crate::sync::engine::{Action, DisconnectReason, Engine, Event, Notice, Timer};
-use crate::sync::status::{StatusObserver, SyncError, SyncStatus};
-use crate::sync::tls::{self, CheckedTls};
-use crate::sync::tokens::TokenProvider;
-
-/// Refresh an access token that has less than this left before using it.
-const REFRESH_MARGIN_MS: u64 = 30_000;
-
-/// The socket's read buffer.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-/// How long opening a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// How this device presents itself to the server.
-#[derive(Debug, Clone)]
-pub(crate) struct DeviceLabel {
-    pub name: String,
-    pub platform: String,
-    pub app_version: String,
-}
-
-/// The device's credentials for one server, and how to reach it.
-pub(crate) struct Credentials {
-    store: Arc<Store>,
-    vault: CredentialVault,
-    api: Api,
-    /// The server's normalized base URL, which stored credentials are for.
-    server_url: String,
-    /// The sync socket's URL.
-    sync_url: String,
-    /// The TLS configuration the HTTP calls use too; `None` for a plain
-    /// server.
-    tls: Option<Arc<rustls::ClientConfig>>,
-    tokens: Arc<dyn TokenProvider>,
-    label: DeviceLabel,
-    lock: tokio::sync::Mutex<()>,
-}
-
-/// Why credentials could not be had.
-#[derive(Debug)]
-pub(crate) enum CredentialFailure {
-    /// The server refused them (even a fresh registration).
-    Refused(String),
-    /// Anything else: network, token provider, storage.
-    Other(Error),
-}
-
-impl From<CredentialFailure> for Error {
-    fn from(f: CredentialFailure) -> Error {
-        match f {
-            CredentialFailure::Refused(message) => Error::Server {
-                code: tandem_protocol::ErrorCode::Unauthorized,
-                message,
-            },
-            CredentialFailure::Other(e) => e,
-        }
-    }
-}
-
-impl From<Error> for CredentialFailure {
-    fn from(e: Error) -> Self {
-        CredentialFailure::Other(e)
-    }
-}
-
-impl From<ApiFailure> for CredentialFailure {
-    fn from(f: ApiFailure) -> Self {
-        if f.is_auth() {
-            match f {
-                ApiFailure::Server { message, .. } => CredentialFailure::Refused(message),
-                ApiFailure::Transport(m) | ApiFailure::Tls(m) => CredentialFailure::Refused(m),
-            }
-        } else {
-            CredentialFailure::Other(f.into())
-        }
-    }
-}
-
-impl Credentials {
-    /// Credentials for the server at `endpoint`, reached with `tls` (the
-    /// device's one TLS configuration, for every connection to a secure
-    /// server).
-    pub fn new(
-        store: Arc<Store>,
-        vault: CredentialVault,
-        endpoint: &Endpoint,
-        tls: &CheckedTls,
-        tokens: Arc<dyn TokenProvider>,
-        label: DeviceLabel,
-    ) -> Result<Credentials, Error> {
-        let (api, tls) = if endpoint.is_secure() {
-            let config = tls.client_config()?;
-            (Api::new(endpoint, config.clone())?, Some(Arc::new(config)))
-        } else {
-            (Api::new(endpoint, tls::plain_config()?)?, None)
-        };
-        Ok(Credentials {
-            store,
-            vault,
-            api,
-            server_url: endpoint.http_base().to_owned(),
-            sync_url: endpoint.sync_url(),
-            tls,
-            tokens,
-            label,
-            lock: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    fn stored(&self) -> Result<Option<StoredCredentials>, Error> {
-        Ok(self
-            .vault
-            .load()?
-            .filter(|c| c.server_url == self.server_url))
-    }
-
-    /// A current access token (registering or refreshing first if needed),
-    /// and when it expires.
-    pub async fn access_token(&self) -> Result<(String, u64), CredentialFailure> {
-        let _guard = self.lock.lock().await;
-        let now = crate::store::now_millis();
-        if let Some(c) = self.stored()?
-            && c.access_expires_at > now + REFRESH_MARGIN_MS
-        {
-            return Ok((c.access_token, c.access_expires_at));
-        }
-        let c = self.renew_locked().await?;
-        Ok((c.access_token, c.access_expires_at))
-    }
-
-    /// Gets new credentials whatever the stored ones say (the server
-    /// refused the access token, or it is time to refresh).
-    pub async fn renew(&self) -> Result<StoredCredentials, CredentialFailure> {
-        let _guard = self.lock.lock().await;
-        self.renew_locked().await
-    }
-
-    /// Refresh if possible, register otherwise. Holds `lock`.
-    async fn renew_locked(&self) -> Result<StoredCredentials, CredentialFailure> {
-        if let Some(c) = self.stored()?
-            && c.refresh_expires_at > crate::store::now_millis()
-        {
-            match self.api.refresh(&c.refresh_token).await {
-                Ok(fresh) => return self.save(fresh),
-                Err(f) if f.is_auth() => {
-                    // Spent, expired or revoked: register again below.
-                }
-                Err(f) => return Err(f.into()),
-            }
-        }
-        let user_token = self
-            .tokens
-            .user_token()
-            .await
-            .map_err(|e| CredentialFailure::Other(e.into()))?;
-        let identity = self.store.identity();
-        let fresh = self
-            .api
-            .register(
-                &user_token,
-                &identity.device_id,
-                &self.label.name,
-                &self.label.platform,
-                &self.label.app_version,
-            )
-            .await?;
-        if fresh.user != identity.user_id {
-            return Err(CredentialFailure::Other(Error::UserMismatch {
-                stored: identity.user_id.to_string(),
-                requested: fresh.user.to_string(),
-            }));
-        }
-        self.save(fresh)
-    }
-
-    fn save(
-        &self,
-        fresh: tandem_protocol::api::DeviceCredentials,
-    ) -> Result<StoredCredentials, CredentialFailure> {
-        let stored = StoredCredentials {
-            server_url: self.server_url.clone(),
-            user_id: fresh.user.to_string(),
-            access_token: fresh.access_token,
-            access_expires_at: fresh.access_expires_at,
-            refresh_token: fresh.refresh_token,
-            refresh_expires_at: fresh.refresh_expires_at,
-        };
-        // Stored before use: a spent refresh token that was not stored
-        // would mean registering again.
-        self.vault.save(&stored)?;
-        Ok(stored)
-    }
-
-    /// Runs an HTTP call with the access token, renewing the credentials
-    /// once if the server refuses it.
-    pub async fn with_access<T, F, Fut>(&self, call: F) -> Result<T, Error>
-    where
-        F: Fn(Api, String) -> Fut,
-        Fut: std::future::Future<Output = Result<T, ApiFailure>>,
-    {
-        let (token, _) = self.access_token().await?;
-        match call(self.api.clone(), token).await {
-            Err(f) if f.is_auth() => {
-                let fresh = self.renew().await?;
-                Ok(call(self.api.clone(), fresh.access_token).await?)
-            }
-            other => Ok(other?),
-        }
-    }
-}
+use crate::sync::access::Access;
+use crate::sync::conflict::{ConflictSlot, Resolution};
+use crate::sync::engine::Engine;
+use crate::sync::interface::{Action, DisconnectReason, Event, Notice, Timer};
+use crate::sync::live::LiveHub;
+use crate::sync::socket::{self, Opened, Socket};
+use crate::sync::status::SyncError;
 
 /// How a wait for the engine to settle ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,125 +63,6 @@ pub(crate) enum Command {
     Stop,
 }
 
-/// A role observer: its subscription id, the role it watches and itself.
-type RoleObserverEntry = (u64, String, Arc<dyn RoleObserver>);
-
-/// What the driver shares with the client: status, roles, devices and
-/// their observers.
-#[derive(Default)]
-pub(crate) struct Shared {
-    status: Mutex<Option<SyncStatus>>,
-    observers: Mutex<Vec<(u64, Arc<dyn StatusObserver>)>>,
-    next_observer: Mutex<u64>,
-    roles: Mutex<BTreeMap<String, RoleInfo>>,
-    devices: Mutex<Option<Vec<DeviceInfo>>>,
-    role_observers: Mutex<Vec<RoleObserverEntry>>,
-    devices_observers: Mutex<Vec<(u64, Arc<dyn DevicesObserver>)>>,
-}
-
-impl Shared {
-    /// The last status the driver published.
-    pub fn status(&self) -> Option<SyncStatus> {
-        lock(&self.status).clone()
-    }
-
-    /// Forgets the published status, roles and devices (the driver
-    /// stopped).
-    pub fn clear(&self) {
-        lock(&self.status).take();
-        lock(&self.roles).clear();
-        lock(&self.devices).take();
-    }
-
-    fn next_id(&self) -> u64 {
-        let mut next = lock(&self.next_observer);
-        *next += 1;
-        *next
-    }
-
-    pub fn add_observer(&self, observer: Arc<dyn StatusObserver>) -> u64 {
-        let id = self.next_id();
-        lock(&self.observers).push((id, observer));
-        id
-    }
-
-    pub fn remove_observer(&self, id: u64) {
-        lock(&self.observers).retain(|(i, _)| *i != id);
-        lock(&self.role_observers).retain(|(i, _, _)| *i != id);
-        lock(&self.devices_observers).retain(|(i, _)| *i != id);
-    }
-
-    /// Adds a role observer and calls it with the role's state if known.
-    pub fn add_role_observer(&self, role: &str, observer: Arc<dyn RoleObserver>) -> u64 {
-        let id = self.next_id();
-        lock(&self.role_observers).push((id, role.to_owned(), Arc::clone(&observer)));
-        if let Some(info) = self.role(role) {
-            observer.on_role(info);
-        }
-        id
-    }
-
-    /// Adds a devices observer and calls it with the list if known.
-    pub fn add_devices_observer(&self, observer: Arc<dyn DevicesObserver>) -> u64 {
-        let id = self.next_id();
-        lock(&self.devices_observers).push((id, Arc::clone(&observer)));
-        let known = lock(&self.devices).clone();
-        if let Some(devices) = known {
-            observer.on_devices(devices);
-        }
-        id
-    }
-
-    /// The role's last known state.
-    pub fn role(&self, role: &str) -> Option<RoleInfo> {
-        lock(&self.roles).get(role).cloned()
-    }
-
-    fn publish_role(&self, info: RoleInfo) {
-        lock(&self.roles).insert(info.role.clone(), info.clone());
-        let observers: Vec<Arc<dyn RoleObserver>> = lock(&self.role_observers)
-            .iter()
-            .filter(|(_, role, _)| role == &info.role)
-            .map(|(_, _, o)| Arc::clone(o))
-            .collect();
-        for observer in observers {
-            observer.on_role(info.clone());
-        }
-    }
-
-    fn publish_devices(&self, devices: Vec<DeviceInfo>) {
-        *lock(&self.devices) = Some(devices.clone());
-        let observers: Vec<Arc<dyn DevicesObserver>> = lock(&self.devices_observers)
-            .iter()
-            .map(|(_, o)| Arc::clone(o))
-            .collect();
-        for observer in observers {
-            observer.on_devices(devices.clone());
-        }
-    }
-
-    pub fn observers(&self) -> Vec<Arc<dyn StatusObserver>> {
-        lock(&self.observers)
-            .iter()
-            .map(|(_, o)| Arc::clone(o))
-            .collect()
-    }
-
-    pub fn publish(&self, status: SyncStatus) {
-        let changed = {
-            let mut slot = lock(&self.status);
-            let changed = slot.as_ref() != Some(&status);
-            *slot = Some(status.clone());
-            changed
-        };
-        if changed {
-            for observer in self.observers() {
-                observer.on_status(status.clone());
-            }
-        }
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -415,22 +70,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A running driver.
 pub(crate) struct SyncHandle {
     commands: mpsc::UnboundedSender<Command>,
-    pub credentials: Arc<Credentials>,
+    pub access: Arc<Access>,
     task: Mutex<Option<JoinHandle<()>>>,
     next_request: std::sync::atomic::AtomicU64,
 }
 
 impl SyncHandle {
     /// Starts the driver on the current tokio runtime.
-    pub fn start(engine: Engine, credentials: Arc<Credentials>, shared: Arc<Shared>) -> SyncHandle {
+    pub fn start(
+        engine: Engine,
+        access: Arc<Access>,
+        live: Arc<LiveHub>,
+        conflicts: ConflictSlot,
+    ) -> SyncHandle {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (resolved_tx, resolved) = mpsc::unbounded_channel();
         let me = engine.device_id();
         let driver = Driver {
             me,
-            replies: std::collections::HashMap::new(),
+            replies: HashMap::new(),
             engine,
-            credentials: Arc::clone(&credentials),
-            shared,
+            access: Arc::clone(&access),
+            live,
+            conflicts,
+            resolved_tx,
             socket: None,
             connecting: None,
             refreshing: None,
@@ -439,10 +102,10 @@ impl SyncHandle {
             queue: Vec::new(),
             status_dirty: true,
         };
-        let task = tokio::spawn(driver.run(rx));
+        let task = tokio::spawn(driver.run(rx, resolved));
         SyncHandle {
             commands: tx,
-            credentials,
+            access,
             task: Mutex::new(Some(task)),
             next_request: std::sync::atomic::AtomicU64::new(1),
         }
@@ -516,116 +179,21 @@ impl SyncHandle {
     }
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// What the socket's reader task hands the driver: a decoded frame, or why
-/// the connection ended.
-type Incoming = Result<ServerMessage, DisconnectReason>;
-
-/// Frames decoded ahead of the engine: enough to keep the reader busy
-/// while the engine applies a page, few enough to push back on the server.
-const DECODED_AHEAD: usize = 4;
-
-/// An open connection: the writing half, and the task that reads and
-/// decodes frames on another core while the engine applies earlier ones.
-struct Link {
-    sink: futures::stream::SplitSink<Socket, Message>,
-    frames: mpsc::Receiver<Incoming>,
-    reader: JoinHandle<()>,
-}
-
-impl Link {
-    fn new(socket: Socket) -> Link {
-        let (sink, mut stream) = socket.split();
-        let (tx, frames) = mpsc::channel(DECODED_AHEAD);
-        let reader = tokio::spawn(async move {
-            loop {
-                let incoming = match stream.next().await {
-                    Some(Ok(Message::Text(text))) => decode(text.as_str()).map_err(|e| {
-                        DisconnectReason::Transport(format!("bad frame from server: {e}"))
-                    }),
-                    Some(Ok(Message::Close(frame))) => {
-                        Err(DisconnectReason::Transport(frame.map_or_else(
-                            || "closed by the server".to_owned(),
-                            |f| format!("closed by the server: {} {}", f.code, f.reason),
-                        )))
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => Err(DisconnectReason::Transport(e.to_string())),
-                    None => Err(DisconnectReason::Transport("connection closed".into())),
-                };
-                let end = incoming.is_err();
-                if tx.send(incoming).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        Link {
-            sink,
-            frames,
-            reader,
-        }
-    }
-
-    async fn close(mut self) {
-        self.reader.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// A `changes` frame, decoded straight into its fields: the generic path
-/// (an internally tagged enum) first copies the whole frame into an
-/// intermediate tree, which for catch-up pages of a thousand documents
-/// costs more than the decoding itself.
-#[derive(serde::Deserialize)]
-struct ChangesFrame {
-    #[serde(rename = "type")]
-    _kind: serde::de::IgnoredAny,
-    space: tandem_protocol::SpaceId,
-    changes: Vec<tandem_protocol::Change>,
-    more: bool,
-    #[serde(default)]
-    checksum: Option<tandem_protocol::SpaceChecksum>,
-    #[serde(default)]
-    head: Option<u64>,
-    #[serde(default)]
-    reset: bool,
-}
-
-fn decode(text: &str) -> Result<ServerMessage, serde_json::Error> {
-    if text.starts_with(r#"{"type":"changes""#) {
-        let f: ChangesFrame = serde_json::from_str(text)?;
-        return Ok(ServerMessage::Changes(tandem_protocol::wire::Changes {
-            space: f.space,
-            changes: f.changes,
-            more: f.more,
-            checksum: f.checksum,
-            head: f.head,
-            reset: f.reset,
-        }));
-    }
-    ServerMessage::decode(text)
-}
-
-/// The result of opening a connection: the socket and when its access
-/// token expires.
-type Opened = Result<(Socket, u64), DisconnectReason>;
+/// A conflict the app decided: its id and the decision.
+type Resolved = (u64, Resolution);
 
 struct Driver {
     /// This device.
     me: tandem_protocol::DeviceId,
     /// Waiting requests.
-    replies: std::collections::HashMap<u64, oneshot::Sender<Result<ServerMessage, String>>>,
+    replies: HashMap<u64, oneshot::Sender<Result<ServerMessage, String>>>,
     engine: Engine,
-    credentials: Arc<Credentials>,
-    shared: Arc<Shared>,
-    socket: Option<Link>,
+    access: Arc<Access>,
+    live: Arc<LiveHub>,
+    conflicts: ConflictSlot,
+    /// Where conflict handlers' decisions come back.
+    resolved_tx: mpsc::UnboundedSender<Resolved>,
+    socket: Option<Socket>,
     connecting: Option<JoinHandle<Opened>>,
     refreshing: Option<JoinHandle<Result<u64, SyncError>>>,
     timers: BTreeMap<Timer, Instant>,
@@ -636,7 +204,11 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut resolved: mpsc::UnboundedReceiver<Resolved>,
+    ) {
         self.feed(Event::Start).await;
         loop {
             let next_timer = self.timers.values().min().copied();
@@ -651,7 +223,10 @@ impl Driver {
                     }
                     Some(Command::WaitSettled(tx)) => self.waiters.push(tx),
                 },
-                incoming = next_frame(&mut self.socket), if self.socket.is_some() => {
+                Some((id, resolution)) = resolved.recv() => {
+                    self.feed(Event::ConflictResolved { id, resolution }).await;
+                }
+                incoming = socket::next_frame(&mut self.socket), if self.socket.is_some() => {
                     match incoming {
                         Ok(message) => self.feed(Event::FrameReceived(message)).await,
                         Err(reason) => {
@@ -677,7 +252,7 @@ impl Driver {
                     self.connecting = None;
                     match opened {
                         Ok((socket, expires)) => {
-                            self.socket = Some(Link::new(socket));
+                            self.socket = Some(socket);
                             self.feed(Event::Connected).await;
                             self.feed(Event::CredentialsUpdated { access_expires_at: expires }).await;
                         }
@@ -710,7 +285,7 @@ impl Driver {
         if self.status_dirty {
             self.status_dirty = false;
             if let Ok(status) = self.engine.status() {
-                self.shared.publish(status);
+                self.live.publish_status(status);
             }
         }
         if self.waiters.is_empty() {
@@ -760,8 +335,8 @@ impl Driver {
             Action::Connect => {
                 if self.connecting.is_none() && self.socket.is_none() {
                     tracing::debug!(target: "tandem_core", "connecting to the sync server");
-                    let credentials = Arc::clone(&self.credentials);
-                    self.connecting = Some(tokio::spawn(open(credentials)));
+                    let access = Arc::clone(&self.access);
+                    self.connecting = Some(tokio::spawn(socket::open(access)));
                 }
             }
             Action::Disconnect => {
@@ -790,7 +365,7 @@ impl Driver {
                     }
                 );
                 if let Some(link) = &mut self.socket
-                    && let Err(e) = link.sink.send(Message::text(message.encode())).await
+                    && let Err(e) = link.send(&message).await
                 {
                     self.socket = None;
                     self.queue.push(Event::Disconnected {
@@ -803,9 +378,9 @@ impl Driver {
             }
             Action::RefreshCredentials => {
                 if self.refreshing.is_none() {
-                    let credentials = Arc::clone(&self.credentials);
+                    let access = Arc::clone(&self.access);
                     self.refreshing = Some(tokio::spawn(async move {
-                        credentials
+                        access
                             .renew()
                             .await
                             .map(|c| c.access_expires_at)
@@ -820,7 +395,7 @@ impl Driver {
                 }
             }
             Action::Notify(Notice::RoleChanged(state)) => {
-                self.shared
+                self.live
                     .publish_role(RoleInfo::from_state(state, &self.me));
             }
             Action::Notify(Notice::DevicesChanged(devices)) => {
@@ -828,26 +403,39 @@ impl Driver {
                     .into_iter()
                     .map(|d| DeviceInfo::from_wire(d, &self.me))
                     .collect();
-                self.shared.publish_devices(devices);
+                self.live.publish_devices(devices);
             }
-            Action::Notify(Notice::Link(_)) => self.status_dirty = true,
+            Action::Notify(Notice::Online(_)) => self.status_dirty = true,
             Action::Notify(Notice::MutationFailed(failure)) => {
                 self.status_dirty = true;
-                for observer in self.shared.observers() {
-                    observer.on_mutation_failed(failure.clone());
+                self.live.publish_failure(failure);
+            }
+            Action::ResolveConflict { id, conflict } => {
+                let handler = self
+                    .conflicts
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                match handler {
+                    // Without a handler the server's document stands.
+                    None => self.queue.push(Event::ConflictResolved {
+                        id,
+                        resolution: Resolution::KeepRemote,
+                    }),
+                    Some(handler) => {
+                        let back = self.resolved_tx.clone();
+                        tokio::spawn(async move {
+                            let asked =
+                                tokio::task::spawn_blocking(move || handler.resolve(conflict));
+                            // A handler that panicked decided nothing:
+                            // keeping the user's version loses nothing.
+                            let resolution = asked.await.unwrap_or(Resolution::KeepLocal);
+                            let _ = back.send((id, resolution));
+                        });
+                    }
                 }
             }
         }
-    }
-}
-
-async fn next_frame(link: &mut Option<Link>) -> Incoming {
-    match link {
-        Some(link) => match link.frames.recv().await {
-            Some(incoming) => incoming,
-            None => Err(DisconnectReason::Transport("connection closed".into())),
-        },
-        None => std::future::pending().await,
     }
 }
 
@@ -884,87 +472,4 @@ impl From<JoinFailure> for Result<u64, SyncError> {
     fn from(f: JoinFailure) -> Self {
         Err(SyncError::new(crate::sync::SyncErrorKind::Network, f.0))
     }
-}
-
-/// Opens the sync socket: credentials first, and once more with renewed
-/// credentials if the server refuses the access token.
-async fn open(credentials: Arc<Credentials>) -> Opened {
-    let url = credentials.sync_url.clone();
-    let tls = credentials.tls.clone();
-    let (token, expires) = credentials
-        .access_token()
-        .await
-        .map_err(credential_reason)?;
-    match open_socket(&url, tls.clone(), &token).await {
-        Err(DisconnectReason::Unauthorized(_)) => {
-            let fresh = credentials.renew().await.map_err(credential_reason)?;
-            let socket = open_socket(&url, tls, &fresh.access_token).await?;
-            Ok((socket, fresh.access_expires_at))
-        }
-        other => other.map(|socket| (socket, expires)),
-    }
-}
-
-fn credential_reason(f: CredentialFailure) -> DisconnectReason {
-    match f {
-        CredentialFailure::Refused(m) => DisconnectReason::Unauthorized(m),
-        CredentialFailure::Other(Error::Tls(m)) => DisconnectReason::Tls(m),
-        CredentialFailure::Other(e) => DisconnectReason::Transport(e.reason()),
-    }
-}
-
-/// Opens the socket at `url` (`ws://`, or `wss://` with `tls`, the
-/// configuration the HTTP calls use).
-async fn open_socket(
-    url: &str,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    token: &str,
-) -> Result<Socket, DisconnectReason> {
-    let transport = |e: &dyn std::fmt::Display| DisconnectReason::Transport(e.to_string());
-    let mut request = url.into_client_request().map_err(|e| transport(&e))?;
-    let (default_port, connector) = match (request.uri().scheme_str(), tls) {
-        (Some("ws"), _) => (80, Connector::Plain),
-        (Some("wss"), Some(tls)) => (443, Connector::Rustls(tls)),
-        _ => {
-            return Err(DisconnectReason::Transport(format!(
-                "{url}: the sync URL must be ws:// or wss:// with a TLS configuration"
-            )));
-        }
-    };
-    let host = request.uri().host().unwrap_or("localhost").to_owned();
-    let port = request.uri().port_u16().unwrap_or(default_port);
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|e| transport(&e))?;
-    request.headers_mut().insert("authorization", value);
-    let connect = async {
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| transport(&e))?;
-        tcp.set_nodelay(true).map_err(|e| transport(&e))?;
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-        match tokio_tungstenite::client_async_tls_with_config(
-            request,
-            tcp,
-            Some(config),
-            Some(connector),
-        )
-        .await
-        {
-            Ok((socket, _)) => Ok(socket),
-            Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 401 => {
-                Err(DisconnectReason::Unauthorized(format!(
-                    "the server refused the access token ({})",
-                    response.status()
-                )))
-            }
-            Err(e) => Err(match tls::describe(&e) {
-                Some(sentence) => DisconnectReason::Tls(sentence),
-                None => DisconnectReason::Transport(chain(&e)),
-            }),
-        }
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| DisconnectReason::Transport("connecting timed out".into()))?
 }

@@ -4,7 +4,18 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::client::ConnectionState;
+/// The state of the link to the sync server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Not connected (syncing is not started, the network is away, or the
+    /// next attempt is waiting for its backoff).
+    Offline,
+    /// Connecting or handshaking.
+    Connecting,
+    /// Connected and syncing.
+    Online,
+}
 
 /// Catch-up progress of one space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -4,7 +4,7 @@
 //! cause.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -15,14 +15,15 @@ use tandem_protocol::{
     merge,
 };
 
+use crate::clock::Clock;
 use crate::document::DocRef;
 use crate::store::test_support::open_store;
 use crate::store::{OutboxState, Store, Write};
 use crate::sync::backoff::SeededJitter;
+use crate::sync::config::SyncTuning;
 use crate::sync::conflict::{Conflict, ConflictHandler, Resolution};
-use crate::sync::engine::{
-    Action, Clock, DisconnectReason, Engine, Event, Notice, SyncTuning, Timer,
-};
+use crate::sync::engine::Engine;
+use crate::sync::interface::{Action, DisconnectReason, Event, Notice, Timer};
 
 struct FakeClock(AtomicU64);
 
@@ -37,7 +38,9 @@ struct Rig {
     store: Arc<Store>,
     clock: Arc<FakeClock>,
     engine: Engine,
-    handler: crate::sync::engine::ConflictSlot,
+    /// The app's conflict handler: the rig answers the engine's questions
+    /// the way the native driver does (the server's side without one).
+    handler: Option<Arc<dyn ConflictHandler>>,
 }
 
 const START_MS: u64 = 1_000_000;
@@ -46,13 +49,11 @@ fn rig_with(tuning: SyncTuning) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open_store(dir.path()));
     let clock = Arc::new(FakeClock(AtomicU64::new(START_MS)));
-    let handler: crate::sync::engine::ConflictSlot = Arc::new(RwLock::new(None));
     let engine = Engine::new(
         Arc::clone(&store),
         tuning,
         clock.clone(),
         Box::new(SeededJitter::new(42)),
-        Arc::clone(&handler),
     )
     .unwrap();
     Rig {
@@ -60,7 +61,7 @@ fn rig_with(tuning: SyncTuning) -> Rig {
         store,
         clock,
         engine,
-        handler,
+        handler: None,
     }
 }
 
@@ -85,8 +86,27 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 impl Rig {
+    /// Handles `event`, then answers every conflict question at once
+    /// (appending what the answers cause).
     fn handle(&mut self, event: Event) -> Vec<Action> {
-        self.engine.handle(event).unwrap()
+        let mut actions = self.engine.handle(event).unwrap();
+        let mut i = 0;
+        while i < actions.len() {
+            if let Action::ResolveConflict { id, conflict } = &actions[i] {
+                let resolution = match &self.handler {
+                    Some(handler) => handler.resolve(conflict.clone()),
+                    None => Resolution::KeepRemote,
+                };
+                let id = *id;
+                let more = self
+                    .engine
+                    .handle(Event::ConflictResolved { id, resolution })
+                    .unwrap();
+                actions.extend(more);
+            }
+            i += 1;
+        }
+        actions
     }
 
     fn advance(&self, ms: u64) {
@@ -718,7 +738,7 @@ fn a_manual_conflict_goes_to_the_handler_and_its_choice_is_written_on_the_remote
             fields_json: r#"{"name":"merged"}"#.into(),
         },
     });
-    *r.handler.write().unwrap() = Some(handler.clone());
+    r.handler = Some(handler.clone());
     let c1 = doc("notes", "c1");
     let base = remote_change(
         &c1,
@@ -1107,4 +1127,114 @@ fn pushes_fit_the_servers_frame_and_a_write_no_frame_can_carry_fails() {
             if f.doc_id == "huge" && f.reason.starts_with("frame_too_large")
     )));
     assert!(r.view(&doc("notes", "huge")).is_none());
+}
+
+#[test]
+fn an_ack_of_a_whole_batch_is_recorded_in_one_transaction() {
+    let mut r = rig();
+    for i in 0..500 {
+        r.write(
+            &doc("tasks", &format!("t{i}")),
+            Write::Put(obj(json!({ "n": i }))),
+        );
+    }
+    let actions = r.online(&[]);
+    let (batch, mutations) = pushes(&actions).remove(0);
+    assert_eq!(mutations.len(), 500);
+    let commits = crate::store::test_support::count_commits(&r.store);
+    let results = mutations
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let rev = u64::try_from(i).unwrap() + 1;
+            let outcome = if i == 7 {
+                Outcome::Rejected {
+                    code: RejectCode::ValidationFailed,
+                    reason: "n is odd".into(),
+                    field: None,
+                }
+            } else {
+                Outcome::Applied { rev }
+            };
+            (m.mutation_id, outcome)
+        })
+        .collect();
+    let actions = r.frame(ack(batch, results));
+    assert_eq!(
+        commits.load(Ordering::SeqCst),
+        1,
+        "499 acknowledgements and a refusal, one transaction"
+    );
+    assert_eq!(r.store.outbox_counts().unwrap(), (499, 1));
+    assert!(actions.iter().any(
+        |a| matches!(a, Action::Notify(Notice::MutationFailed(f)) if f.reason.contains("n is odd"))
+    ));
+}
+
+#[test]
+fn a_conflict_waits_for_the_app_and_an_answer_after_a_reconnect_is_ignored() {
+    let mut r = rig();
+    let c1 = doc("notes", "c1");
+    r.write(&c1, Write::Put(obj(json!({"name": "mine"}))));
+    let actions = r.online(&[("notes", Policy::Manual)]);
+    let (batch, mutations) = pushes(&actions).remove(0);
+    let theirs = remote_change(
+        &c1,
+        9,
+        2,
+        Op::Put {
+            fields: obj(json!({"name": "theirs"})),
+        },
+        None,
+    );
+    let conflict_answer = ack(
+        batch,
+        vec![(
+            mutations[0].mutation_id,
+            Outcome::Conflict {
+                document: Some(Box::new(theirs.to_document())),
+            },
+        )],
+    );
+    // Straight to the engine: nobody answers yet.
+    let actions = r
+        .engine
+        .handle(Event::FrameReceived(conflict_answer))
+        .unwrap();
+    let asked: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::ResolveConflict { id, conflict } => {
+                assert_eq!(conflict.local_json.as_deref(), Some(r#"{"name":"mine"}"#));
+                assert_eq!(
+                    conflict.remote_json.as_deref(),
+                    Some(r#"{"name":"theirs"}"#)
+                );
+                Some(*id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 1, "the app is asked once: {actions:?}");
+    // Undecided: the write waits in flight, nothing is settled or logged.
+    assert!(!r.engine.is_settled().unwrap());
+    assert_eq!(r.store.outbox_counts().unwrap(), (1, 0));
+    assert!(r.store.conflicts(10).unwrap().is_empty());
+
+    // The connection goes before the app answers: the answer is stale.
+    r.handle(Event::Disconnected {
+        reason: DisconnectReason::Transport("reset".into()),
+    });
+    let actions = r.online(&[("notes", Policy::Manual)]);
+    assert_eq!(pushes(&actions).len(), 1, "the write goes out again");
+    r.handle(Event::ConflictResolved {
+        id: asked[0],
+        resolution: Resolution::KeepRemote,
+    });
+    assert_eq!(r.store.outbox_counts().unwrap(), (1, 0));
+    assert!(r.store.conflicts(10).unwrap().is_empty());
+    assert_eq!(
+        r.view(&c1).unwrap().fields().unwrap(),
+        obj(json!({"name": "mine"}))
+    );
 }

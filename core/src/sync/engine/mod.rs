@@ -10,14 +10,16 @@
 //! # Persistence
 //!
 //! The engine's durable state is the store, and the engine writes it
-//! itself, synchronously, inside [`Engine::handle`]: applying a page,
-//! marking entries in flight, acknowledged, retrying or failed, resolving a
-//! conflict. These are the store's own transactions (one per page, one per
-//! acknowledgement), not effects the driver could reorder; they happen
-//! before the actions of the same event are returned, so an action never
-//! runs ahead of the state it depends on (a `push` is sent only after its
-//! entries are marked in flight). Everything that leaves the process or
-//! depends on time goes through actions.
+//! itself, synchronously, inside [`Engine::handle`], one transaction per
+//! step: a page of changes is one, an `ack` of 500 results is one (every
+//! acknowledgement and refusal in it, `Store::record_outcomes`), the
+//! retries of an unanswered batch are one, a conflict's settlement is one
+//! (`settle.rs`). The write happens before the actions of the same event
+//! are returned, so an action never runs ahead of the state it depends on
+//! (a `push` is sent only after its entries are marked in flight).
+//! Everything that leaves the process, calls the app or depends on time
+//! goes through actions: the engine never calls the app's conflict
+//! handler or observers itself.
 //!
 //! # Connection
 //!
@@ -56,230 +58,35 @@
 //! pages do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_protocol::wire::{
-    Ack, Changes, DeviceInfo, ErrorMessage, Heartbeat, Hello, Limits, Outcome, Push, Renew,
-    RoleState, Subscribe, Welcome,
+    Ack, Changes, ErrorMessage, Heartbeat, Hello, Limits, Outcome, Push, Renew, RoleState,
+    Subscribe, Welcome,
 };
 use tandem_protocol::{
     ClientMessage, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION, RejectCode,
     RoleFence, ServerMessage, SpaceId,
 };
 
-use crate::client::ConnectionState;
-use crate::document::DocRef;
+use crate::clock::Clock;
 use crate::error::Error;
-use crate::store::{
-    BatchLimit, ConflictLogEntry, OutboxEntry, PageEnd, Resync, Settlement, Store, Write,
+use crate::store::{BatchLimit, EntryOutcome, OutboxEntry, PageEnd, Resync, Store};
+use crate::sync::backoff::Jitter;
+use crate::sync::config::SyncTuning;
+use crate::sync::interface::{Action, DisconnectReason, Event, Notice, Timer};
+use crate::sync::status::{
+    ConnectionState, MutationFailure, SpaceProgress, SyncError, SyncErrorKind, SyncStatus,
 };
-use crate::sync::backoff::{Backoff, Jitter};
-use crate::sync::conflict::{Conflict, ConflictHandler, Resolution};
-use crate::sync::status::{MutationFailure, SpaceProgress, SyncError, SyncErrorKind, SyncStatus};
+
+mod settle;
+#[cfg(test)]
+mod tests;
 
 /// Room a `push` message needs around its mutations:
 /// `{"type":"push","batch_id":N,"mutations":[...]}`, with a margin.
 const PUSH_ENVELOPE_BYTES: usize = 128;
-
-/// Where the engine reads the time (injected, so tests control it).
-pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        crate::store::now_millis()
-    }
-}
-
-/// The engine's tunables. The defaults are the documented behaviour; tests
-/// and benchmarks shorten them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SyncTuning {
-    /// Reconnect backoff (default 0.5 s doubling to 30 s).
-    pub reconnect: Backoff,
-    /// Retry backoff of a mutation (default 1 s doubling to 60 s).
-    pub retry: Backoff,
-    /// Sends of one mutation before it fails (default 10).
-    pub max_attempts: u32,
-    /// Send `ping` after this long without receiving anything (default
-    /// 20 s; the server pings an idle connection every 30 s).
-    pub ping_after: Duration,
-    /// Drop the connection after this long without receiving anything
-    /// (default 60 s).
-    pub dead_after: Duration,
-    /// A batch not answered within this long is retried on a new
-    /// connection (default 30 s).
-    pub ack_timeout: Duration,
-    /// Batches sent and not yet answered, at most (default 8; the server
-    /// reads 16 ahead).
-    pub max_outstanding_batches: usize,
-    /// Mutations per batch, at most (the server's limit applies too;
-    /// default 500).
-    pub max_batch: usize,
-    /// Refresh the access token when this fraction of its remaining
-    /// lifetime has passed (default 0.8).
-    pub refresh_at_fraction: f64,
-    /// How often a role holder renews its leases (default 0.5 s; the
-    /// server's lease lasts 1.5 s by default, so two renewals may be lost).
-    pub role_renew_interval: Duration,
-}
-
-impl Default for SyncTuning {
-    fn default() -> Self {
-        SyncTuning {
-            reconnect: Backoff::RECONNECT,
-            retry: Backoff::RETRY,
-            max_attempts: 10,
-            ping_after: Duration::from_secs(20),
-            dead_after: Duration::from_secs(60),
-            ack_timeout: Duration::from_secs(30),
-            max_outstanding_batches: 8,
-            max_batch: 500,
-            refresh_at_fraction: 0.8,
-            role_renew_interval: Duration::from_millis(500),
-        }
-    }
-}
-
-/// Why a connection ended (or never opened).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DisconnectReason {
-    /// The socket closed or failed.
-    Transport(String),
-    /// The TLS handshake failed (an untrusted certificate, a server that
-    /// does not speak TLS); retried with backoff like any failure, since
-    /// the server may be fixed or the network may be intercepting.
-    Tls(String),
-    /// The server refused the credentials (401 at the upgrade, or a fatal
-    /// `unauthorized`/`revoked`).
-    Unauthorized(String),
-    /// The server speaks another protocol version: reconnecting cannot
-    /// help.
-    UnsupportedProtocol,
-}
-
-/// The engine's timers. Each is armed at most once at a time: scheduling
-/// one again replaces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Timer {
-    /// Time to reconnect.
-    Reconnect,
-    /// Check the connection's liveness; ping if quiet.
-    Heartbeat,
-    /// A retrying entry is due.
-    Retry,
-    /// The oldest batch may be overdue.
-    AckTimeout,
-    /// Time to refresh the access token.
-    RefreshCredentials,
-    /// Time for the role holder's heartbeat (`renew`).
-    RenewRoles,
-}
-
-/// What happens to the engine.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// The driver is ready: connect if the network allows.
-    Start,
-    /// The connection is open (the upgrade succeeded).
-    Connected,
-    /// The connection ended, or opening it failed.
-    Disconnected {
-        /// Why.
-        reason: DisconnectReason,
-    },
-    /// A frame arrived.
-    FrameReceived(ServerMessage),
-    /// A timer fired.
-    TimerFired(Timer),
-    /// The app wrote locally: there may be something to send.
-    LocalWrite,
-    /// The host says the network is (un)available.
-    NetworkChanged(bool),
-    /// The app asks to sync now.
-    SyncNow,
-    /// The driver stored fresh credentials.
-    CredentialsUpdated {
-        /// When the new access token expires, in ms since the Unix epoch.
-        access_expires_at: u64,
-    },
-    /// Refreshing or registering failed.
-    CredentialsFailed {
-        /// Why.
-        reason: SyncError,
-    },
-    /// The app asks the server something (`claim`, `release`, `handoff`,
-    /// `guard`): `message` carries `id` as its request id. Sent once the
-    /// connection is welcomed; answered with [`Action::Reply`].
-    Request {
-        /// The request id.
-        id: u64,
-        /// The message.
-        message: ClientMessage,
-    },
-    /// The app gave up waiting for request `id`.
-    CancelRequest(u64),
-}
-
-/// What the engine asks the driver to do.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Open the connection (getting credentials first if needed), then
-    /// report [`Event::Connected`] or [`Event::Disconnected`].
-    Connect,
-    /// Close the connection. The driver reports nothing more about it: the
-    /// engine has already moved on.
-    Disconnect,
-    /// Send a frame on the open connection.
-    Send(ClientMessage),
-    /// Arm `timer` to fire after `after` (replacing it if armed).
-    Schedule {
-        /// Which timer.
-        timer: Timer,
-        /// When.
-        after: Duration,
-    },
-    /// Refresh the access token (or register again), then report
-    /// [`Event::CredentialsUpdated`] or [`Event::CredentialsFailed`].
-    RefreshCredentials,
-    /// Tell the app something.
-    Notify(Notice),
-    /// The answer to request `id`: the server's message (`role`,
-    /// `guard_result`, or an `error` naming the request), or why there is
-    /// none (the connection was lost after it was sent).
-    Reply {
-        /// The request id.
-        id: u64,
-        /// The answer.
-        answer: Result<ServerMessage, String>,
-    },
-}
-
-/// What the app hears from the engine.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Notice {
-    /// The status changed (read it with [`Engine::status`]).
-    StatusChanged,
-    /// A mutation failed for good.
-    MutationFailed(MutationFailure),
-    /// A role's holder or epoch changed (or its state was first heard).
-    RoleChanged(RoleState),
-    /// The user's devices changed (registry or presence).
-    DevicesChanged(Vec<DeviceInfo>),
-    /// The connection was welcomed (`true`) or lost (`false`).
-    Link(bool),
-}
-
-/// Where the app's conflict handler is kept; the client replaces it at any
-/// time.
-pub type ConflictSlot = Arc<RwLock<Option<Arc<dyn ConflictHandler>>>>;
 
 /// One space on the current connection.
 #[derive(Debug, Clone, Default)]
@@ -320,10 +127,12 @@ struct Session {
     /// The user's roles and devices arrived (the server sends them after
     /// the first catch-up, devices last).
     coordination_known: bool,
+    /// Conflicts the app is deciding (see `settle.rs`), by id.
+    conflicts: BTreeMap<u64, settle::Parked>,
 }
 
 #[derive(Debug)]
-enum Link {
+enum Connection {
     /// Not connected; a reconnect may be scheduled.
     Idle,
     /// `Connect` was asked for.
@@ -340,9 +149,8 @@ pub struct Engine {
     tuning: SyncTuning,
     clock: Arc<dyn Clock>,
     jitter: Box<dyn Jitter>,
-    conflicts: ConflictSlot,
     network: bool,
-    link: Link,
+    connection: Connection,
     reconnect_failures: u32,
     /// Failed credential renewals in a row (their retries back off too).
     refresh_failures: u32,
@@ -362,6 +170,8 @@ pub struct Engine {
     queued_requests: VecDeque<(u64, ClientMessage)>,
     /// Whether the renew timer is armed.
     renewing: bool,
+    /// The id of the next conflict handed to the app.
+    next_conflict_id: u64,
 }
 
 impl Engine {
@@ -371,7 +181,6 @@ impl Engine {
         tuning: SyncTuning,
         clock: Arc<dyn Clock>,
         jitter: Box<dyn Jitter>,
-        conflicts: ConflictSlot,
     ) -> Result<Engine, Error> {
         let resync = store.resyncing_spaces()?.into_iter().collect();
         let (_, checksum_mismatches) = store.sync_marks()?;
@@ -380,9 +189,8 @@ impl Engine {
             tuning,
             clock,
             jitter,
-            conflicts,
             network: true,
-            link: Link::Idle,
+            connection: Connection::Idle,
             reconnect_failures: 0,
             refresh_failures: 0,
             next_batch_id: 1,
@@ -396,6 +204,7 @@ impl Engine {
             roles: BTreeMap::new(),
             queued_requests: VecDeque::new(),
             renewing: false,
+            next_conflict_id: 1,
         })
     }
 
@@ -419,11 +228,11 @@ impl Engine {
 
     /// The connection state.
     pub fn connection(&self) -> ConnectionState {
-        match &self.link {
-            Link::Idle | Link::Stopped => ConnectionState::Offline,
-            Link::Connecting => ConnectionState::Connecting,
-            Link::Open(s) if !s.welcomed => ConnectionState::Connecting,
-            Link::Open(_) => ConnectionState::Online,
+        match &self.connection {
+            Connection::Idle | Connection::Stopped => ConnectionState::Offline,
+            Connection::Connecting => ConnectionState::Connecting,
+            Connection::Open(s) if !s.welcomed => ConnectionState::Connecting,
+            Connection::Open(_) => ConnectionState::Online,
         }
     }
 
@@ -437,8 +246,8 @@ impl Engine {
             .into_iter()
             .map(|(space, c)| (space, c.rev))
             .collect();
-        let catching_up = match &self.link {
-            Link::Open(s) => s
+        let catching_up = match &self.connection {
+            Connection::Open(s) => s
                 .spaces
                 .iter()
                 .filter(|(_, sp)| !sp.caught_up)
@@ -471,7 +280,7 @@ impl Engine {
     /// refuses, another protocol version. (It keeps retrying with backoff:
     /// the server or the app may fix it.)
     pub fn is_blocked(&self) -> bool {
-        matches!(self.link, Link::Idle | Link::Stopped)
+        matches!(self.connection, Connection::Idle | Connection::Stopped)
             && self.last_error.as_ref().is_some_and(|e| {
                 matches!(
                     e.kind,
@@ -484,12 +293,13 @@ impl Engine {
     /// user's roles and devices as of its catch-up, and has nothing it
     /// could send now or is waiting to hear about.
     pub fn is_settled(&self) -> Result<bool, Error> {
-        let Link::Open(session) = &self.link else {
+        let Connection::Open(session) = &self.connection else {
             return Ok(false);
         };
         if !session.welcomed
             || !session.coordination_known
             || !session.batches.is_empty()
+            || !session.conflicts.is_empty()
             || session.spaces.values().any(|s| !s.caught_up)
         {
             return Ok(false);
@@ -500,14 +310,17 @@ impl Engine {
     fn dispatch(&mut self, event: Event) -> Result<(), Error> {
         match event {
             Event::Start => {
-                if self.network && matches!(self.link, Link::Idle) {
+                if self.network && matches!(self.connection, Connection::Idle) {
                     self.connect();
                 }
                 Ok(())
             }
             Event::Connected => self.on_connected(),
             Event::Disconnected { reason } => {
-                if matches!(self.link, Link::Connecting | Link::Open(_)) {
+                if matches!(
+                    self.connection,
+                    Connection::Connecting | Connection::Open(_)
+                ) {
                     self.on_disconnected(reason)?;
                 }
                 Ok(())
@@ -520,7 +333,7 @@ impl Engine {
                 self.fill_pipeline()
             }
             Event::SyncNow => {
-                if matches!(self.link, Link::Idle) && self.network {
+                if matches!(self.connection, Connection::Idle) && self.network {
                     self.reconnect_failures = 0;
                     self.connect();
                 }
@@ -530,10 +343,13 @@ impl Engine {
                 self.network = available;
                 if available {
                     self.reconnect_failures = 0;
-                    if matches!(self.link, Link::Idle) {
+                    if matches!(self.connection, Connection::Idle) {
                         self.connect();
                     }
-                } else if matches!(self.link, Link::Connecting | Link::Open(_)) {
+                } else if matches!(
+                    self.connection,
+                    Connection::Connecting | Connection::Open(_)
+                ) {
                     self.out.push(Action::Disconnect);
                     self.drop_connection()?;
                 }
@@ -557,12 +373,12 @@ impl Engine {
                 Ok(())
             }
             Event::Request { id, message } => {
-                match &mut self.link {
-                    Link::Open(session) if session.welcomed => {
+                match &mut self.connection {
+                    Connection::Open(session) if session.welcomed => {
                         session.requests.insert(id);
                         self.out.push(Action::Send(message));
                     }
-                    Link::Stopped => self.out.push(Action::Reply {
+                    Connection::Stopped => self.out.push(Action::Reply {
                         id,
                         answer: Err("the server speaks another protocol version".into()),
                     }),
@@ -570,9 +386,10 @@ impl Engine {
                 }
                 Ok(())
             }
+            Event::ConflictResolved { id, resolution } => self.on_conflict_resolved(id, resolution),
             Event::CancelRequest(id) => {
                 self.queued_requests.retain(|(queued, _)| *queued != id);
-                if let Link::Open(session) = &mut self.link {
+                if let Connection::Open(session) = &mut self.connection {
                     session.requests.remove(&id);
                 }
                 Ok(())
@@ -601,13 +418,13 @@ impl Engine {
             // uses whatever is stored when it runs.
             self.out.push(Action::RefreshCredentials);
         }
-        self.link = Link::Connecting;
+        self.connection = Connection::Connecting;
         self.out.push(Action::Connect);
         self.status_changed = true;
     }
 
     fn on_connected(&mut self) -> Result<(), Error> {
-        if !matches!(self.link, Link::Connecting) {
+        if !matches!(self.connection, Connection::Connecting) {
             // A connection nobody asked for any more (the network went
             // away meanwhile).
             self.out.push(Action::Disconnect);
@@ -623,7 +440,7 @@ impl Engine {
             .filter_map(|(space, c)| SpaceId::new(space).ok().map(|s| (s, c.rev)))
             .collect();
         let now = self.clock.now_ms();
-        self.link = Link::Open(Session {
+        self.connection = Connection::Open(Session {
             last_rx: now,
             ..Session::default()
         });
@@ -647,7 +464,7 @@ impl Engine {
     /// Leaves the current connection: in-flight entries go back to the
     /// queue (no attempt counted).
     fn drop_connection(&mut self) -> Result<(), Error> {
-        if let Link::Open(session) = &mut self.link {
+        if let Connection::Open(session) = &mut self.connection {
             // Requests already sent may or may not have been carried out
             // (a guard may have recorded its content): the app decides
             // whether to ask again.
@@ -658,11 +475,11 @@ impl Engine {
                 });
             }
             if session.welcomed {
-                self.out.push(Action::Notify(Notice::Link(false)));
+                self.out.push(Action::Notify(Notice::Online(false)));
             }
         }
         self.renewing = false;
-        self.link = Link::Idle;
+        self.connection = Connection::Idle;
         self.status_changed = true;
         self.store.requeue_in_flight()?;
         Ok(())
@@ -687,7 +504,7 @@ impl Engine {
                     SyncErrorKind::Protocol,
                     "the server speaks another protocol version",
                 ));
-                self.link = Link::Stopped;
+                self.connection = Connection::Stopped;
                 return Ok(());
             }
         }
@@ -714,12 +531,12 @@ impl Engine {
         let now = self.clock.now_ms();
         match timer {
             Timer::Reconnect => {
-                if matches!(self.link, Link::Idle) && self.network {
+                if matches!(self.connection, Connection::Idle) && self.network {
                     self.connect();
                 }
             }
             Timer::Heartbeat => {
-                let Link::Open(session) = &self.link else {
+                let Connection::Open(session) = &self.connection else {
                     return Ok(());
                 };
                 let quiet = Duration::from_millis(now.saturating_sub(session.last_rx));
@@ -743,7 +560,7 @@ impl Engine {
             }
             Timer::Retry => self.fill_pipeline()?,
             Timer::AckTimeout => {
-                let Link::Open(session) = &self.link else {
+                let Connection::Open(session) = &self.connection else {
                     return Ok(());
                 };
                 let Some(oldest) = session.batches.front() else {
@@ -759,15 +576,13 @@ impl Engine {
                 }
                 // No answer in time: the connection is not trustworthy.
                 // Count an attempt for what it carried, and start over.
-                let batches: Vec<Batch> = match &mut self.link {
-                    Link::Open(session) => session.batches.drain(..).collect(),
+                let batches: Vec<Batch> = match &mut self.connection {
+                    Connection::Open(session) => session.batches.drain(..).collect(),
                     _ => Vec::new(),
                 };
-                for batch in batches {
-                    for entry in batch.entries {
-                        self.retry_or_fail(&entry, "no answer from the server in time")?;
-                    }
-                }
+                let entries: Vec<OutboxEntry> =
+                    batches.into_iter().flat_map(|b| b.entries).collect();
+                self.retry_or_fail(&entries, "no answer from the server in time")?;
                 self.out.push(Action::Disconnect);
                 self.on_disconnected(DisconnectReason::Transport(
                     "a batch was not answered in time".into(),
@@ -785,7 +600,7 @@ impl Engine {
 
     fn on_frame(&mut self, message: ServerMessage) -> Result<(), Error> {
         let now = self.clock.now_ms();
-        let Link::Open(session) = &mut self.link else {
+        let Connection::Open(session) = &mut self.connection else {
             return Ok(());
         };
         session.last_rx = now;
@@ -823,7 +638,7 @@ impl Engine {
 
     /// Hands the answer of request `id` to the app, if it is waiting.
     fn answer(&mut self, id: u64, message: ServerMessage) {
-        if let Link::Open(session) = &mut self.link
+        if let Connection::Open(session) = &mut self.connection
             && session.requests.remove(&id)
         {
             self.out.push(Action::Reply {
@@ -873,7 +688,7 @@ impl Engine {
         if self.renewing {
             return;
         }
-        let welcomed = matches!(&self.link, Link::Open(s) if s.welcomed);
+        let welcomed = matches!(&self.connection, Connection::Open(s) if s.welcomed);
         let leases = self.held_roles();
         if !welcomed || leases.is_empty() {
             return;
@@ -920,7 +735,7 @@ impl Engine {
         }
         let resync = self.resync.clone();
         let cursors = self.store.cursors()?;
-        let Link::Open(session) = &mut self.link else {
+        let Connection::Open(session) = &mut self.connection else {
             return Ok(());
         };
         session.welcomed = true;
@@ -944,9 +759,9 @@ impl Engine {
         self.last_error = None;
         self.status_changed = true;
         tracing::info!(target: "tandem_core", spaces = welcome.spaces.len(), "connected to the sync server");
-        self.out.push(Action::Notify(Notice::Link(true)));
+        self.out.push(Action::Notify(Notice::Online(true)));
         while let Some((id, message)) = self.queued_requests.pop_front() {
-            if let Link::Open(session) = &mut self.link {
+            if let Connection::Open(session) = &mut self.connection {
                 session.requests.insert(id);
             }
             self.out.push(Action::Send(message));
@@ -955,7 +770,7 @@ impl Engine {
     }
 
     fn on_changes(&mut self, page: Changes) -> Result<(), Error> {
-        let Link::Open(session) = &mut self.link else {
+        let Connection::Open(session) = &mut self.connection else {
             return Ok(());
         };
         let sp = session.spaces.entry(page.space.clone()).or_default();
@@ -992,7 +807,7 @@ impl Engine {
                 fresh_below,
             },
         )?;
-        let Link::Open(session) = &mut self.link else {
+        let Connection::Open(session) = &mut self.connection else {
             return Ok(());
         };
         let ahead = session.ahead.get(&page.space).copied().unwrap_or(0);
@@ -1049,15 +864,15 @@ impl Engine {
     }
 
     fn all_caught_up(&self) -> bool {
-        match &self.link {
-            Link::Open(s) => s.welcomed && s.spaces.values().all(|sp| sp.caught_up),
+        match &self.connection {
+            Connection::Open(s) => s.welcomed && s.spaces.values().all(|sp| sp.caught_up),
             _ => false,
         }
     }
 
     fn on_spaces(&mut self, spaces: Vec<SpaceId>) -> Result<(), Error> {
         let cursors = self.store.cursors()?;
-        let Link::Open(session) = &mut self.link else {
+        let Connection::Open(session) = &mut self.connection else {
             return Ok(());
         };
         let listed: BTreeSet<SpaceId> = spaces.into_iter().collect();
@@ -1100,8 +915,8 @@ impl Engine {
 
     fn on_error(&mut self, error: ErrorMessage) -> Result<(), Error> {
         if let Some(batch_id) = error.batch_id {
-            let batch = match &mut self.link {
-                Link::Open(session) => session
+            let batch = match &mut self.connection {
+                Connection::Open(session) => session
                     .batches
                     .iter()
                     .position(|b| b.id == batch_id)
@@ -1110,9 +925,7 @@ impl Engine {
             };
             if let Some(batch) = batch {
                 let reason = format!("{}: {}", error.code.as_str(), error.message);
-                for entry in &batch.entries {
-                    self.retry_or_fail(entry, &reason)?;
-                }
+                self.retry_or_fail(&batch.entries, &reason)?;
                 self.schedule_retry_timer()?;
             }
             return Ok(());
@@ -1123,7 +936,7 @@ impl Engine {
         }
         if let Some(space) = &error.space {
             // Not a member (any more): stop waiting for that space.
-            if let Link::Open(session) = &mut self.link {
+            if let Connection::Open(session) = &mut self.connection {
                 session.spaces.remove(space);
             }
             self.status_changed = true;
@@ -1152,8 +965,8 @@ impl Engine {
     }
 
     fn on_ack(&mut self, ack: Ack) -> Result<(), Error> {
-        let batch = match &mut self.link {
-            Link::Open(session) => session
+        let batch = match &mut self.connection {
+            Connection::Open(session) => session
                 .batches
                 .iter()
                 .position(|b| b.id == ack.batch_id)
@@ -1178,16 +991,20 @@ impl Engine {
             .iter()
             .map(|e| (e.mutation.mutation_id, e))
             .collect();
+        // Every acknowledgement and refusal of the batch in one
+        // transaction; conflicts wait for the app (`settle.rs`).
+        let mut outcomes = Vec::with_capacity(ack.results.len());
+        let mut failures = Vec::new();
         for result in ack.results {
             let Some(entry) = by_id.get(&result.mutation_id) else {
                 continue;
             };
             match result.outcome {
                 Outcome::Applied { rev } | Outcome::Duplicate { rev } => {
-                    self.store.mark_acked(&result.mutation_id, rev)?;
+                    outcomes.push((result.mutation_id, EntryOutcome::Acked { rev }));
                 }
                 Outcome::Conflict { document } => {
-                    self.resolve_conflict(entry, document.map(|d| *d))?;
+                    self.ask_about_conflict(entry, document.map(|d| *d))?;
                 }
                 Outcome::Rejected { code, reason, .. } => {
                     if code == RejectCode::ClockSkew {
@@ -1198,10 +1015,19 @@ impl Engine {
                         self.last_error =
                             Some(SyncError::new(SyncErrorKind::Clock, reason.clone()));
                     }
-                    self.fail(entry, &format!("{}: {reason}", code.as_str()))?;
+                    let reason = format!("{}: {reason}", code.as_str());
+                    outcomes.push((
+                        result.mutation_id,
+                        EntryOutcome::Failed {
+                            reason: reason.clone(),
+                        },
+                    ));
+                    failures.push(failure_of(entry, reason));
                 }
             }
         }
+        self.store.record_outcomes(&outcomes)?;
+        self.report_failures(failures);
         // A crash after the acks are recorded, before the changes that
         // carry them arrive and remove the entries: tests make it panic
         // (the app dies here), and after a restart the acknowledged
@@ -1213,32 +1039,52 @@ impl Engine {
 
     /// Fails `entry` for good and tells the app.
     fn fail(&mut self, entry: &OutboxEntry, reason: &str) -> Result<(), Error> {
-        let m = &entry.mutation;
-        self.store.mark_failed(&m.mutation_id, reason)?;
-        self.out
-            .push(Action::Notify(Notice::MutationFailed(MutationFailure {
-                mutation_id: m.mutation_id.to_string(),
-                space: m.space.to_string(),
-                collection: m.collection.to_string(),
-                doc_id: m.doc_id.to_string(),
-                reason: reason.to_owned(),
-            })));
-        self.status_changed = true;
+        let reason = reason.to_owned();
+        self.store.record_outcomes(&[(
+            entry.mutation.mutation_id,
+            EntryOutcome::Failed {
+                reason: reason.clone(),
+            },
+        )])?;
+        self.report_failures(vec![failure_of(entry, reason)]);
         Ok(())
     }
 
-    /// A send of `entry` failed in a way that may pass.
-    fn retry_or_fail(&mut self, entry: &OutboxEntry, reason: &str) -> Result<(), Error> {
-        let failures = entry.attempt.saturating_add(1);
-        if failures >= self.tuning.max_attempts {
-            return self.fail(
-                entry,
-                &format!("gave up after {failures} attempts: {reason}"),
-            );
+    /// Tells the app about writes that failed for good.
+    fn report_failures(&mut self, failures: Vec<MutationFailure>) {
+        if failures.is_empty() {
+            return;
         }
-        let delay = self.tuning.retry.delay(failures - 1, self.jitter.as_mut());
-        let at = self.clock.now_ms() + millis(delay);
-        self.store.mark_retrying(&entry.mutation.mutation_id, at)?;
+        for failure in failures {
+            self.out
+                .push(Action::Notify(Notice::MutationFailed(failure)));
+        }
+        self.status_changed = true;
+    }
+
+    /// Sends of `entries` failed in a way that may pass: each is retried
+    /// with backoff, or fails once its attempts run out. One transaction.
+    fn retry_or_fail(&mut self, entries: &[OutboxEntry], reason: &str) -> Result<(), Error> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut failures = Vec::new();
+        for entry in entries {
+            let id = entry.mutation.mutation_id;
+            let failures_so_far = entry.attempt.saturating_add(1);
+            if failures_so_far >= self.tuning.max_attempts {
+                let reason = format!("gave up after {failures_so_far} attempts: {reason}");
+                failures.push(failure_of(entry, reason.clone()));
+                outcomes.push((id, EntryOutcome::Failed { reason }));
+            } else {
+                let delay = self
+                    .tuning
+                    .retry
+                    .delay(failures_so_far - 1, self.jitter.as_mut());
+                let at_ms = self.clock.now_ms() + millis(delay);
+                outcomes.push((id, EntryOutcome::Retry { at_ms }));
+            }
+        }
+        self.store.record_outcomes(&outcomes)?;
+        self.report_failures(failures);
         Ok(())
     }
 
@@ -1260,7 +1106,7 @@ impl Engine {
         let max_outstanding = self.tuning.max_outstanding_batches.max(1);
         let mut sent_any = false;
         loop {
-            let Link::Open(session) = &mut self.link else {
+            let Connection::Open(session) = &mut self.connection else {
                 return Ok(());
             };
             if !session.welcomed || session.batches.len() >= max_outstanding {
@@ -1295,7 +1141,7 @@ impl Engine {
                 self.fail(entry, &reason)?;
                 continue;
             }
-            let Link::Open(session) = &mut self.link else {
+            let Connection::Open(session) = &mut self.connection else {
                 return Ok(());
             };
             let id = self.next_batch_id;
@@ -1323,133 +1169,22 @@ impl Engine {
         }
         self.schedule_retry_timer()
     }
-
-    /// A `conflict` answer: apply the server's document, then decide by
-    /// policy and handler (see `conflict.rs`).
-    fn resolve_conflict(
-        &mut self,
-        entry: &OutboxEntry,
-        remote: Option<Document>,
-    ) -> Result<(), Error> {
-        let m = &entry.mutation;
-        let doc = DocRef {
-            space: m.space.clone(),
-            collection: m.collection.clone(),
-            id: m.doc_id.clone(),
-        };
-        let policy = self
-            .store
-            .policies()
-            .get(&doc.collection)
-            .cloned()
-            .unwrap_or_default();
-        let local = self.store.get(&doc)?;
-        let local_json = local
-            .as_ref()
-            .filter(|d| !d.deleted)
-            .map(|d| d.fields_json.clone());
-        let base_json = self
-            .store
-            .confirmed(&doc)?
-            .filter(|d| !d.is_deleted())
-            .map(|d| fields_text(&d));
-        let remote_json = remote.as_ref().filter(|d| !d.is_deleted()).map(fields_text);
-        let remote_version = remote.as_ref().and_then(|d| d.version);
-        let handler = self
-            .conflicts
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let resolution = match handler {
-            Some(handler) => handler.resolve(Conflict {
-                space: doc.space.to_string(),
-                collection: doc.collection.to_string(),
-                doc_id: doc.id.to_string(),
-                policy: policy.policy.name().to_owned(),
-                local_json: local_json.clone(),
-                remote_json: remote_json.clone(),
-                remote_version,
-                base_json,
-            }),
-            None => Resolution::KeepRemote,
-        };
-        let keep_local = || -> Result<Settlement, Error> {
-            Ok(Settlement::Write {
-                winner: "local",
-                write: match &local_json {
-                    Some(fields) => Write::Put(parse_fields(fields)?),
-                    None => Write::Delete,
-                },
-            })
-        };
-        let settlement = match resolution {
-            Resolution::KeepRemote => Settlement::KeepRemote,
-            Resolution::KeepLocal => keep_local()?,
-            Resolution::Merged { fields_json } => match parse_fields(&fields_json) {
-                Ok(fields) => Settlement::Write {
-                    winner: "merged",
-                    write: Write::Put(fields),
-                },
-                Err(e) => {
-                    // Losing the user's version over a handler's bad answer
-                    // would be worse than keeping it.
-                    tracing::warn!(target: "tandem_core", doc = %doc.id, error = %e, "the conflict handler's merged value is not a JSON object: keeping the local version");
-                    keep_local()?
-                }
-            },
-        };
-        let log = ConflictLogEntry {
-            rule: policy.policy.name(),
-            local: local_json.as_deref(),
-            remote: remote_json.as_deref(),
-        };
-        // One transaction: the server's document, the discarded local
-        // entries, the resolution and the log entry together.
-        let merged = matches!(
-            settlement,
-            Settlement::Write {
-                winner: "merged",
-                ..
-            }
-        );
-        match self
-            .store
-            .settle_conflict(&doc, remote.as_ref(), settlement, &log)
-        {
-            Ok(_) => {}
-            Err(e) if merged && e.is_invalid_input() => {
-                tracing::warn!(target: "tandem_core", doc = %doc.id, error = %e, "the conflict handler's merged value cannot be written: keeping the local version");
-                self.store
-                    .settle_conflict(&doc, remote.as_ref(), keep_local()?, &log)?;
-            }
-            Err(e) => return Err(e),
-        }
-        if let (Some(remote), Link::Open(session)) = (&remote, &mut self.link) {
-            let cursor = self
-                .store
-                .cursors()?
-                .get(doc.space.as_str())
-                .map_or(0, |c| c.rev);
-            if let Some(v) = remote.version
-                && v > cursor
-            {
-                let ahead = session.ahead.entry(doc.space.clone()).or_insert(0);
-                *ahead = (*ahead).max(v);
-            }
-            // The document is local now: a catch-up page listing it must
-            // merge with it.
-            if let Some(sp) = session.spaces.get_mut(&doc.space) {
-                sp.fresh = false;
-                sp.fresh_below = None;
-            }
-        }
-        self.status_changed = true;
-        Ok(())
-    }
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the app hears of a write that failed for good.
+fn failure_of(entry: &OutboxEntry, reason: String) -> MutationFailure {
+    let m = &entry.mutation;
+    MutationFailure {
+        mutation_id: m.mutation_id.to_string(),
+        space: m.space.to_string(),
+        collection: m.collection.to_string(),
+        doc_id: m.doc_id.to_string(),
+        reason,
+    }
 }
 
 fn fields_text(doc: &Document) -> String {
