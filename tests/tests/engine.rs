@@ -317,7 +317,7 @@ async fn an_expired_access_token_is_refreshed_without_losing_or_reordering_the_o
     // The last write is the value everywhere: the outbox went in order.
     assert_eq!(b.docs(None, "tasks")["counter"].0, json!({"value": 29}));
     assert_converged(&url, "alice", "tasks", &[&a, &b]).await;
-    assert!(a.client.sync_status().unwrap().last_error.is_none());
+    assert!(a.client.status().unwrap().last_error.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +434,7 @@ async fn a_cache_budget_evicts_unused_documents_which_are_fetched_again() {
             .is_some_and(|back| back.fields_json.contains("\"edited\":true"))
     })
     .await;
-    assert_eq!(reader.client.sync_status().unwrap().checksum_mismatches, 0);
+    assert_eq!(reader.client.status().unwrap().checksum_mismatches, 0);
 
     // Offline, an evicted document is plainly not local.
     reader.client.stop_sync().await;
@@ -627,13 +627,13 @@ async fn a_checksum_mismatch_refetches_the_space_and_repairs_the_copy() {
         .unwrap();
     writer.settle().await;
     eventually("the re-sync", || {
-        let status = reader.client.sync_status().unwrap();
+        let status = reader.client.status().unwrap();
         status.checksum_mismatches >= 1 && reader.docs(None, "tasks").len() == 21
     })
     .await;
     reader.settle().await;
     assert_converged(&url, "alice", "tasks", &[&writer, &reader]).await;
-    assert_eq!(reader.client.sync_status().unwrap().checksum_mismatches, 1);
+    assert_eq!(reader.client.status().unwrap().checksum_mismatches, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,7 +87,7 @@ impl Scene {
         let client = Arc::clone(&self.device.client);
         client.set_network_available(false);
         eventually("the device to go offline", || {
-            client.sync_status().unwrap().connection == ConnectionState::Offline
+            client.status().unwrap().connection == ConnectionState::Offline
         })
         .await;
         for (i, id) in ["t0", "t1", "t2"].into_iter().enumerate() {

@@ -89,7 +89,7 @@ async fn devices_register_refresh_and_sync_live_over_https_and_wss() {
     assert!(!spaces.is_empty());
     let after = stored_refresh_token(&phone).unwrap_or_else(|| panic!("credentials gone"));
     assert_ne!(before, after, "the device refreshed its credentials");
-    let status = phone.client.sync_status().unwrap_or_else(|e| panic!("{e}"));
+    let status = phone.client.status().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.last_error.is_none(), "{:?}", status.last_error);
 }
 
@@ -170,10 +170,7 @@ async fn every_untrusted_server_is_a_tls_error_at_once() {
             "{}: sync_once waited for its bound instead of reporting",
             failure.what
         );
-        let status = device
-            .client
-            .sync_status()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let status = device.client.status().unwrap_or_else(|e| panic!("{e}"));
         let error = status
             .last_error
             .unwrap_or_else(|| panic!("{}: no error in the status", failure.what));
@@ -232,10 +229,7 @@ async fn a_tls_failure_is_retried_with_backoff_not_in_a_loop() {
     // And it keeps trying: the next ones come, however slowly the machine
     // makes the failed handshakes.
     eventually("more attempts", || proxy.accepted() >= 3).await;
-    let status = device
-        .client
-        .sync_status()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let status = device.client.status().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status.last_error.map(|e| e.kind), Some(SyncErrorKind::Tls));
 }
 
