@@ -25,6 +25,8 @@ use crate::sync::conflict::{Conflict, ConflictHandler, Resolution};
 use crate::sync::engine::Engine;
 use crate::sync::interface::{Action, DisconnectReason, Event, Notice, Timer};
 
+mod traces;
+
 struct FakeClock(AtomicU64);
 
 impl Clock for FakeClock {
