@@ -36,11 +36,19 @@ cargo fmt --all --check
 section "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# The protocol crate compiles for the browser's WebAssembly target (the
-# target is added with rustup when missing).
-section "wasm32: tandem-protocol compiles for wasm32-unknown-unknown"
+# The protocol crate and the engine (tandem-core without its native
+# driver: the store, the sync engine, the observers) compile for the
+# browser's WebAssembly target, with no tokio sockets, tungstenite, reqwest
+# or rustls. SQLite is compiled for wasm32 by rusqlite's sqlite-wasm-rs,
+# which needs clang. The target is added with rustup when missing.
+section "wasm32: tandem-protocol and the engine (tandem-core, no native driver) compile for wasm32-unknown-unknown"
+need clang "install clang (Debian: apt-get install -y clang): it compiles SQLite for wasm32"
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 cargo check --locked -p tandem-protocol --target wasm32-unknown-unknown
+cargo check --locked -p tandem-core --no-default-features --target wasm32-unknown-unknown
+# The same build on the host, held to the lints (clippy above builds the
+# default features only).
+cargo clippy --locked -p tandem-core --no-default-features --all-targets -- -D warnings
 
 # ---- PostgreSQL --------------------------------------------------------------
 # The PostgreSQL store's tests (server/tests/postgres_*.rs: the conformance
