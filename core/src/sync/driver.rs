@@ -11,8 +11,15 @@
 //! else. The driver holds no sync rule of its own, and calls no app code
 //! on its task: status, roles and devices go to the live hub
 //! (`live.rs`), which delivers them on the client's observer task.
+//!
+//! Logs: the task runs in a `sync_session` span (this device, and a
+//! number per `start_sync` in the process), and each connection adds a
+//! `connection` span (its number within the session) around the engine's
+//! steps while it is open, so every line of one connection of one device
+//! can be followed in a soak's logs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +27,7 @@ use tandem_protocol::{ClientMessage, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::coordination::{DeviceInfo, RoleInfo};
 use crate::error::Error;
@@ -94,6 +102,8 @@ impl SyncHandle {
             live,
             conflicts,
             resolved_tx,
+            connection_span: tracing::Span::none(),
+            connections: 0,
             socket: None,
             connecting: None,
             refreshing: None,
@@ -102,7 +112,14 @@ impl SyncHandle {
             queue: Vec::new(),
             status_dirty: true,
         };
-        let task = tokio::spawn(driver.run(rx, resolved));
+        static SESSIONS: AtomicU64 = AtomicU64::new(1);
+        let span = tracing::info_span!(
+            target: "tandem_core",
+            "sync_session",
+            device = %driver.me,
+            session = SESSIONS.fetch_add(1, Ordering::Relaxed),
+        );
+        let task = tokio::spawn(driver.run(rx, resolved).instrument(span));
         SyncHandle {
             commands: tx,
             access,
@@ -194,6 +211,9 @@ struct Driver {
     /// Where conflict handlers' decisions come back.
     resolved_tx: mpsc::UnboundedSender<Resolved>,
     socket: Option<Socket>,
+    /// The open connection's span, and how many the session has opened.
+    connection_span: tracing::Span,
+    connections: u64,
     connecting: Option<JoinHandle<Opened>>,
     refreshing: Option<JoinHandle<Result<u64, SyncError>>>,
     timers: BTreeMap<Timer, Instant>,
@@ -253,6 +273,12 @@ impl Driver {
                     match opened {
                         Ok((socket, expires)) => {
                             self.socket = Some(socket);
+                            self.connections += 1;
+                            self.connection_span = tracing::info_span!(
+                                target: "tandem_core",
+                                "connection",
+                                n = self.connections,
+                            );
                             self.feed(Event::Connected).await;
                             self.feed(Event::CredentialsUpdated { access_expires_at: expires }).await;
                         }
@@ -309,7 +335,7 @@ impl Driver {
         self.queue.push(event);
         while !self.queue.is_empty() {
             let event = self.queue.remove(0);
-            let actions = match self.engine.handle(event) {
+            let actions = match self.connection_span.in_scope(|| self.engine.handle(event)) {
                 Ok(actions) => actions,
                 Err(e) => {
                     // Storage trouble: the state in the store is still
@@ -333,6 +359,8 @@ impl Driver {
     async fn act(&mut self, action: Action) {
         match action {
             Action::Connect => {
+                // A new attempt: what follows belongs to no connection yet.
+                self.connection_span = tracing::Span::none();
                 if self.connecting.is_none() && self.socket.is_none() {
                     tracing::debug!(target: "tandem_core", "connecting to the sync server");
                     let access = Arc::clone(&self.access);
@@ -471,5 +499,71 @@ impl From<JoinFailure> for Opened {
 impl From<JoinFailure> for Result<u64, SyncError> {
     fn from(f: JoinFailure) -> Self {
         Err(SyncError::new(crate::sync::SyncErrorKind::Network, f.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use crate::{Client, ClientConfig, StaticToken, SyncConfig};
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_engines_log_lines_carry_the_devices_sync_session() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::open(ClientConfig::new(
+            dir.path().to_str().unwrap(),
+            "alice",
+            "phone",
+        ))
+        .unwrap();
+        // Nothing listens on port 1: connecting fails at once, and the
+        // engine says so.
+        let config = SyncConfig::new("http://127.0.0.1:1");
+        client
+            .start_sync(config, Arc::new(StaticToken::new("t")))
+            .await
+            .unwrap();
+        let device = client.device_id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let line = loop {
+            let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.contains("disconnected from the sync server"))
+            {
+                break line.to_owned();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no line: {text}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        client.stop_sync().await;
+        assert!(line.contains("sync_session{"), "{line}");
+        assert!(line.contains(&format!("device={device}")), "{line}");
     }
 }
