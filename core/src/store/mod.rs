@@ -7,26 +7,33 @@
 //!   `SQLITE_BUSY` from each other;
 //! - a few reader connections (`readers`): in WAL mode readers see the
 //!   last committed state and neither block nor are blocked by the writer;
-//! - a checkpointer thread with its own connection (`checkpoint`), so WAL
-//!   checkpoints happen off the write path.
+//! - a checkpointer with its own connection (`checkpoint`), run as a
+//!   background task (`crate::background`), so WAL checkpoints happen off
+//!   the write path; `writer_lock` is the fair lock it shares with writes.
 //!
 //! The submodules are the rooms: `schema` (tables and migrations),
 //! `writes` (local writes), `reads` (get and query), `indexes`
-//! (declared field indexes), `outbox` (the queue of mutations), `views`
-//! (confirmed state and rebuilding the local view), `remote` (applying the
-//! server's pages, conflict documents, re-syncs), `sync_state`
-//! (credentials, sync bookkeeping, the conflict log), `eviction` (the
-//! cache budget), `device` (identity and clock).
+//! (declared field indexes), `outbox` (the queue of mutations and what the
+//! server's answers do to it), `views` (reading, writing and rebuilding a
+//! document's local view on its confirmed state), `cursors` (each space's
+//! revision and checksum), `policies` (each collection's merge policy),
+//! `remote` (applying the server's pages, conflict documents, re-syncs),
+//! `sync_state` (credentials, sync bookkeeping, the conflict log),
+//! `eviction` (the cache budget), `device` (identity and clock), `commits`
+//! (the listener that hears of every commit).
 //!
-//! Only [`open_writer`] and [`Checkpointer`] are public: the benchmarks use
-//! them to measure a bare SQLite write with exactly the store's settings.
+//! Only [`open_writer`], [`Checkpointer`] and [`WriterLock`] are public:
+//! the benchmarks use them to measure a bare SQLite write with exactly the
+//! store's settings.
 
 mod checkpoint;
 mod commits;
+mod cursors;
 mod device;
 mod eviction;
 mod indexes;
 mod outbox;
+mod policies;
 mod readers;
 mod reads;
 #[cfg(feature = "encryption")]
@@ -267,7 +274,7 @@ impl Store {
         outbox::requeue_in_flight(&conn)?;
         let last = device::last_reading(&conn, identity.last_hlc.clone())?;
         let clock = HybridClock::resume(identity.device_id.clone(), last.as_ref());
-        let policies = views::load_policies(&conn)?;
+        let policies = policies::load_policies(&conn)?;
         let indexes = IndexCatalog::load(&conn)?;
         let mut readers = Vec::with_capacity(READER_CONNECTIONS);
         for _ in 0..READER_CONNECTIONS {

@@ -292,31 +292,6 @@ pub(crate) fn counts(conn: &Connection) -> Result<(u64, u64), Error> {
     Ok((all.saturating_sub(failed), failed))
 }
 
-/// The pending mutations of one document, in seq order: what the view
-/// rests on besides the confirmed state. Failed entries are not pending:
-/// the server refused them, so the view is rolled back without them until
-/// the app retries one.
-pub(crate) fn pending_of(tx: &Transaction<'_>, doc: &DocRef) -> Result<Vec<Mutation>, Error> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, mutation FROM outbox
-         WHERE space = ?1 AND collection = ?2 AND doc_id = ?3 AND state != 'failed'
-         ORDER BY seq",
-    )?;
-    let rows = stmt.query_map(
-        params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
-        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
-    )?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, json) = row?;
-        out.push(
-            serde_json::from_str(&json)
-                .map_err(|e| Error::CorruptStore(format!("outbox entry {seq}: {e}")))?,
-        );
-    }
-    Ok(out)
-}
-
 /// The highest revision at which the server acknowledged an entry of `doc`
 /// whose change has not arrived yet.
 pub(crate) fn latest_acked_rev(tx: &Transaction<'_>, doc: &DocRef) -> Result<Option<u64>, Error> {

@@ -51,13 +51,13 @@ use tandem_protocol::{
 use crate::clock::now_millis;
 use crate::document::DocRef;
 use crate::error::Error;
+use crate::store::cursors::{Cursor, load_cursors};
 use crate::store::outbox::{self, doc_ref, remove_in};
 use crate::store::sync_state::{ConflictLogEntry, log_conflict_in};
 use crate::store::views::{
-    ConfirmedIn, Cursor, latest_stamp, load_cursors, read_confirmed, read_confirmed_from,
-    rebuild_view,
+    ConfirmedIn, latest_stamp, read_confirmed, read_confirmed_from, rebuild_view, write_view,
 };
-use crate::store::writes::{Write, write_in, write_view};
+use crate::store::writes::{Write, write_in};
 use crate::store::{Store, Writer, device, from_sql_int, policy_of, to_sql_int};
 
 /// The writer's policies.

@@ -1,4 +1,5 @@
-//! Confirmed state, policies, cursors, and rebuilding the local view.
+//! The local view of each document: reading and writing it, the confirmed
+//! state it rests on, and rebuilding it.
 //!
 //! The local view of a document is always
 //!
@@ -19,69 +20,12 @@
 //! thus stay visible on top of the newest server state, and the UI never
 //! flickers back to an older value.
 
-use std::collections::{BTreeMap, HashMap};
-
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use tandem_protocol::{
-    Collection, CollectionPolicy, DocState, Document, Hlc, SpaceChecksum, SpaceId, merge,
-};
+use rusqlite::{OptionalExtension, Transaction, params};
+use tandem_protocol::{CollectionPolicy, DocState, Document, Hlc, Mutation, merge};
 
 use crate::document::{DocRef, LocalDocument};
 use crate::error::Error;
-use crate::store::writes::write_view;
-use crate::store::{Store, from_sql_int, outbox};
-
-/// A space's sync position: the last revision applied and the checksum of
-/// the confirmed documents at it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Cursor {
-    pub rev: u64,
-    pub checksum: SpaceChecksum,
-}
-
-pub(crate) fn load_policies(
-    conn: &Connection,
-) -> Result<HashMap<Collection, CollectionPolicy>, Error> {
-    let mut stmt = conn.prepare("SELECT collection, policy FROM policies")?;
-    let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-    })?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let (collection, policy) = row?;
-        let collection =
-            Collection::new(collection).map_err(|e| Error::CorruptStore(format!("policy: {e}")))?;
-        let policy = serde_json::from_str(&policy)
-            .map_err(|e| Error::CorruptStore(format!("policy of {collection}: {e}")))?;
-        out.insert(collection, policy);
-    }
-    Ok(out)
-}
-
-pub(crate) fn load_cursors(conn: &Connection) -> Result<BTreeMap<String, Cursor>, Error> {
-    let mut stmt = conn.prepare_cached("SELECT space, rev, checksum FROM cursors")?;
-    let rows = stmt.query_map([], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, String>(2)?,
-        ))
-    })?;
-    let mut out = BTreeMap::new();
-    for row in rows {
-        let (space, rev, checksum) = row?;
-        let checksum = SpaceChecksum::try_from(checksum)
-            .map_err(|e| Error::CorruptStore(format!("checksum of {space}: {e}")))?;
-        out.insert(
-            space,
-            Cursor {
-                rev: from_sql_int(rev, "cursor")?,
-                checksum,
-            },
-        );
-    }
-    Ok(out)
-}
+use crate::store::{from_sql_int, to_sql_int};
 
 /// Where a document's confirmed copy is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +111,7 @@ pub(crate) fn rebuild_view(
     policy: &CollectionPolicy,
 ) -> Result<Option<LocalDocument>, Error> {
     let confirmed = read_confirmed(tx, doc)?;
-    let pending = outbox::pending_of(tx, doc)?;
+    let pending = pending_of(tx, doc)?;
     if confirmed.is_none() && pending.is_empty() {
         tx.prepare_cached(
             "DELETE FROM documents WHERE space = ?1 AND collection = ?2 AND id = ?3",
@@ -205,60 +149,121 @@ pub(crate) fn latest_stamp(state: &DocState) -> Option<&Hlc> {
         .max()
 }
 
-impl Store {
-    /// Stores the merge policy of `collection` (normally the one the server
-    /// announced) and rebuilds the views of its documents that have pending
-    /// writes, the only views a policy affects.
-    pub fn set_policy(
-        &self,
-        collection: &Collection,
-        policy: &CollectionPolicy,
-    ) -> Result<(), Error> {
-        let json = serde_json::to_string(policy)
-            .map_err(|e| Error::CorruptStore(format!("policy of {collection}: {e}")))?;
-        let changed = self.with_writer(|writer| {
-            let tx = writer
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO policies (collection, policy) VALUES (?1, ?2)
-                 ON CONFLICT (collection) DO UPDATE SET policy = excluded.policy",
-                params![collection.as_str(), json],
-            )?;
-            let docs = {
-                let mut stmt = tx.prepare(
-                    "SELECT space, id FROM documents WHERE collection = ?1 AND pending > 0",
-                )?;
-                let rows = stmt.query_map([collection.as_str()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })?;
-                let mut docs = Vec::new();
-                for row in rows {
-                    let (space, id) = row?;
-                    let corrupt = |e| Error::CorruptStore(format!("document key: {e}"));
-                    docs.push(DocRef {
-                        space: SpaceId::new(space).map_err(corrupt)?,
-                        collection: collection.clone(),
-                        id: id.parse().map_err(corrupt)?,
-                    });
-                }
-                docs
-            };
-            for doc in &docs {
-                rebuild_view(&tx, doc, policy)?;
-            }
-            tx.commit()?;
-            writer.policies.insert(collection.clone(), policy.clone());
-            Ok(docs)
-        })?;
-        self.announce(changed);
-        Ok(())
-    }
+/// The local view of one document as stored.
+pub(crate) struct StoredView {
+    pub state: DocState,
+    pub version: Option<u64>,
+    pub pending: u64,
+}
 
-    /// Every space's cursor.
-    pub(crate) fn cursors(&self) -> Result<BTreeMap<String, Cursor>, Error> {
-        self.readers.with(load_cursors)
+/// Reads the stored view of `doc`.
+pub(crate) fn read_view(tx: &Transaction<'_>, doc: &DocRef) -> Result<Option<StoredView>, Error> {
+    let row: Option<(String, Option<i64>, i64)> = tx
+        .prepare_cached(
+            "SELECT state, version, pending FROM documents
+             WHERE space = ?1 AND collection = ?2 AND id = ?3",
+        )?
+        .query_row(
+            params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let Some((state, version, pending)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(StoredView {
+        state: serde_json::from_str(&state)
+            .map_err(|e| Error::CorruptStore(format!("state of {}: {e}", doc.id)))?,
+        version: version.map(|v| from_sql_int(v, "version")).transpose()?,
+        pending: from_sql_int(pending, "pending count")?,
+    }))
+}
+
+/// Writes the view of `doc`: its merge state, visible fields, confirmed
+/// version and pending count. Returns the document as the app sees it.
+pub(crate) fn write_view(
+    tx: &Transaction<'_>,
+    doc: &DocRef,
+    state_json: &str,
+    state: &DocState,
+    version: Option<u64>,
+    pending: u64,
+) -> Result<LocalDocument, Error> {
+    let deleted = state.is_deleted();
+    // Without set fields the visible fields are the registers themselves:
+    // encode them in place instead of copying them first (this runs for
+    // every document of an initial sync).
+    let fields_json = if !deleted && state.sets.is_empty() {
+        serde_json::to_string(&state.fields)
+    } else {
+        serde_json::to_string(&state.visible_fields())
     }
+    .map_err(|e| Error::CorruptStore(format!("fields of {}: {e}", doc.id)))?;
+    tx.prepare_cached(
+        "INSERT INTO documents (space, collection, id, fields, state, version, pending, deleted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (space, collection, id) DO UPDATE SET
+             fields = excluded.fields, state = excluded.state, version = excluded.version,
+             pending = excluded.pending, deleted = excluded.deleted",
+    )?
+    .execute(params![
+        doc.space.as_str(),
+        doc.collection.as_str(),
+        doc.id.as_str(),
+        fields_json,
+        state_json,
+        version.map(to_sql_int),
+        to_sql_int(pending),
+        deleted,
+    ])?;
+    Ok(LocalDocument {
+        space: doc.space.to_string(),
+        collection: doc.collection.to_string(),
+        id: doc.id.to_string(),
+        fields_json,
+        version,
+        pending: pending > 0,
+        deleted,
+    })
+}
+
+/// The app-facing document of a stored view.
+pub(crate) fn to_local(doc: &DocRef, view: &StoredView) -> Result<LocalDocument, Error> {
+    Ok(LocalDocument {
+        space: doc.space.to_string(),
+        collection: doc.collection.to_string(),
+        id: doc.id.to_string(),
+        fields_json: serde_json::to_string(&view.state.visible_fields())
+            .map_err(|e| Error::CorruptStore(format!("fields of {}: {e}", doc.id)))?,
+        version: view.version,
+        pending: view.pending > 0,
+        deleted: view.state.is_deleted(),
+    })
+}
+
+/// The pending mutations of one document, in seq order: what the view
+/// rests on besides the confirmed state. Failed entries are not pending:
+/// the server refused them, so the view is rolled back without them until
+/// the app retries one.
+pub(crate) fn pending_of(tx: &Transaction<'_>, doc: &DocRef) -> Result<Vec<Mutation>, Error> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, mutation FROM outbox
+         WHERE space = ?1 AND collection = ?2 AND doc_id = ?3 AND state != 'failed'
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(
+        params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
+        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, json) = row?;
+        out.push(
+            serde_json::from_str(&json)
+                .map_err(|e| Error::CorruptStore(format!("outbox entry {seq}: {e}")))?,
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -268,7 +273,9 @@ mod tests {
     use crate::store::Write;
     use crate::store::test_support::{count, open_store};
     use serde_json::{Map, Value, json};
-    use tandem_protocol::{Change, DeviceId, DocId, Mutation, MutationId, Op, Policy};
+    use tandem_protocol::{
+        Change, Collection, DeviceId, DocId, MutationId, Op, Policy, SpaceChecksum, SpaceId,
+    };
 
     fn doc(id: &str) -> DocRef {
         DocRef {

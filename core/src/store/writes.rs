@@ -15,14 +15,15 @@
 //! Validation that does not need the database (JSON, ids) happens before
 //! the writer is taken, so bad input never waits for it.
 
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Transaction, TransactionBehavior, params};
 use serde_json::{Map, Value};
-use tandem_protocol::{CollectionPolicy, DocState, HybridClock, Mutation, MutationId, Op, merge};
+use tandem_protocol::{CollectionPolicy, HybridClock, Mutation, MutationId, Op, merge};
 
 use crate::clock::now_millis;
 use crate::document::{DocRef, LocalDocument};
 use crate::error::Error;
-use crate::store::{Store, from_sql_int, outbox, policy_of, to_sql_int};
+use crate::store::views::{read_view, to_local, write_view};
+use crate::store::{Store, outbox, policy_of};
 
 /// What the app asks to do to a document: an [`Op`] before it is stamped
 /// (`set_remove` learns which adds it removes from the current view).
@@ -33,98 +34,6 @@ pub(crate) enum Write {
     Delete,
     SetAdd { field: String, values: Vec<Value> },
     SetRemove { field: String, values: Vec<Value> },
-}
-
-/// The local view of one document as stored.
-pub(crate) struct StoredView {
-    pub state: DocState,
-    pub version: Option<u64>,
-    pub pending: u64,
-}
-
-/// Reads the stored view of `doc`.
-pub(crate) fn read_view(tx: &Transaction<'_>, doc: &DocRef) -> Result<Option<StoredView>, Error> {
-    let row: Option<(String, Option<i64>, i64)> = tx
-        .prepare_cached(
-            "SELECT state, version, pending FROM documents
-             WHERE space = ?1 AND collection = ?2 AND id = ?3",
-        )?
-        .query_row(
-            params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-        .optional()?;
-    let Some((state, version, pending)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(StoredView {
-        state: serde_json::from_str(&state)
-            .map_err(|e| Error::CorruptStore(format!("state of {}: {e}", doc.id)))?,
-        version: version.map(|v| from_sql_int(v, "version")).transpose()?,
-        pending: from_sql_int(pending, "pending count")?,
-    }))
-}
-
-/// Writes the view of `doc`: its merge state, visible fields, confirmed
-/// version and pending count. Returns the document as the app sees it.
-pub(crate) fn write_view(
-    tx: &Transaction<'_>,
-    doc: &DocRef,
-    state_json: &str,
-    state: &DocState,
-    version: Option<u64>,
-    pending: u64,
-) -> Result<LocalDocument, Error> {
-    let deleted = state.is_deleted();
-    // Without set fields the visible fields are the registers themselves:
-    // encode them in place instead of copying them first (this runs for
-    // every document of an initial sync).
-    let fields_json = if !deleted && state.sets.is_empty() {
-        serde_json::to_string(&state.fields)
-    } else {
-        serde_json::to_string(&state.visible_fields())
-    }
-    .map_err(|e| Error::CorruptStore(format!("fields of {}: {e}", doc.id)))?;
-    tx.prepare_cached(
-        "INSERT INTO documents (space, collection, id, fields, state, version, pending, deleted)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT (space, collection, id) DO UPDATE SET
-             fields = excluded.fields, state = excluded.state, version = excluded.version,
-             pending = excluded.pending, deleted = excluded.deleted",
-    )?
-    .execute(params![
-        doc.space.as_str(),
-        doc.collection.as_str(),
-        doc.id.as_str(),
-        fields_json,
-        state_json,
-        version.map(to_sql_int),
-        to_sql_int(pending),
-        deleted,
-    ])?;
-    Ok(LocalDocument {
-        space: doc.space.to_string(),
-        collection: doc.collection.to_string(),
-        id: doc.id.to_string(),
-        fields_json,
-        version,
-        pending: pending > 0,
-        deleted,
-    })
-}
-
-/// The app-facing document of a stored view.
-fn to_local(doc: &DocRef, view: &StoredView) -> Result<LocalDocument, Error> {
-    Ok(LocalDocument {
-        space: doc.space.to_string(),
-        collection: doc.collection.to_string(),
-        id: doc.id.to_string(),
-        fields_json: serde_json::to_string(&view.state.visible_fields())
-            .map_err(|e| Error::CorruptStore(format!("fields of {}: {e}", doc.id)))?,
-        version: view.version,
-        pending: view.pending > 0,
-        deleted: view.state.is_deleted(),
-    })
 }
 
 impl Store {
