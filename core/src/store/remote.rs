@@ -53,6 +53,7 @@ use crate::document::DocRef;
 use crate::error::Error;
 use crate::store::cursors::{Cursor, load_cursors};
 use crate::store::outbox::{self, doc_ref, remove_in};
+use crate::store::policies::set_policy_in;
 use crate::store::sync_state::{ConflictLogEntry, log_conflict_in};
 use crate::store::views::{
     ConfirmedIn, latest_stamp, read_confirmed, read_confirmed_from, rebuild_view, write_view,
@@ -599,30 +600,49 @@ impl Store {
             let tx = writer
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "DELETE FROM resync_marks WHERE space = ?1",
-                [space.as_str()],
-            )?;
-            tx.execute(
-                "INSERT INTO resync_marks (space, collection, id)
-                 SELECT space, collection, id FROM confirmed WHERE space = ?1
-                 UNION
-                 SELECT space, collection, id FROM documents
-                 WHERE space = ?1 AND version IS NOT NULL",
-                [space.as_str()],
-            )?;
-            tx.execute("DELETE FROM evicted WHERE space = ?1", [space.as_str()])?;
-            save_cursor(
-                &tx,
-                space.as_str(),
-                &Cursor {
-                    rev: 0,
-                    checksum: SpaceChecksum::default(),
-                },
-            )?;
+            begin_resync_in(&tx, space)?;
             tx.commit()?;
             Ok(())
         })
+    }
+
+    /// What a `welcome` changes, in one transaction: the collections'
+    /// policies (`policies`, each rebuilding the views it affects), spaces
+    /// to fetch again from 0 (`resync`) and spaces the user left
+    /// (`dropped`).
+    pub(crate) fn apply_welcome(
+        &self,
+        policies: &[(Collection, CollectionPolicy)],
+        resync: &[SpaceId],
+        dropped: &[SpaceId],
+    ) -> Result<(), Error> {
+        if policies.is_empty() && resync.is_empty() && dropped.is_empty() {
+            return Ok(());
+        }
+        let changed = self.with_writer(|writer| {
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut changed = Vec::new();
+            for (collection, policy) in policies {
+                changed.extend(set_policy_in(&tx, collection, policy)?);
+            }
+            for space in resync {
+                begin_resync_in(&tx, space)?;
+            }
+            let mut known = writer.policies.clone();
+            for (collection, policy) in policies {
+                known.insert(collection.clone(), policy.clone());
+            }
+            for space in dropped {
+                changed.extend(drop_space_in(&tx, &known, space)?);
+            }
+            tx.commit()?;
+            writer.policies = known;
+            Ok(changed)
+        })?;
+        self.announce(changed);
+        Ok(())
     }
 
     /// The spaces with a re-sync that has not finished (after a restart it
@@ -648,50 +668,12 @@ impl Store {
     /// (the server will refuse those, and they fail).
     pub(crate) fn drop_space(&self, space: &SpaceId) -> Result<(), Error> {
         let changed = self.with_writer(|writer| {
-            let Writer {
-                conn,
-                clock: _,
-                policies,
-            } = writer;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let s = space.as_str();
-            let pending = {
-                let mut stmt = tx.prepare(
-                    "SELECT DISTINCT collection, doc_id FROM outbox WHERE space = ?1",
-                )?;
-                let rows = stmt.query_map([s], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })?;
-                let mut docs = Vec::new();
-                for row in rows {
-                    let (collection, id) = row?;
-                    docs.push(doc_ref(s, &collection, &id)?);
-                }
-                docs
-            };
-            let gone = {
-                let mut stmt = tx.prepare(
-                    "DELETE FROM documents WHERE space = ?1 AND pending = 0 RETURNING collection, id",
-                )?;
-                let rows = stmt.query_map([s], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })?;
-                let mut docs = Vec::new();
-                for row in rows {
-                    let (collection, id) = row?;
-                    docs.push(doc_ref(s, &collection, &id)?);
-                }
-                docs
-            };
-            for table in ["confirmed", "resync_marks", "evicted", "document_access"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE space = ?1"), [s])?;
-            }
-            tx.execute("DELETE FROM cursors WHERE space = ?1", [s])?;
-            for doc in &pending {
-                rebuild_view(&tx, doc, &policy_of(policies, &doc.collection))?;
-            }
+            let tx = writer
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = drop_space_in(&tx, &writer.policies, space)?;
             tx.commit()?;
-            Ok(pending.into_iter().chain(gone).collect::<Vec<_>>())
+            Ok(changed)
         })?;
         self.announce(changed);
         Ok(())
@@ -726,4 +708,74 @@ impl Store {
         self.announce(vec![doc.clone()]);
         Ok(view)
     }
+}
+/// Starts a re-sync of `space` inside `tx` (see [`Store::begin_resync`]).
+fn begin_resync_in(tx: &Transaction<'_>, space: &SpaceId) -> Result<(), Error> {
+    tx.execute(
+        "DELETE FROM resync_marks WHERE space = ?1",
+        [space.as_str()],
+    )?;
+    tx.execute(
+        "INSERT INTO resync_marks (space, collection, id)
+         SELECT space, collection, id FROM confirmed WHERE space = ?1
+         UNION
+         SELECT space, collection, id FROM documents
+         WHERE space = ?1 AND version IS NOT NULL",
+        [space.as_str()],
+    )?;
+    tx.execute("DELETE FROM evicted WHERE space = ?1", [space.as_str()])?;
+    save_cursor(
+        tx,
+        space.as_str(),
+        &Cursor {
+            rev: 0,
+            checksum: SpaceChecksum::default(),
+        },
+    )?;
+    Ok(())
+}
+
+/// Drops `space` inside `tx` (see [`Store::drop_space`]); returns the
+/// documents whose view changed or went.
+fn drop_space_in(
+    tx: &Transaction<'_>,
+    policies: &HashMap<Collection, CollectionPolicy>,
+    space: &SpaceId,
+) -> Result<Vec<DocRef>, Error> {
+    let s = space.as_str();
+    let pending = {
+        let mut stmt =
+            tx.prepare("SELECT DISTINCT collection, doc_id FROM outbox WHERE space = ?1")?;
+        let rows = stmt.query_map([s], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut docs = Vec::new();
+        for row in rows {
+            let (collection, id) = row?;
+            docs.push(doc_ref(s, &collection, &id)?);
+        }
+        docs
+    };
+    let gone = {
+        let mut stmt = tx.prepare(
+            "DELETE FROM documents WHERE space = ?1 AND pending = 0 RETURNING collection, id",
+        )?;
+        let rows = stmt.query_map([s], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut docs = Vec::new();
+        for row in rows {
+            let (collection, id) = row?;
+            docs.push(doc_ref(s, &collection, &id)?);
+        }
+        docs
+    };
+    for table in ["confirmed", "resync_marks", "evicted", "document_access"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE space = ?1"), [s])?;
+    }
+    tx.execute("DELETE FROM cursors WHERE space = ?1", [s])?;
+    for doc in &pending {
+        rebuild_view(tx, doc, &policy_of(policies, &doc.collection))?;
+    }
+    Ok(pending.into_iter().chain(gone).collect())
 }

@@ -66,8 +66,8 @@ use tandem_protocol::wire::{
     Subscribe, Welcome,
 };
 use tandem_protocol::{
-    ClientMessage, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION, RejectCode,
-    RoleFence, ServerMessage, SpaceId,
+    ClientMessage, Collection, CollectionPolicy, Document, ErrorCode, MutationId, PROTOCOL_VERSION,
+    RejectCode, RoleFence, ServerMessage, SpaceId,
 };
 
 use crate::clock::Clock;
@@ -706,32 +706,36 @@ impl Engine {
         // Policies: the server's word replaces what is stored; a collection
         // it no longer declares is lww again.
         let stored = self.store.policies();
-        for (collection, policy) in &welcome.policies {
-            if stored.get(collection) != Some(policy) {
-                self.store.set_policy(collection, policy)?;
-            }
-        }
+        let mut policies: Vec<(Collection, CollectionPolicy)> = welcome
+            .policies
+            .iter()
+            .filter(|(collection, policy)| stored.get(*collection) != Some(*policy))
+            .map(|(c, p)| (c.clone(), p.clone()))
+            .collect();
         for (collection, policy) in &stored {
             if !welcome.policies.contains_key(collection) && *policy != CollectionPolicy::lww() {
-                self.store
-                    .set_policy(collection, &CollectionPolicy::lww())?;
+                policies.push((collection.clone(), CollectionPolicy::lww()));
             }
         }
-        for space in &welcome.reset_required {
-            if !self.resync.contains(space) {
-                self.store.begin_resync(space)?;
-                self.resync.insert(space.clone());
-            }
-        }
+        let resync: Vec<SpaceId> = welcome
+            .reset_required
+            .iter()
+            .filter(|space| !self.resync.contains(*space))
+            .cloned()
+            .collect();
         // Spaces this device holds that the user no longer belongs to.
         let listed: BTreeSet<&SpaceId> = welcome.spaces.iter().collect();
-        for space in self.store.cursors()?.keys() {
-            if let Ok(space) = SpaceId::new(space.as_str())
-                && !listed.contains(&space)
-            {
-                self.store.drop_space(&space)?;
-                self.resync.remove(&space);
-            }
+        let dropped: Vec<SpaceId> = self
+            .store
+            .cursors()?
+            .keys()
+            .filter_map(|space| SpaceId::new(space.as_str()).ok())
+            .filter(|space| !listed.contains(space))
+            .collect();
+        self.store.apply_welcome(&policies, &resync, &dropped)?;
+        self.resync.extend(resync);
+        for space in &dropped {
+            self.resync.remove(space);
         }
         let resync = self.resync.clone();
         let cursors = self.store.cursors()?;

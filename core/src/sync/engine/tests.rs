@@ -1240,3 +1240,65 @@ fn a_conflict_waits_for_the_app_and_an_answer_after_a_reconnect_is_ignored() {
         obj(json!({"name": "mine"}))
     );
 }
+
+#[test]
+fn what_a_welcome_changes_is_one_transaction() {
+    let mut r = rig();
+    // Before: a policy the server no longer declares, and a space the
+    // user has since left.
+    r.store
+        .set_policy(
+            &Collection::new("old").unwrap(),
+            &CollectionPolicy::of(Policy::Manual),
+        )
+        .unwrap();
+    let team = DocRef {
+        space: SpaceId::new("team").unwrap(),
+        collection: Collection::new("tasks").unwrap(),
+        id: DocId::new("t1").unwrap(),
+    };
+    r.store
+        .apply_remote_changes(&[remote_change(
+            &team,
+            1,
+            5,
+            Op::Put {
+                fields: obj(json!({"title": "shared"})),
+            },
+            None,
+        )])
+        .unwrap();
+    r.handle(Event::Start);
+    r.handle(Event::Connected);
+    let commits = crate::store::test_support::count_commits(&r.store);
+    r.frame(ServerMessage::Welcome(Welcome {
+        protocol: 1,
+        user: UserId::new("alice").unwrap(),
+        device_id: r.store.identity().device_id.clone(),
+        spaces: vec![space()],
+        policies: [(
+            Collection::new("notes").unwrap(),
+            CollectionPolicy::of(Policy::ServerWins),
+        )]
+        .into_iter()
+        .collect(),
+        reset_required: vec![space()],
+        limits: Limits {
+            max_frame_bytes: 1 << 20,
+            max_batch_mutations: 500,
+            max_document_bytes: 1 << 20,
+        },
+    }));
+    assert_eq!(commits.load(Ordering::SeqCst), 1);
+    let policies = r.store.policies();
+    assert_eq!(
+        policies[&Collection::new("notes").unwrap()].policy,
+        Policy::ServerWins
+    );
+    assert_eq!(
+        policies[&Collection::new("old").unwrap()],
+        CollectionPolicy::lww()
+    );
+    assert!(r.view(&team).is_none(), "the left space is gone");
+    assert!(!r.store.cursors().unwrap().contains_key("team"));
+}
