@@ -37,6 +37,9 @@
 //!   [`StoreEvent`]s it produced to its [`CommitListener`], in commit order, so
 //!   that fan-out follows the store's commit path.
 
+pub mod auth;
+pub mod coordination;
+pub mod feed;
 pub mod postgres;
 pub mod sqlite;
 
@@ -48,13 +51,20 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use tandem_protocol::api::{PushToken, SpaceMembers, SpaceSummary};
 use tandem_protocol::wire::{DeviceInfo, GuardVerdict, MutationResult, RoleState};
-use tandem_protocol::{
-    Change, DeviceId, ErrorCode, Mutation, RoleFence, SpaceChecksum, SpaceId, UserId,
-};
+use tandem_protocol::{ErrorCode, Mutation, RoleFence, SpaceId, UserId};
 
 use crate::auth::TokenHash;
-use crate::schema::Schema;
 
+pub use auth::{
+    DeviceIdentity, DeviceRegistration, NewCredentials, RefreshOutcome, too_many_devices,
+};
+pub use coordination::{
+    HintClaim, HintTarget, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest,
+};
+pub use feed::{
+    ChangePage, CommittedChanges, CompactionReport, CompactionRule, FeedPosition, PageFill,
+    PageLimit, PushRules,
+};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -111,159 +121,6 @@ impl StoreError {
     }
 }
 
-/// The refusal of a new device of `user`, who has `registered` devices
-/// (not revoked) and may have at most `max_devices`.
-pub fn too_many_devices(user: &UserId, registered: u64, max_devices: usize) -> StoreError {
-    StoreError::TooManyDevices(format!(
-        "{user} has {registered} registered devices and may have at most {max_devices}: \
-         revoke one (DELETE /v1/devices/{{device}}) to register another"
-    ))
-}
-
-/// A device of a user: who is acting.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DeviceIdentity {
-    /// The user.
-    pub user: UserId,
-    /// The device.
-    pub device: DeviceId,
-}
-
-/// A device's registration details.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRegistration {
-    /// Whose device.
-    pub identity: DeviceIdentity,
-    /// A name for people.
-    pub name: String,
-    /// The platform.
-    pub platform: String,
-    /// The app's version.
-    pub app_version: String,
-}
-
-/// Hashes and expiry times of a fresh access/refresh token pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NewCredentials {
-    /// The access token's hash.
-    pub access: TokenHash,
-    /// When it expires, Unix milliseconds.
-    pub access_expires_at: u64,
-    /// The refresh token's hash.
-    pub refresh: TokenHash,
-    /// When it expires, Unix milliseconds.
-    pub refresh_expires_at: u64,
-}
-
-/// What presenting a refresh token did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// The token was current: it is spent and the new pair is stored.
-    Rotated(DeviceIdentity),
-    /// The token had already been rotated: every credential of the device is
-    /// revoked (a [`StoreEvent::DeviceRevoked`] is announced).
-    Reused(DeviceIdentity),
-    /// The token expired.
-    Expired,
-    /// No such token (never issued, or purged by a revocation).
-    Unknown,
-}
-
-/// A space's position in its feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedPosition {
-    /// The latest revision.
-    pub head: u64,
-    /// The checksum at `head`.
-    pub checksum: SpaceChecksum,
-    /// Cursors below this revision cannot be resumed (tombstones they have
-    /// not seen were purged).
-    pub horizon: u64,
-}
-
-/// How much one page of the change feed may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageLimit {
-    /// At most this many changes.
-    pub changes: usize,
-    /// At most this many bytes of changes: the sum of each change's
-    /// [`Change::encoded_len`] plus one (its comma). A page always holds at
-    /// least one change, however long.
-    pub bytes: usize,
-}
-
-impl PageLimit {
-    /// Up to `n` changes, whatever their size.
-    pub fn changes(n: usize) -> PageLimit {
-        PageLimit {
-            changes: n,
-            bytes: usize::MAX,
-        }
-    }
-
-    /// The bytes a change takes on a page.
-    pub fn bytes_of(change: &Change) -> usize {
-        change.encoded_len().saturating_add(1)
-    }
-}
-
-/// Fills a page within a [`PageLimit`], change by change.
-#[derive(Debug)]
-pub struct PageFill {
-    limit: PageLimit,
-    taken: usize,
-    bytes: usize,
-}
-
-impl PageFill {
-    /// An empty page.
-    pub fn new(limit: PageLimit) -> PageFill {
-        PageFill {
-            limit,
-            taken: 0,
-            bytes: 0,
-        }
-    }
-
-    /// Whether `change` goes on the page (then it is counted): the page's
-    /// first change always does; a later one if the page stays within both
-    /// limits.
-    pub fn admit(&mut self, change: &Change) -> bool {
-        if self.taken >= self.limit.changes.max(1) {
-            return false;
-        }
-        let bytes = PageLimit::bytes_of(change);
-        if self.taken > 0 && self.bytes.saturating_add(bytes) > self.limit.bytes {
-            return false;
-        }
-        self.taken += 1;
-        self.bytes = self.bytes.saturating_add(bytes);
-        true
-    }
-}
-
-/// One page of a space's change feed, read from one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangePage {
-    /// Changes with `rev > after`, in revision order.
-    pub changes: Vec<Change>,
-    /// More changes follow this page.
-    pub more: bool,
-    /// The space's position in the same snapshot.
-    pub position: FeedPosition,
-}
-
-/// Live changes of one space committed together, for fan-out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommittedChanges {
-    /// The space.
-    pub space: SpaceId,
-    /// The changes, with consecutive revisions.
-    pub changes: Vec<Change>,
-    /// The space's checksum after the last of them.
-    pub checksum: SpaceChecksum,
-}
-
 /// What a commit announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
@@ -299,93 +156,6 @@ pub enum StoreEvent {
     },
 }
 
-/// What a device asks of a role ([`Store::change_role`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoleRequest {
-    /// Become a candidate (with this priority), and the holder if the role
-    /// has no live holder.
-    Claim {
-        /// Higher is preferred.
-        priority: i32,
-    },
-    /// Stop being a candidate; a holder hands the role on.
-    Release,
-    /// The holder gives the role to `to`, which must be connected.
-    Handoff {
-        /// The device that takes the role.
-        to: DeviceId,
-    },
-    /// The holder extends its lease at `epoch`.
-    Renew {
-        /// The epoch the device holds the role at.
-        epoch: u64,
-    },
-    /// Look again: if the holder's lease ran out or it is not connected,
-    /// the next eligible candidate takes the role (or nobody does); a role
-    /// without holder goes to the best connected candidate.
-    Check,
-}
-
-/// The result of [`Store::change_role`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleChange {
-    /// The role's state after the request.
-    pub state: RoleState,
-    /// Whether the holder (and so the epoch) changed.
-    pub changed: bool,
-}
-
-/// A device's presence on this instance, as the instance stamps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceStamp {
-    /// The device.
-    pub device: DeviceIdentity,
-    /// When it last sent something, Unix milliseconds.
-    pub last_active: u64,
-}
-
-/// Coordination timings the store needs to apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Leases {
-    /// How long a role's lease lasts after a claim, handoff or renewal.
-    pub role_ms: u64,
-    /// How long a presence row lasts after its last stamp.
-    pub presence_ms: u64,
-}
-
-/// A push hint to send: an offline device with a push token, and the spaces
-/// that changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HintTarget {
-    /// The device.
-    pub device: DeviceIdentity,
-    /// Its token.
-    pub token: PushToken,
-    /// The changed spaces it belongs to, sorted.
-    pub spaces: Vec<SpaceId>,
-}
-
-/// A space whose changes wait for push hints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HintedSpace {
-    /// The space.
-    pub space: SpaceId,
-    /// A device whose last hint is at or after this time (Unix
-    /// milliseconds) was hinted after these changes committed: it is not
-    /// hinted again for them.
-    pub told_after_ms: u64,
-}
-
-/// What [`Store::claim_push_hints`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HintClaim {
-    /// Hints to send now (their devices' last hint time is now set).
-    pub ready: Vec<HintTarget>,
-    /// The earliest time a device left out by its rate limit may get a hint,
-    /// Unix milliseconds.
-    pub retry_at: Option<u64>,
-}
-
 /// Receives what each commit announces, in commit order. Called on the
 /// store's commit path, so it must not block.
 pub trait CommitListener: Send + Sync {
@@ -399,60 +169,6 @@ pub struct NoListener;
 
 impl CommitListener for NoListener {
     fn committed(&self, _events: Vec<StoreEvent>) {}
-}
-
-/// What decides a mutation's fate besides the data: the schema, the
-/// document size limit, the frame limit and the clock bound.
-#[derive(Debug, Clone)]
-pub struct PushRules {
-    /// Policies and field rules.
-    pub schema: Arc<Schema>,
-    /// Largest document state (JSON), in bytes.
-    pub max_document_bytes: usize,
-    /// Largest frame the server sends: a write whose change would not fit
-    /// in a `changes` message of this size on its own is refused (as
-    /// `document_too_large`), so every change can be delivered.
-    pub max_frame_bytes: usize,
-    /// How far ahead of the server's clock (the `now_ms` of the push) a
-    /// mutation's clock reading may be, in milliseconds.
-    pub max_clock_skew_ms: u64,
-}
-
-impl PushRules {
-    /// The rules with `schema` and the server's default limits.
-    pub fn new(schema: Arc<Schema>) -> PushRules {
-        let limits = crate::config::Limits::default();
-        PushRules {
-            schema,
-            max_document_bytes: limits.max_document_bytes,
-            max_frame_bytes: limits.max_frame_bytes,
-            max_clock_skew_ms: limits.max_clock_skew.as_millis() as u64,
-        }
-    }
-}
-
-/// What compaction removes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompactionRule {
-    /// Purge tombstones committed before this time (Unix ms).
-    pub tombstones_before_ms: Option<u64>,
-    /// Purge tombstones whose version is at most this revision (any space).
-    pub tombstones_up_to_rev: Option<u64>,
-    /// Purge idempotency records of mutations before this time (Unix ms).
-    pub mutations_before_ms: Option<u64>,
-    /// Purge credentials that expired before this time (Unix ms).
-    pub credentials_before_ms: Option<u64>,
-}
-
-/// What compaction removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CompactionReport {
-    /// Tombstones purged.
-    pub tombstones: u64,
-    /// Mutation records purged.
-    pub mutations: u64,
-    /// Credentials purged.
-    pub credentials: u64,
 }
 
 /// The server's database.
