@@ -16,8 +16,8 @@ use tandem_server::Schema;
 use tandem_server::store::conformance::RecordingListener;
 use tandem_server::store::postgres::testing::TestSchema;
 use tandem_server::store::{
-    DeviceIdentity, DeviceRegistration, Leases, NewCredentials, PostgresStore, PresenceStamp,
-    PushRules, RoleRequest, Store,
+    AuthStore, CoordinationStore, DeviceIdentity, DeviceRegistration, Leases, NewCredentials,
+    PostgresStore, PresenceStamp, PushRules, RoleRequest, Store,
 };
 
 const ROLE: &str = "auto-responder";

@@ -27,9 +27,9 @@ use tandem_protocol::{
 };
 
 use super::{
-    ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, HintedSpace,
-    Leases, NewCredentials, PageLimit, PresenceStamp, PushRules, RefreshOutcome, RoleRequest,
-    Store, StoreError, StoreEvent,
+    AuthStore, ChangePage, CommitListener, CompactionRule, CoordinationStore, DeviceIdentity,
+    DeviceRegistration, FeedStore, HintedSpace, Leases, NewCredentials, PageLimit, PresenceStamp,
+    PushRules, RefreshOutcome, RoleRequest, Store, StoreError, StoreEvent,
 };
 use crate::auth::{TokenHash, hash_token};
 use crate::schema::Schema;
@@ -256,7 +256,7 @@ fn credentials(seed: &str, expires_at: u64) -> (NewCredentials, Tokens) {
     )
 }
 
-async fn register(store: &dyn Store, id: &DeviceIdentity, seed: &str) -> Tokens {
+async fn register(store: &dyn AuthStore, id: &DeviceIdentity, seed: &str) -> Tokens {
     let (creds, tokens) = credentials(seed, NOW + 60_000);
     store
         .register_device(
@@ -313,7 +313,7 @@ impl Author {
     }
 }
 
-async fn push(store: &dyn Store, author: &Author, mutations: Vec<Mutation>) -> Vec<Outcome> {
+async fn push(store: &dyn FeedStore, author: &Author, mutations: Vec<Mutation>) -> Vec<Outcome> {
     store
         .push(author.id.clone(), mutations, NOW)
         .await
@@ -345,7 +345,7 @@ fn recompute(pages: &[ChangePage]) -> SpaceChecksum {
 }
 
 async fn read_all(
-    store: &dyn Store,
+    store: &dyn FeedStore,
     reader: &UserId,
     space: &SpaceId,
     after: u64,
@@ -1367,7 +1367,7 @@ fn wall() -> u64 {
     crate::state::now_ms()
 }
 
-async fn connect(store: &dyn Store, id: &DeviceIdentity) {
+async fn connect(store: &dyn CoordinationStore, id: &DeviceIdentity) {
     store
         .presence_connected(
             "instance-1".into(),
@@ -1383,7 +1383,7 @@ async fn connect(store: &dyn Store, id: &DeviceIdentity) {
 }
 
 async fn role(
-    store: &dyn Store,
+    store: &dyn CoordinationStore,
     actor: &DeviceIdentity,
     request: RoleRequest,
 ) -> Result<super::RoleChange, StoreError> {
@@ -1391,7 +1391,7 @@ async fn role(
 }
 
 async fn role_with(
-    store: &dyn Store,
+    store: &dyn CoordinationStore,
     actor: &DeviceIdentity,
     request: RoleRequest,
     leases: Leases,

@@ -1,9 +1,29 @@
-//! The change feed: pushes, pages of changes, positions and compaction.
+//! The change feed: pushes, pages of changes, each space's position, and
+//! compaction ([`FeedStore`]).
+//!
+//! Contract every implementation keeps (the conformance suite checks it):
+//!
+//! - **The change feed is the documents table.** Each document row keeps its
+//!   current state, its version (the per-space revision of its last change),
+//!   the device and mutation that made it. The changes since cursor `c` are
+//!   the rows with `version > c` in version order, tombstones included.
+//! - **Each space keeps its head, checksum and compaction horizon.** The
+//!   checksum ([`tandem_protocol::checksum`]) covers live documents and is
+//!   maintained incrementally at commit.
+//! - **Pushes are idempotent by mutation id.** Every mutation's result is
+//!   recorded; a retry by the same device gets the recorded result
+//!   (`applied` becomes `duplicate`).
+//! - **Fences are checked where the write commits.** A mutation carrying a
+//!   fence is applied only if, in the transaction that commits it, the
+//!   role's row names the author at that epoch with a running lease (the
+//!   same check as a fenced guard's, see [`super::coordination`]).
 
 use std::sync::Arc;
 
-use tandem_protocol::{Change, SpaceChecksum, SpaceId};
+use tandem_protocol::wire::MutationResult;
+use tandem_protocol::{Change, Mutation, SpaceChecksum, SpaceId, UserId};
 
+use super::{DeviceIdentity, StoreFuture};
 use crate::schema::Schema;
 
 /// A space's position in its feed.
@@ -153,4 +173,38 @@ pub struct CompactionReport {
     pub mutations: u64,
     /// Credentials purged.
     pub credentials: u64,
+}
+
+/// The change feed: writing documents and reading what changed.
+pub trait FeedStore: Send + Sync + 'static {
+    /// Applies a batch of mutations in order, in one transaction (or a group
+    /// of batches in one), and answers one result per mutation. A mutation
+    /// with a stale role fence is `rejected` with `stale_epoch`.
+    fn push(
+        &self,
+        author: DeviceIdentity,
+        mutations: Vec<Mutation>,
+        now_ms: u64,
+    ) -> StoreFuture<'_, Vec<MutationResult>>;
+
+    /// The changes of `space` after revision `after` that fit in `limit`
+    /// (see [`PageFill`]), for a member.
+    fn read_changes(
+        &self,
+        reader: UserId,
+        space: SpaceId,
+        after: u64,
+        limit: PageLimit,
+    ) -> StoreFuture<'_, ChangePage>;
+
+    /// The current positions of the spaces of `reader` that are named.
+    /// Spaces the reader is not a member of are left out.
+    fn feed_positions(
+        &self,
+        reader: UserId,
+        spaces: Vec<SpaceId>,
+    ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>>;
+
+    /// Purges what `rule` names and raises compaction horizons.
+    fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport>;
 }

@@ -1,13 +1,29 @@
 //! Device coordination: the registry, presence, roles, the duplicate guard
-//! and push hints.
+//! and push hints ([`CoordinationStore`]).
+//!
+//! Contract every implementation keeps (the conformance suite checks it):
+//!
+//! - **Roles are one row per (user, role).** The row holds the holder, the
+//!   epoch and the lease; every change of it happens in a transaction that
+//!   reads and writes the row under a lock (SQLite's single writer, a
+//!   PostgreSQL row lock), so two instances never hand out one epoch twice.
+//!   The decision itself is [`crate::roles::decide`], shared by every store.
+//! - **Fences are checked where the write commits.** A mutation or guard
+//!   carrying a fence is accepted only if, in the transaction that commits
+//!   it, the role's row names the author at that epoch with a running lease.
+//! - **Guards are a unique key.** One row per (user, hash of scope and
+//!   normalized content); inserting it, or taking over an expired one, is
+//!   one statement whose result says `first` or `duplicate`.
+//! - **Presence is rows with a lease.** Each instance stamps a row per
+//!   connected device; rows of a crashed instance run out.
 
 use tandem_protocol::api::PushToken;
-use tandem_protocol::wire::RoleState;
-use tandem_protocol::{DeviceId, SpaceId};
+use tandem_protocol::wire::{DeviceInfo, GuardVerdict, RoleState};
+use tandem_protocol::{DeviceId, RoleFence, SpaceId, UserId};
 
-use super::DeviceIdentity;
+use super::{DeviceIdentity, StoreFuture};
 
-/// What a device asks of a role ([`Store::change_role`](crate::store::Store::change_role)).
+/// What a device asks of a role ([`CoordinationStore::change_role`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoleRequest {
     /// Become a candidate (with this priority), and the holder if the role
@@ -34,7 +50,7 @@ pub enum RoleRequest {
     Check,
 }
 
-/// The result of [`Store::change_role`](crate::store::Store::change_role).
+/// The result of [`CoordinationStore::change_role`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleChange {
     /// The role's state after the request.
@@ -84,7 +100,7 @@ pub struct HintedSpace {
     pub told_after_ms: u64,
 }
 
-/// What [`Store::claim_push_hints`](crate::store::Store::claim_push_hints) found.
+/// What [`CoordinationStore::claim_push_hints`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HintClaim {
     /// Hints to send now (their devices' last hint time is now set).
@@ -92,4 +108,99 @@ pub struct HintClaim {
     /// The earliest time a device left out by its rate limit may get a hint,
     /// Unix milliseconds.
     pub retry_at: Option<u64>,
+}
+
+/// Device coordination: the devices of one user seeing each other, sharing
+/// roles and avoiding doing the same thing twice.
+pub trait CoordinationStore: Send + Sync + 'static {
+    /// The user's devices that are not revoked, by name.
+    fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>>;
+
+    /// Renames a device of `device.user` ([`StoreError::NotFound`](crate::store::StoreError::NotFound) if it has
+    /// no such device).
+    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()>;
+
+    /// Sets (or with `None` removes) a device's push token.
+    fn set_push_token(
+        &self,
+        device: DeviceIdentity,
+        token: Option<PushToken>,
+    ) -> StoreFuture<'_, ()>;
+
+    /// The offline devices with a push token among the members of `spaces`
+    /// that were not hinted since the space's changes (`told_after_ms`) and
+    /// whose last hint is older than `min_interval_ms`; their last hint time
+    /// becomes now (so another instance does not send the same hint).
+    fn claim_push_hints(
+        &self,
+        spaces: Vec<HintedSpace>,
+        min_interval_ms: u64,
+        now_ms: u64,
+    ) -> StoreFuture<'_, HintClaim>;
+
+    /// A device connected to `instance`: stamps its presence row (a new
+    /// row announces [`StoreEvent::DevicesChanged`](crate::store::StoreEvent::DevicesChanged)).
+    fn presence_connected(
+        &self,
+        instance: String,
+        stamp: PresenceStamp,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// A device's last connection to `instance` closed: its row goes and its
+    /// last-seen time is kept.
+    fn presence_disconnected(
+        &self,
+        instance: String,
+        device: DeviceIdentity,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Stamps every device connected to `instance` again, and deletes every
+    /// presence row (of any instance) that ran out: a crashed instance's
+    /// devices go offline.
+    fn presence_heartbeat(
+        &self,
+        instance: String,
+        stamps: Vec<PresenceStamp>,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, ()>;
+
+    /// Applies `request` of `actor` (a device of the role's user) to the
+    /// role, atomically (see [`crate::roles::decide`]); a change of holder
+    /// is announced ([`StoreEvent::RoleChanged`](crate::store::StoreEvent::RoleChanged)). For PostgreSQL, `now_ms`
+    /// is the database's clock.
+    fn change_role(
+        &self,
+        actor: DeviceIdentity,
+        role: String,
+        request: RoleRequest,
+        leases: Leases,
+        now_ms: u64,
+    ) -> StoreFuture<'_, RoleChange>;
+
+    /// The roles of `user` that have a row (were ever claimed).
+    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>>;
+
+    /// Roles that need [`RoleRequest::Check`]: a holder whose lease ran out
+    /// or who is not connected, or no holder and a connected candidate.
+    fn roles_to_check(&self, now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>>;
+
+    /// The duplicate guard: records the first occurrence of `hash` for
+    /// `author.user` for `window_ms`, atomically: `first` if it was not
+    /// recorded (or its window ran out), `duplicate` otherwise. A stale
+    /// `fence` fails with [`StoreError::StaleEpoch`](crate::store::StoreError::StaleEpoch) and records nothing.
+    fn guard(
+        &self,
+        author: DeviceIdentity,
+        hash: [u8; 32],
+        window_ms: u64,
+        fence: Option<RoleFence>,
+        now_ms: u64,
+    ) -> StoreFuture<'_, GuardVerdict>;
+
+    /// Deletes guard records whose window ran out; returns how many.
+    fn sweep_guards(&self, now_ms: u64) -> StoreFuture<'_, u64>;
 }

@@ -60,9 +60,9 @@ use tracing::warn;
 use self::announce::Announcer;
 use self::pushes::PushQueue;
 use super::{
-    ChangePage, CommitListener, CompactionReport, CompactionRule, DeviceIdentity,
-    DeviceRegistration, FeedPosition, NewCredentials, PageLimit, PushRules, RefreshOutcome, Store,
-    StoreError, StoreEvent, StoreFuture,
+    AuthStore, ChangePage, CommitListener, CompactionReport, CompactionRule, CoordinationStore,
+    DeviceIdentity, DeviceRegistration, FeedPosition, FeedStore, NewCredentials, PageLimit,
+    PushRules, RefreshOutcome, Store, StoreError, StoreEvent, StoreFuture,
 };
 use super::{HintClaim, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
@@ -378,7 +378,7 @@ impl Inner {
     }
 }
 
-impl Store for PostgresStore {
+impl AuthStore for PostgresStore {
     fn register_device(
         &self,
         device: DeviceRegistration,
@@ -436,6 +436,119 @@ impl Store for PostgresStore {
         })
     }
 
+    fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let owner = owner.clone();
+                let space = space.clone();
+                Box::pin(async move { writes::create_space(w, &owner, &space).await })
+            })
+            .await
+        })
+    }
+
+    fn add_member(
+        &self,
+        actor: UserId,
+        space: SpaceId,
+        member: UserId,
+    ) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let actor = actor.clone();
+                let space = space.clone();
+                let member = member.clone();
+                Box::pin(async move { writes::add_member(w, &actor, &space, &member).await })
+            })
+            .await
+        })
+    }
+
+    fn remove_member(
+        &self,
+        actor: UserId,
+        space: SpaceId,
+        member: UserId,
+    ) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(async move {
+            self.write(move |w| {
+                let actor = actor.clone();
+                let space = space.clone();
+                let member = member.clone();
+                Box::pin(async move { writes::remove_member(w, &actor, &space, &member).await })
+            })
+            .await
+        })
+    }
+
+    fn spaces_of(&self, user: UserId) -> StoreFuture<'_, Vec<SpaceSummary>> {
+        Box::pin(async move {
+            self.read(move |c| Box::pin(async move { reads::spaces_of_user(c, &user).await }))
+                .await
+        })
+    }
+
+    fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(async move {
+            self.read(move |c| {
+                Box::pin(async move { reads::space_members(c, &actor, &space).await })
+            })
+            .await
+        })
+    }
+}
+
+impl FeedStore for PostgresStore {
+    fn push(
+        &self,
+        author: DeviceIdentity,
+        mutations: Vec<Mutation>,
+        now_ms: u64,
+    ) -> StoreFuture<'_, Vec<MutationResult>> {
+        Box::pin(async move {
+            self.check_open()?;
+            self.inner.pushes.submit(author, mutations, now_ms).await
+        })
+    }
+
+    fn read_changes(
+        &self,
+        reader: UserId,
+        space: SpaceId,
+        after: u64,
+        limit: PageLimit,
+    ) -> StoreFuture<'_, ChangePage> {
+        Box::pin(async move {
+            self.read(move |c| {
+                Box::pin(async move { reads::read_changes(c, &reader, &space, after, limit).await })
+            })
+            .await
+        })
+    }
+
+    fn feed_positions(
+        &self,
+        reader: UserId,
+        spaces: Vec<SpaceId>,
+    ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>> {
+        Box::pin(async move {
+            self.read(move |c| {
+                Box::pin(async move { reads::feed_positions(c, &reader, &spaces).await })
+            })
+            .await
+        })
+    }
+
+    fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport> {
+        let lock = self.inner.compaction_lock;
+        Box::pin(async move {
+            self.write(move |w| Box::pin(async move { writes::compact(w, &rule, lock).await }))
+                .await
+        })
+    }
+}
+
+impl CoordinationStore for PostgresStore {
     fn devices_of(&self, user: UserId, _now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
         Box::pin(async move {
             self.read(move |c| Box::pin(async move { coordination::devices_of(c, &user).await }))
@@ -597,116 +710,9 @@ impl Store for PostgresStore {
                 .await
         })
     }
+}
 
-    fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let owner = owner.clone();
-                let space = space.clone();
-                Box::pin(async move { writes::create_space(w, &owner, &space).await })
-            })
-            .await
-        })
-    }
-
-    fn add_member(
-        &self,
-        actor: UserId,
-        space: SpaceId,
-        member: UserId,
-    ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let actor = actor.clone();
-                let space = space.clone();
-                let member = member.clone();
-                Box::pin(async move { writes::add_member(w, &actor, &space, &member).await })
-            })
-            .await
-        })
-    }
-
-    fn remove_member(
-        &self,
-        actor: UserId,
-        space: SpaceId,
-        member: UserId,
-    ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let actor = actor.clone();
-                let space = space.clone();
-                let member = member.clone();
-                Box::pin(async move { writes::remove_member(w, &actor, &space, &member).await })
-            })
-            .await
-        })
-    }
-
-    fn spaces_of(&self, user: UserId) -> StoreFuture<'_, Vec<SpaceSummary>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { reads::spaces_of_user(c, &user).await }))
-                .await
-        })
-    }
-
-    fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::space_members(c, &actor, &space).await })
-            })
-            .await
-        })
-    }
-
-    fn push(
-        &self,
-        author: DeviceIdentity,
-        mutations: Vec<Mutation>,
-        now_ms: u64,
-    ) -> StoreFuture<'_, Vec<MutationResult>> {
-        Box::pin(async move {
-            self.check_open()?;
-            self.inner.pushes.submit(author, mutations, now_ms).await
-        })
-    }
-
-    fn read_changes(
-        &self,
-        reader: UserId,
-        space: SpaceId,
-        after: u64,
-        limit: PageLimit,
-    ) -> StoreFuture<'_, ChangePage> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::read_changes(c, &reader, &space, after, limit).await })
-            })
-            .await
-        })
-    }
-
-    fn feed_positions(
-        &self,
-        reader: UserId,
-        spaces: Vec<SpaceId>,
-    ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::feed_positions(c, &reader, &spaces).await })
-            })
-            .await
-        })
-    }
-
-    fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport> {
-        let lock = self.inner.compaction_lock;
-        Box::pin(async move {
-            self.write(move |w| Box::pin(async move { writes::compact(w, &rule, lock).await }))
-                .await
-        })
-    }
-
+impl Store for PostgresStore {
     fn close(&self) -> StoreFuture<'_, ()> {
         let inner = self.inner.clone();
         Box::pin(async move {

@@ -63,7 +63,7 @@ async fn delete_credentials(w: &WriteTx<'_>, device: &DeviceIdentity) -> Result<
     Ok(())
 }
 
-/// Registers a device (see [`crate::store::Store::register_device`]).
+/// Registers a device (see [`crate::store::AuthStore::register_device`]).
 pub(crate) async fn register_device(
     w: &mut WriteTx<'_>,
     reg: &DeviceRegistration,
@@ -128,7 +128,7 @@ pub(crate) async fn register_device(
     Ok(())
 }
 
-/// Spends a refresh token (see [`crate::store::Store::refresh_credentials`]).
+/// Spends a refresh token (see [`crate::store::AuthStore::refresh_credentials`]).
 /// The token's row is locked, so two instances presenting the same token at
 /// once rotate it once and see the second presentation as a reuse.
 pub(crate) async fn refresh_credentials(
@@ -171,7 +171,7 @@ pub(crate) async fn refresh_credentials(
     Ok(RefreshOutcome::Rotated(identity))
 }
 
-/// Revokes a device for good (see [`crate::store::Store::revoke_device`]).
+/// Revokes a device for good (see [`crate::store::AuthStore::revoke_device`]).
 pub(crate) async fn revoke_device(
     w: &mut WriteTx<'_>,
     device: &DeviceIdentity,
@@ -320,7 +320,7 @@ pub(crate) async fn remove_member(
     space_members(w, space, owner).await
 }
 
-/// Purges what `rule` names (see [`crate::store::Store::compact`]). Only one
+/// Purges what `rule` names (see [`crate::store::FeedStore::compact`]). Only one
 /// instance compacts at a time; the others find the lock taken and report
 /// nothing done.
 pub(crate) async fn compact(

@@ -484,7 +484,7 @@ fn is_present(conn: &Connection, user: &UserId, device: &DeviceId, now_ms: u64) 
     .unwrap_or(false)
 }
 
-/// Applies a role request (see [`crate::store::Store::change_role`]).
+/// Applies a role request (see [`crate::store::CoordinationStore::change_role`]).
 pub fn change_role(
     ctx: &mut WriteCtx<'_>,
     actor: &DeviceIdentity,
@@ -620,7 +620,7 @@ pub fn fence_holds(
         .is_some_and(|(row, _)| row.admits(&author.device, fence, now_ms)))
 }
 
-/// The duplicate guard (see [`crate::store::Store::guard`]).
+/// The duplicate guard (see [`crate::store::CoordinationStore::guard`]).
 pub fn guard(
     ctx: &mut WriteCtx<'_>,
     author: &DeviceIdentity,

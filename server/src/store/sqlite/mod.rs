@@ -30,9 +30,9 @@ pub use migrations::CURRENT_SCHEMA;
 
 use self::writer::{WriterHandle, backend};
 use super::{
-    ChangePage, CommitListener, CompactionReport, CompactionRule, DeviceIdentity,
-    DeviceRegistration, FeedPosition, NewCredentials, PageLimit, PushRules, RefreshOutcome, Store,
-    StoreError, StoreFuture,
+    AuthStore, ChangePage, CommitListener, CompactionReport, CompactionRule, CoordinationStore,
+    DeviceIdentity, DeviceRegistration, FeedPosition, FeedStore, NewCredentials, PageLimit,
+    PushRules, RefreshOutcome, Store, StoreError, StoreFuture,
 };
 use super::{HintClaim, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
@@ -186,7 +186,7 @@ impl Inner {
     }
 }
 
-impl Store for SqliteStore {
+impl AuthStore for SqliteStore {
     fn register_device(
         &self,
         device: DeviceRegistration,
@@ -228,6 +228,92 @@ impl Store for SqliteStore {
         )
     }
 
+    fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| writes::create_space(ctx, &owner, &space)),
+        )
+    }
+
+    fn add_member(
+        &self,
+        actor: UserId,
+        space: SpaceId,
+        member: UserId,
+    ) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| writes::add_member(ctx, &actor, &space, &member)),
+        )
+    }
+
+    fn remove_member(
+        &self,
+        actor: UserId,
+        space: SpaceId,
+        member: UserId,
+    ) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| writes::remove_member(ctx, &actor, &space, &member)),
+        )
+    }
+
+    fn spaces_of(&self, user: UserId) -> StoreFuture<'_, Vec<SpaceSummary>> {
+        Box::pin(self.read(move |conn| reads::spaces_of_user(conn, &user)))
+    }
+
+    fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
+        Box::pin(self.read(move |conn| reads::space_members(conn, &actor, &space)))
+    }
+}
+
+impl FeedStore for SqliteStore {
+    fn push(
+        &self,
+        author: DeviceIdentity,
+        mutations: Vec<Mutation>,
+        now_ms: u64,
+    ) -> StoreFuture<'_, Vec<MutationResult>> {
+        let rules = self.inner.rules.clone();
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| writes::push(ctx, &rules, &author, &mutations, now_ms)),
+        )
+    }
+
+    fn read_changes(
+        &self,
+        reader: UserId,
+        space: SpaceId,
+        after: u64,
+        limit: PageLimit,
+    ) -> StoreFuture<'_, ChangePage> {
+        Box::pin(self.read(move |conn| reads::read_changes(conn, &reader, &space, after, limit)))
+    }
+
+    fn feed_positions(
+        &self,
+        reader: UserId,
+        spaces: Vec<SpaceId>,
+    ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>> {
+        Box::pin(self.read(move |conn| reads::feed_positions(conn, &reader, &spaces)))
+    }
+
+    fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport> {
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| writes::compact(ctx, &rule)),
+        )
+    }
+}
+
+impl CoordinationStore for SqliteStore {
     fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
         Box::pin(self.read(move |conn| coordination::devices_of(conn, &user, now_ms)))
     }
@@ -339,89 +425,9 @@ impl Store for SqliteStore {
                 .write(move |ctx| coordination::sweep_guards(ctx, now_ms)),
         )
     }
+}
 
-    fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| writes::create_space(ctx, &owner, &space)),
-        )
-    }
-
-    fn add_member(
-        &self,
-        actor: UserId,
-        space: SpaceId,
-        member: UserId,
-    ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| writes::add_member(ctx, &actor, &space, &member)),
-        )
-    }
-
-    fn remove_member(
-        &self,
-        actor: UserId,
-        space: SpaceId,
-        member: UserId,
-    ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| writes::remove_member(ctx, &actor, &space, &member)),
-        )
-    }
-
-    fn spaces_of(&self, user: UserId) -> StoreFuture<'_, Vec<SpaceSummary>> {
-        Box::pin(self.read(move |conn| reads::spaces_of_user(conn, &user)))
-    }
-
-    fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(self.read(move |conn| reads::space_members(conn, &actor, &space)))
-    }
-
-    fn push(
-        &self,
-        author: DeviceIdentity,
-        mutations: Vec<Mutation>,
-        now_ms: u64,
-    ) -> StoreFuture<'_, Vec<MutationResult>> {
-        let rules = self.inner.rules.clone();
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| writes::push(ctx, &rules, &author, &mutations, now_ms)),
-        )
-    }
-
-    fn read_changes(
-        &self,
-        reader: UserId,
-        space: SpaceId,
-        after: u64,
-        limit: PageLimit,
-    ) -> StoreFuture<'_, ChangePage> {
-        Box::pin(self.read(move |conn| reads::read_changes(conn, &reader, &space, after, limit)))
-    }
-
-    fn feed_positions(
-        &self,
-        reader: UserId,
-        spaces: Vec<SpaceId>,
-    ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>> {
-        Box::pin(self.read(move |conn| reads::feed_positions(conn, &reader, &spaces)))
-    }
-
-    fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| writes::compact(ctx, &rule)),
-        )
-    }
-
+impl Store for SqliteStore {
     fn close(&self) -> StoreFuture<'_, ()> {
         let inner = self.inner.clone();
         Box::pin(async move {

@@ -62,7 +62,7 @@ fn delete_credentials(tx: &Transaction<'_>, device: &DeviceIdentity) -> Result<(
     Ok(())
 }
 
-/// Registers a device (see [`crate::store::Store::register_device`]).
+/// Registers a device (see [`crate::store::AuthStore::register_device`]).
 pub fn register_device(
     ctx: &mut WriteCtx<'_>,
     reg: &DeviceRegistration,
@@ -129,7 +129,7 @@ pub fn register_device(
     Ok(())
 }
 
-/// Spends a refresh token (see [`crate::store::Store::refresh_credentials`]).
+/// Spends a refresh token (see [`crate::store::AuthStore::refresh_credentials`]).
 pub fn refresh_credentials(
     ctx: &mut WriteCtx<'_>,
     presented: &TokenHash,
@@ -171,7 +171,7 @@ pub fn refresh_credentials(
     Ok(RefreshOutcome::Rotated(identity))
 }
 
-/// Revokes a device for good (see [`crate::store::Store::revoke_device`]).
+/// Revokes a device for good (see [`crate::store::AuthStore::revoke_device`]).
 pub fn revoke_device(
     ctx: &mut WriteCtx<'_>,
     device: &DeviceIdentity,
@@ -341,7 +341,7 @@ pub fn remove_member(
     space_members(ctx.tx, space, owner)
 }
 
-/// Applies a batch (see [`crate::store::Store::push`]).
+/// Applies a batch (see [`crate::store::FeedStore::push`]).
 pub fn push(
     ctx: &mut WriteCtx<'_>,
     rules: &PushRules,
@@ -546,7 +546,7 @@ fn write_document(
     Ok(rev)
 }
 
-/// Purges what `rule` names (see [`crate::store::Store::compact`]).
+/// Purges what `rule` names (see [`crate::store::FeedStore::compact`]).
 pub fn compact(
     ctx: &mut WriteCtx<'_>,
     rule: &CompactionRule,
