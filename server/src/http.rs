@@ -629,7 +629,7 @@ const MAX_PUSH_TOKEN_BYTES: usize = 4_096;
 async fn device_list(state: &ServerState, user: UserId) -> Result<Response, HttpError> {
     let devices = state
         .store
-        .devices_of(user, now_ms())
+        .devices_of(user)
         .await
         .map_err(|e| fail(state, e.into()))?;
     Ok(json_body(&DeviceList { devices }))
@@ -693,7 +693,7 @@ async fn revoke_device(
     };
     let known = state
         .store
-        .devices_of(caller.user.clone(), now_ms())
+        .devices_of(caller.user.clone())
         .await
         .map_err(|e| fail(&state, e.into()))?
         .iter()

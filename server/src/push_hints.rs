@@ -79,7 +79,7 @@ pub async fn run(
                 told_after_ms: changed_at + CLOCK_MARGIN_MS,
             })
             .collect();
-        let claim = match state.store.claim_push_hints(batch, min_interval, now).await {
+        let claim = match state.store.claim_push_hints(batch, min_interval).await {
             Ok(claim) => claim,
             Err(e) => {
                 warn!(error = %e, "finding devices to hint failed");

@@ -336,7 +336,7 @@ impl Session {
             self.send(&ServerMessage::Role(role)).await?;
         }
         let devices = store
-            .devices_of(self.identity.user.clone(), now_ms())
+            .devices_of(self.identity.user.clone())
             .await
             .map_err(store_failure)?;
         self.send(&ServerMessage::Devices(Devices { devices }))
@@ -473,7 +473,7 @@ impl Session {
         let result = self
             .state
             .store
-            .change_role(self.identity.clone(), role, request, leases, now_ms())
+            .change_role(self.identity.clone(), role, request, leases)
             .await;
         match result {
             Ok(change) => {
@@ -501,13 +501,7 @@ impl Session {
             let result = self
                 .state
                 .store
-                .change_role(
-                    self.identity.clone(),
-                    fence.role.clone(),
-                    request,
-                    leases,
-                    now_ms(),
-                )
+                .change_role(self.identity.clone(), fence.role.clone(), request, leases)
                 .await;
             match result {
                 Ok(_) => {}
@@ -563,7 +557,7 @@ impl Session {
         let result = self
             .state
             .store
-            .guard(self.identity.clone(), hash, window, guard.fence, now_ms())
+            .guard(self.identity.clone(), hash, window, guard.fence)
             .await;
         match result {
             Ok(result) => {

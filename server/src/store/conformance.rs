@@ -1114,11 +1114,7 @@ pub async fn a_user_has_at_most_the_allowed_devices(harness: &dyn StoreHarness) 
         "nothing of the refused device was stored"
     );
     assert_eq!(
-        store
-            .devices_of(user("alice"), NOW)
-            .await
-            .expect("list")
-            .len(),
+        store.devices_of(user("alice")).await.expect("list").len(),
         3
     );
     // Registering a device again is not a new place.
@@ -1376,7 +1372,6 @@ async fn connect(store: &dyn CoordinationStore, id: &DeviceIdentity) {
                 last_active: wall(),
             },
             LEASES,
-            wall(),
         )
         .await
         .expect("presence");
@@ -1397,7 +1392,7 @@ async fn role_with(
     leases: Leases,
 ) -> Result<super::RoleChange, StoreError> {
     store
-        .change_role(actor.clone(), "responder".into(), request, leases, wall())
+        .change_role(actor.clone(), "responder".into(), request, leases)
         .await
 }
 
@@ -1474,7 +1469,7 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
     // a check, and the tablet takes it although the phone is connected.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let due = loop {
-        let due = store.roles_to_check(wall()).await.expect("due");
+        let due = store.roles_to_check().await.expect("due");
         if !due.is_empty() || tokio::time::Instant::now() > deadline {
             break due;
         }
@@ -1488,7 +1483,7 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
     // The holder disconnects: the phone (a candidate since the handoff)
     // takes over.
     store
-        .presence_disconnected("instance-1".into(), tablet.clone(), wall())
+        .presence_disconnected("instance-1".into(), tablet.clone())
         .await
         .expect("leave");
     let checked = role(store.as_ref(), &tablet, RoleRequest::Check)
@@ -1607,7 +1602,7 @@ pub async fn guards_answer_first_once_per_window(harness: &dyn StoreHarness) {
         register(store.as_ref(), id, seed).await;
     }
     let guard = |store: Arc<dyn Store>, who: DeviceIdentity, hash: [u8; 32], window: u64| async move {
-        store.guard(who, hash, window, None, wall()).await
+        store.guard(who, hash, window, None).await
     };
     let h = [7u8; 32];
     assert_eq!(
@@ -1677,7 +1672,6 @@ pub async fn guards_answer_first_once_per_window(harness: &dyn StoreHarness) {
                 role: "responder".into(),
                 epoch: 1,
             }),
-            wall(),
         )
         .await;
     assert!(matches!(stale, Err(StoreError::StaleEpoch(_))), "{stale:?}");
@@ -1688,7 +1682,7 @@ pub async fn guards_answer_first_once_per_window(harness: &dyn StoreHarness) {
         GuardVerdict::First
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(store.sweep_guards(wall()).await.expect("sweep") >= 1);
+    assert!(store.sweep_guards().await.expect("sweep") >= 1);
     store.close().await.expect("close");
 }
 
@@ -1701,17 +1695,11 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
     let tablet = device("alice", "tablet");
     register(store.as_ref(), &phone, "p").await;
     register(store.as_ref(), &tablet, "t").await;
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|d| !d.online));
     connect(store.as_ref(), &phone).await;
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     let online: Vec<(&str, bool)> = listed
         .iter()
         .map(|d| (d.device_id.as_str(), d.online))
@@ -1727,10 +1715,7 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
             .await,
         Err(StoreError::NotFound(_))
     ));
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     assert_eq!(listed[0].name, "Alice's iPad", "sorted by name");
     listener
         .take_coordination_when(|events| {
@@ -1770,7 +1755,7 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
         }]
     };
     let claim = store
-        .claim_push_hints(changed(wall()), 60_000, wall())
+        .claim_push_hints(changed(wall()), 60_000)
         .await
         .expect("hints");
     assert_eq!(claim.ready.len(), 1, "only the offline device: {claim:?}");
@@ -1779,31 +1764,25 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
     assert_eq!(claim.ready[0].spaces, vec![personal("alice")]);
     // A later change: held back by the interval until it passes.
     let again = store
-        .claim_push_hints(changed(wall() + 60_000), 60_000, wall())
+        .claim_push_hints(changed(wall() + 60_000), 60_000)
         .await
         .expect("hints");
     assert!(again.ready.is_empty());
     assert!(again.retry_at.is_some());
     // With the interval passed, a device hinted after the changes is not
     // hinted again for them, and is for changes after its hint.
-    let told = store
-        .claim_push_hints(changed(1), 0, wall())
-        .await
-        .expect("hints");
+    let told = store.claim_push_hints(changed(1), 0).await.expect("hints");
     assert!(told.ready.is_empty(), "{told:?}");
     assert_eq!(told.retry_at, None);
     let newer = store
-        .claim_push_hints(changed(wall() + 60_000), 0, wall())
+        .claim_push_hints(changed(wall() + 60_000), 0)
         .await
         .expect("hints");
     assert_eq!(newer.ready.len(), 1, "{newer:?}");
 
     // Revocation: gone from the list, no credentials, no registering again.
     store.revoke_device(tablet.clone()).await.expect("revoke");
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     assert_eq!(listed.len(), 1);
     let (creds, _) = credentials("again", NOW + 60_000);
     let again = store

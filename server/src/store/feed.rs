@@ -178,8 +178,10 @@ pub struct CompactionReport {
 /// The change feed: writing documents and reading what changed.
 pub trait FeedStore: Send + Sync + 'static {
     /// Applies a batch of mutations in order, in one transaction (or a group
-    /// of batches in one), and answers one result per mutation. A mutation
-    /// with a stale role fence is `rejected` with `stale_epoch`.
+    /// of batches in one), and answers one result per mutation. `now_ms`
+    /// bounds the mutations' clock readings and dates their records; a
+    /// mutation with a stale role fence (by the store's clock) is `rejected`
+    /// with `stale_epoch`.
     fn push(
         &self,
         author: DeviceIdentity,

@@ -28,6 +28,12 @@
 //! - **Commits are announced.** After each commit the store hands the
 //!   [`StoreEvent`]s it produced to its [`CommitListener`], in commit order, so
 //!   that fan-out follows the store's commit path.
+//! - **Whose clock: a method takes `now_ms` only for times of the caller's
+//!   request.** A credential's expiry (the caller computed it from that
+//!   clock), the bound on a push's clock readings, the dates of the records
+//!   a push leaves and the cutoffs of compaction are the caller's clock.
+//!   Every time that coordinates devices, fence checks of pushes included,
+//!   is the store's own clock (see [`coordination`]).
 
 pub mod auth;
 pub mod coordination;

@@ -16,6 +16,17 @@
 //!   one statement whose result says `first` or `duplicate`.
 //! - **Presence is rows with a lease.** Each instance stamps a row per
 //!   connected device; rows of a crashed instance run out.
+//! - **The store's clock decides.** Every time coordination compares
+//!   against or records (leases, presence expiry, guard windows, push-hint
+//!   intervals, fence checks, a device's last-seen and revocation times) is
+//!   read by the store from its own clock, in the transaction that uses it,
+//!   so no method takes a `now_ms`. SQLite serves one process and reads
+//!   that process's clock; PostgreSQL reads the database's
+//!   (`clock_timestamp()`), the one clock every instance shares, so two
+//!   instances agree on whether a lease ran out. What callers pass in are
+//!   their own observations, stored as given: [`PresenceStamp::last_active`]
+//!   and [`HintedSpace::told_after_ms`] (which `crate::push_hints` pads for
+//!   a database clock behind its own).
 
 use tandem_protocol::api::PushToken;
 use tandem_protocol::wire::{DeviceInfo, GuardVerdict, RoleState};
@@ -111,13 +122,15 @@ pub struct HintClaim {
 }
 
 /// Device coordination: the devices of one user seeing each other, sharing
-/// roles and avoiding doing the same thing twice.
+/// roles and avoiding doing the same thing twice. No method takes the time:
+/// the store reads its own clock (see the module documentation).
 pub trait CoordinationStore: Send + Sync + 'static {
     /// The user's devices that are not revoked, by name.
-    fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>>;
+    fn devices_of(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceInfo>>;
 
-    /// Renames a device of `device.user` ([`StoreError::NotFound`](crate::store::StoreError::NotFound) if it has
-    /// no such device).
+    /// Renames a device of `device.user`
+    /// ([`StoreError::NotFound`](super::StoreError::NotFound) if it has no
+    /// such device).
     fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()>;
 
     /// Sets (or with `None` removes) a device's push token.
@@ -135,17 +148,16 @@ pub trait CoordinationStore: Send + Sync + 'static {
         &self,
         spaces: Vec<HintedSpace>,
         min_interval_ms: u64,
-        now_ms: u64,
     ) -> StoreFuture<'_, HintClaim>;
 
     /// A device connected to `instance`: stamps its presence row (a new
-    /// row announces [`StoreEvent::DevicesChanged`](crate::store::StoreEvent::DevicesChanged)).
+    /// row announces
+    /// [`StoreEvent::DevicesChanged`](super::StoreEvent::DevicesChanged)).
     fn presence_connected(
         &self,
         instance: String,
         stamp: PresenceStamp,
         leases: Leases,
-        now_ms: u64,
     ) -> StoreFuture<'_, ()>;
 
     /// A device's last connection to `instance` closed: its row goes and its
@@ -154,7 +166,6 @@ pub trait CoordinationStore: Send + Sync + 'static {
         &self,
         instance: String,
         device: DeviceIdentity,
-        now_ms: u64,
     ) -> StoreFuture<'_, ()>;
 
     /// Stamps every device connected to `instance` again, and deletes every
@@ -165,20 +176,18 @@ pub trait CoordinationStore: Send + Sync + 'static {
         instance: String,
         stamps: Vec<PresenceStamp>,
         leases: Leases,
-        now_ms: u64,
     ) -> StoreFuture<'_, ()>;
 
     /// Applies `request` of `actor` (a device of the role's user) to the
     /// role, atomically (see [`crate::roles::decide`]); a change of holder
-    /// is announced ([`StoreEvent::RoleChanged`](crate::store::StoreEvent::RoleChanged)). For PostgreSQL, `now_ms`
-    /// is the database's clock.
+    /// is announced
+    /// ([`StoreEvent::RoleChanged`](super::StoreEvent::RoleChanged)).
     fn change_role(
         &self,
         actor: DeviceIdentity,
         role: String,
         request: RoleRequest,
         leases: Leases,
-        now_ms: u64,
     ) -> StoreFuture<'_, RoleChange>;
 
     /// The roles of `user` that have a row (were ever claimed).
@@ -186,21 +195,22 @@ pub trait CoordinationStore: Send + Sync + 'static {
 
     /// Roles that need [`RoleRequest::Check`]: a holder whose lease ran out
     /// or who is not connected, or no holder and a connected candidate.
-    fn roles_to_check(&self, now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>>;
+    fn roles_to_check(&self) -> StoreFuture<'_, Vec<(UserId, String)>>;
 
     /// The duplicate guard: records the first occurrence of `hash` for
     /// `author.user` for `window_ms`, atomically: `first` if it was not
     /// recorded (or its window ran out), `duplicate` otherwise. A stale
-    /// `fence` fails with [`StoreError::StaleEpoch`](crate::store::StoreError::StaleEpoch) and records nothing.
+    /// `fence` fails with
+    /// [`StoreError::StaleEpoch`](super::StoreError::StaleEpoch) and records
+    /// nothing.
     fn guard(
         &self,
         author: DeviceIdentity,
         hash: [u8; 32],
         window_ms: u64,
         fence: Option<RoleFence>,
-        now_ms: u64,
     ) -> StoreFuture<'_, GuardVerdict>;
 
     /// Deletes guard records whose window ran out; returns how many.
-    fn sweep_guards(&self, now_ms: u64) -> StoreFuture<'_, u64>;
+    fn sweep_guards(&self) -> StoreFuture<'_, u64>;
 }

@@ -549,7 +549,7 @@ impl FeedStore for PostgresStore {
 }
 
 impl CoordinationStore for PostgresStore {
-    fn devices_of(&self, user: UserId, _now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
+    fn devices_of(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceInfo>> {
         Box::pin(async move {
             self.read(move |c| Box::pin(async move { coordination::devices_of(c, &user).await }))
                 .await
@@ -586,7 +586,6 @@ impl CoordinationStore for PostgresStore {
         &self,
         spaces: Vec<HintedSpace>,
         min_interval_ms: u64,
-        _now_ms: u64,
     ) -> StoreFuture<'_, HintClaim> {
         Box::pin(async move {
             self.write(move |w| {
@@ -604,7 +603,6 @@ impl CoordinationStore for PostgresStore {
         instance: String,
         stamp: PresenceStamp,
         leases: Leases,
-        _now_ms: u64,
     ) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.write(move |w| {
@@ -621,7 +619,6 @@ impl CoordinationStore for PostgresStore {
         &self,
         instance: String,
         device: DeviceIdentity,
-        _now_ms: u64,
     ) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.write(move |w| {
@@ -639,7 +636,6 @@ impl CoordinationStore for PostgresStore {
         instance: String,
         stamps: Vec<PresenceStamp>,
         leases: Leases,
-        _now_ms: u64,
     ) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             self.write(move |w| {
@@ -658,7 +654,6 @@ impl CoordinationStore for PostgresStore {
         role: String,
         request: RoleRequest,
         leases: Leases,
-        _now_ms: u64,
     ) -> StoreFuture<'_, RoleChange> {
         Box::pin(async move {
             self.write(move |w| {
@@ -678,7 +673,7 @@ impl CoordinationStore for PostgresStore {
         })
     }
 
-    fn roles_to_check(&self, _now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>> {
+    fn roles_to_check(&self) -> StoreFuture<'_, Vec<(UserId, String)>> {
         Box::pin(async move {
             self.read(move |c| Box::pin(async move { coordination::roles_to_check(c).await }))
                 .await
@@ -691,7 +686,6 @@ impl CoordinationStore for PostgresStore {
         hash: [u8; 32],
         window_ms: u64,
         fence: Option<RoleFence>,
-        _now_ms: u64,
     ) -> StoreFuture<'_, GuardVerdict> {
         Box::pin(async move {
             self.write(move |w| {
@@ -704,7 +698,7 @@ impl CoordinationStore for PostgresStore {
         })
     }
 
-    fn sweep_guards(&self, _now_ms: u64) -> StoreFuture<'_, u64> {
+    fn sweep_guards(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.write(move |w| Box::pin(async move { coordination::sweep_guards(w).await }))
                 .await

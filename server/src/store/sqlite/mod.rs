@@ -73,6 +73,13 @@ struct Inner {
     read_permits: Semaphore,
 }
 
+/// The store's clock (see [`crate::store::coordination`]): this process's,
+/// the only one on the database. Coordination reads it where its
+/// transaction runs (on the writer thread, or on a reader).
+fn clock() -> u64 {
+    crate::state::now_ms()
+}
+
 fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -224,7 +231,7 @@ impl AuthStore for SqliteStore {
         Box::pin(
             self.inner
                 .writer
-                .write(move |ctx| writes::revoke_device(ctx, &device, crate::state::now_ms())),
+                .write(move |ctx| writes::revoke_device(ctx, &device, clock())),
         )
     }
 
@@ -314,14 +321,16 @@ impl FeedStore for SqliteStore {
 }
 
 impl CoordinationStore for SqliteStore {
-    fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
-        Box::pin(self.read(move |conn| coordination::devices_of(conn, &user, now_ms)))
+    fn devices_of(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceInfo>> {
+        Box::pin(self.read(move |conn| coordination::devices_of(conn, &user, clock())))
     }
 
     fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
-        Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::rename_device(ctx, &device, &name, crate::state::now_ms())
-        }))
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| coordination::rename_device(ctx, &device, &name, clock())),
+        )
     }
 
     fn set_push_token(
@@ -340,10 +349,9 @@ impl CoordinationStore for SqliteStore {
         &self,
         spaces: Vec<HintedSpace>,
         min_interval_ms: u64,
-        now_ms: u64,
     ) -> StoreFuture<'_, HintClaim> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::claim_push_hints(ctx, &spaces, min_interval_ms, now_ms)
+            coordination::claim_push_hints(ctx, &spaces, min_interval_ms, clock())
         }))
     }
 
@@ -352,10 +360,9 @@ impl CoordinationStore for SqliteStore {
         instance: String,
         stamp: PresenceStamp,
         leases: Leases,
-        now_ms: u64,
     ) -> StoreFuture<'_, ()> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::presence_connected(ctx, &instance, &stamp, leases, now_ms)
+            coordination::presence_connected(ctx, &instance, &stamp, leases, clock())
         }))
     }
 
@@ -363,13 +370,10 @@ impl CoordinationStore for SqliteStore {
         &self,
         instance: String,
         device: DeviceIdentity,
-        now_ms: u64,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(
-            self.inner.writer.write(move |ctx| {
-                coordination::presence_disconnected(ctx, &instance, &device, now_ms)
-            }),
-        )
+        Box::pin(self.inner.writer.write(move |ctx| {
+            coordination::presence_disconnected(ctx, &instance, &device, clock())
+        }))
     }
 
     fn presence_heartbeat(
@@ -377,10 +381,9 @@ impl CoordinationStore for SqliteStore {
         instance: String,
         stamps: Vec<PresenceStamp>,
         leases: Leases,
-        now_ms: u64,
     ) -> StoreFuture<'_, ()> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::presence_heartbeat(ctx, &instance, &stamps, leases, now_ms)
+            coordination::presence_heartbeat(ctx, &instance, &stamps, leases, clock())
         }))
     }
 
@@ -390,10 +393,9 @@ impl CoordinationStore for SqliteStore {
         role: String,
         request: RoleRequest,
         leases: Leases,
-        now_ms: u64,
     ) -> StoreFuture<'_, RoleChange> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::change_role(ctx, &actor, &role, &request, leases, now_ms)
+            coordination::change_role(ctx, &actor, &role, &request, leases, clock())
         }))
     }
 
@@ -401,8 +403,8 @@ impl CoordinationStore for SqliteStore {
         Box::pin(self.read(move |conn| coordination::roles_of(conn, &user)))
     }
 
-    fn roles_to_check(&self, now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>> {
-        Box::pin(self.read(move |conn| coordination::roles_to_check(conn, now_ms)))
+    fn roles_to_check(&self) -> StoreFuture<'_, Vec<(UserId, String)>> {
+        Box::pin(self.read(move |conn| coordination::roles_to_check(conn, clock())))
     }
 
     fn guard(
@@ -411,18 +413,17 @@ impl CoordinationStore for SqliteStore {
         hash: [u8; 32],
         window_ms: u64,
         fence: Option<RoleFence>,
-        now_ms: u64,
     ) -> StoreFuture<'_, GuardVerdict> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::guard(ctx, &author, &hash, window_ms, fence.as_ref(), now_ms)
+            coordination::guard(ctx, &author, &hash, window_ms, fence.as_ref(), clock())
         }))
     }
 
-    fn sweep_guards(&self, now_ms: u64) -> StoreFuture<'_, u64> {
+    fn sweep_guards(&self) -> StoreFuture<'_, u64> {
         Box::pin(
             self.inner
                 .writer
-                .write(move |ctx| coordination::sweep_guards(ctx, now_ms)),
+                .write(move |ctx| coordination::sweep_guards(ctx, clock())),
         )
     }
 }

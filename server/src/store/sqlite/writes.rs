@@ -125,7 +125,7 @@ pub fn register_device(
         params![personal.as_str(), id.user.as_str()],
     )
     .map_err(backend)?;
-    super::coordination::announce_devices(ctx, &id.user, now_ms)?;
+    super::coordination::announce_devices(ctx, &id.user, super::clock())?;
     Ok(())
 }
 
@@ -380,7 +380,7 @@ fn push_one(
     let outcome = if !is_member(tx, &m.space, &author.user)? {
         apply::not_a_member(m)
     } else if let Some(fence) = &m.fence
-        && !super::coordination::fence_holds(tx, author, fence, now_ms)?
+        && !super::coordination::fence_holds(tx, author, fence, super::clock())?
     {
         apply::stale_fence(fence)
     } else {
