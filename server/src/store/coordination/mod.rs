@@ -28,6 +28,9 @@
 //!   and [`HintedSpace::told_after_ms`] (which `crate::push_hints` pads for
 //!   a database clock behind its own).
 
+pub(crate) mod seam;
+pub(crate) mod transactions;
+
 use tandem_protocol::api::PushToken;
 use tandem_protocol::wire::{DeviceInfo, GuardVerdict, RoleState};
 use tandem_protocol::{DeviceId, RoleFence, SpaceId, UserId};

@@ -58,7 +58,10 @@ use tokio_postgres::error::SqlState;
 use tracing::warn;
 
 use self::announce::Announcer;
+use self::coordination::{PgReads, PgTx};
 use self::pushes::PushQueue;
+use super::coordination::seam::CoordinationTx;
+use super::coordination::transactions;
 use super::{
     AuthStore, ChangePage, CommitListener, CompactionReport, CompactionRule, CoordinationStore,
     DeviceIdentity, DeviceRegistration, FeedPosition, FeedStore, NewCredentials, PageLimit,
@@ -155,6 +158,15 @@ impl From<tokio_postgres::Error> for TxError {
             TxError::Retry(e.to_string())
         } else {
             TxError::Fail(pg_error(e))
+        }
+    }
+}
+
+impl From<TxError> for StoreError {
+    fn from(e: TxError) -> StoreError {
+        match e {
+            TxError::Retry(why) => StoreError::Backend(why),
+            TxError::Fail(e) => e,
         }
     }
 }
@@ -550,20 +562,18 @@ impl FeedStore for PostgresStore {
 
 impl CoordinationStore for PostgresStore {
     fn devices_of(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceInfo>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { coordination::devices_of(c, &user).await }))
-                .await
-        })
+        Box::pin(
+            self.read(move |c| Box::pin(async move { coordination::devices_of(c, &user).await })),
+        )
     }
 
     fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (device, name) = (device.clone(), name.clone());
-                Box::pin(async move { coordination::rename_device(w, &device, &name).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let (device, name) = (device.clone(), name.clone());
+            Box::pin(
+                async move { transactions::rename_device(&mut PgTx::new(w), &device, &name).await },
+            )
+        }))
     }
 
     fn set_push_token(
@@ -571,15 +581,10 @@ impl CoordinationStore for PostgresStore {
         device: DeviceIdentity,
         token: Option<PushToken>,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (device, token) = (device.clone(), token.clone());
-                Box::pin(
-                    async move { coordination::set_push_token(w, &device, token.as_ref()).await },
-                )
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let (device, token) = (device.clone(), token.clone());
+            Box::pin(async move { PgTx::new(w).set_push_token(&device, token.as_ref()).await })
+        }))
     }
 
     fn claim_push_hints(
@@ -587,15 +592,12 @@ impl CoordinationStore for PostgresStore {
         spaces: Vec<HintedSpace>,
         min_interval_ms: u64,
     ) -> StoreFuture<'_, HintClaim> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let spaces = spaces.clone();
-                Box::pin(async move {
-                    coordination::claim_push_hints(w, &spaces, min_interval_ms).await
-                })
+        Box::pin(self.write(move |w| {
+            let spaces = spaces.clone();
+            Box::pin(async move {
+                transactions::claim_push_hints(&mut PgTx::new(w), &spaces, min_interval_ms).await
             })
-            .await
-        })
+        }))
     }
 
     fn presence_connected(
@@ -604,15 +606,12 @@ impl CoordinationStore for PostgresStore {
         stamp: PresenceStamp,
         leases: Leases,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (instance, stamp) = (instance.clone(), stamp.clone());
-                Box::pin(async move {
-                    coordination::presence_connected(w, &instance, &stamp, leases).await
-                })
+        Box::pin(self.write(move |w| {
+            let (instance, stamp) = (instance.clone(), stamp.clone());
+            Box::pin(async move {
+                transactions::presence_connected(&mut PgTx::new(w), &instance, &stamp, leases).await
             })
-            .await
-        })
+        }))
     }
 
     fn presence_disconnected(
@@ -620,15 +619,12 @@ impl CoordinationStore for PostgresStore {
         instance: String,
         device: DeviceIdentity,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (instance, device) = (instance.clone(), device.clone());
-                Box::pin(
-                    async move { coordination::presence_disconnected(w, &instance, &device).await },
-                )
+        Box::pin(self.write(move |w| {
+            let (instance, device) = (instance.clone(), device.clone());
+            Box::pin(async move {
+                transactions::presence_disconnected(&mut PgTx::new(w), &instance, &device).await
             })
-            .await
-        })
+        }))
     }
 
     fn presence_heartbeat(
@@ -637,15 +633,13 @@ impl CoordinationStore for PostgresStore {
         stamps: Vec<PresenceStamp>,
         leases: Leases,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (instance, stamps) = (instance.clone(), stamps.clone());
-                Box::pin(async move {
-                    coordination::presence_heartbeat(w, &instance, &stamps, leases).await
-                })
+        Box::pin(self.write(move |w| {
+            let (instance, stamps) = (instance.clone(), stamps.clone());
+            Box::pin(async move {
+                transactions::presence_heartbeat(&mut PgTx::new(w), &instance, &stamps, leases)
+                    .await
             })
-            .await
-        })
+        }))
     }
 
     fn change_role(
@@ -655,29 +649,24 @@ impl CoordinationStore for PostgresStore {
         request: RoleRequest,
         leases: Leases,
     ) -> StoreFuture<'_, RoleChange> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (actor, role, request) = (actor.clone(), role.clone(), request.clone());
-                Box::pin(async move {
-                    coordination::change_role(w, &actor, &role, &request, leases).await
-                })
+        Box::pin(self.write(move |w| {
+            let (actor, role, request) = (actor.clone(), role.clone(), request.clone());
+            Box::pin(async move {
+                transactions::change_role(&mut PgTx::new(w), &actor, &role, &request, leases).await
             })
-            .await
-        })
+        }))
     }
 
     fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { coordination::roles_of(c, &user).await }))
-                .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { Ok(transactions::roles_of(&PgReads::new(c), &user).await?) })
+        }))
     }
 
     fn roles_to_check(&self) -> StoreFuture<'_, Vec<(UserId, String)>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { coordination::roles_to_check(c).await }))
-                .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { Ok(transactions::roles_to_check(&PgReads::new(c)).await?) })
+        }))
     }
 
     fn guard(
@@ -687,22 +676,19 @@ impl CoordinationStore for PostgresStore {
         window_ms: u64,
         fence: Option<RoleFence>,
     ) -> StoreFuture<'_, GuardVerdict> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (author, fence) = (author.clone(), fence.clone());
-                Box::pin(async move {
-                    coordination::guard(w, &author, &hash, window_ms, fence.as_ref()).await
-                })
+        Box::pin(self.write(move |w| {
+            let (author, fence) = (author.clone(), fence.clone());
+            Box::pin(async move {
+                transactions::guard(&mut PgTx::new(w), &author, &hash, window_ms, fence.as_ref())
+                    .await
             })
-            .await
-        })
+        }))
     }
 
     fn sweep_guards(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            self.write(move |w| Box::pin(async move { coordination::sweep_guards(w).await }))
-                .await
-        })
+        Box::pin(self.write(move |w| {
+            Box::pin(async move { transactions::sweep_guards(&mut PgTx::new(w)).await })
+        }))
     }
 }
 

@@ -9,9 +9,11 @@ use deadpool_postgres::GenericClient;
 use tandem_protocol::api::SpaceMembers;
 use tandem_protocol::{SpaceId, UserId};
 
+use super::coordination::PgTx;
 use super::reads::{self, int, is_member, members_of, not_a_member, spaces_of_user};
 use super::{TxError, WriteTx};
 use crate::auth::TokenHash;
+use crate::store::coordination::transactions;
 use crate::store::{
     CompactionReport, CompactionRule, DeviceIdentity, DeviceRegistration, NewCredentials,
     RefreshOutcome, StoreError, StoreEvent,
@@ -63,6 +65,18 @@ async fn delete_credentials(w: &WriteTx<'_>, device: &DeviceIdentity) -> Result<
     Ok(())
 }
 
+/// Whether the device was revoked.
+async fn is_revoked(w: &WriteTx<'_>, device: &DeviceIdentity) -> Result<bool, TxError> {
+    Ok(w.tx
+        .query_opt(
+            "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2
+             AND revoked_at IS NOT NULL",
+            &[&device.user.as_str(), &device.device.as_str()],
+        )
+        .await?
+        .is_some())
+}
+
 /// Registers a device (see [`crate::store::AuthStore::register_device`]).
 pub(crate) async fn register_device(
     w: &mut WriteTx<'_>,
@@ -72,7 +86,7 @@ pub(crate) async fn register_device(
     now_ms: u64,
 ) -> Result<(), TxError> {
     let id = &reg.identity;
-    if super::coordination::is_revoked(&w.tx, id).await? {
+    if is_revoked(w, id).await? {
         return Err(StoreError::Revoked(format!(
             "device {} was revoked; a revoked device cannot register again",
             id.device
@@ -124,8 +138,7 @@ pub(crate) async fn register_device(
         &[&personal.as_str(), &id.user.as_str()],
     )
     .await?;
-    super::coordination::announce_devices(w, &id.user).await?;
-    Ok(())
+    transactions::announce_devices(&mut PgTx::new(w), &id.user).await
 }
 
 /// Spends a refresh token (see [`crate::store::AuthStore::refresh_credentials`]).
@@ -177,7 +190,7 @@ pub(crate) async fn revoke_device(
     device: &DeviceIdentity,
 ) -> Result<(), TxError> {
     delete_credentials(w, device).await?;
-    super::coordination::retire_device(w, device).await?;
+    transactions::retire_device(&mut PgTx::new(w), device).await?;
     w.announce(StoreEvent::DeviceRevoked(device.clone()));
     Ok(())
 }

@@ -28,7 +28,10 @@ use tracing::warn;
 
 pub use migrations::CURRENT_SCHEMA;
 
+use self::coordination::{SqliteReads, SqliteTx, ready};
 use self::writer::{WriterHandle, backend};
+use super::coordination::seam::CoordinationTx;
+use super::coordination::transactions;
 use super::{
     AuthStore, ChangePage, CommitListener, CompactionReport, CompactionRule, CoordinationStore,
     DeviceIdentity, DeviceRegistration, FeedPosition, FeedStore, NewCredentials, PageLimit,
@@ -231,7 +234,7 @@ impl AuthStore for SqliteStore {
         Box::pin(
             self.inner
                 .writer
-                .write(move |ctx| writes::revoke_device(ctx, &device, clock())),
+                .write(move |ctx| writes::revoke_device(ctx, &device)),
         )
     }
 
@@ -322,15 +325,19 @@ impl FeedStore for SqliteStore {
 
 impl CoordinationStore for SqliteStore {
     fn devices_of(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceInfo>> {
-        Box::pin(self.read(move |conn| coordination::devices_of(conn, &user, clock())))
+        Box::pin(
+            self.read(move |conn| ready(transactions::devices_of(&SqliteReads::new(conn), &user))),
+        )
     }
 
     fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| coordination::rename_device(ctx, &device, &name, clock())),
-        )
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::rename_device(
+                &mut SqliteTx::new(ctx),
+                &device,
+                &name,
+            ))
+        }))
     }
 
     fn set_push_token(
@@ -339,9 +346,9 @@ impl CoordinationStore for SqliteStore {
         token: Option<PushToken>,
     ) -> StoreFuture<'_, ()> {
         Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| coordination::set_push_token(ctx, &device, token.as_ref())),
+            self.inner.writer.write(move |ctx| {
+                ready(SqliteTx::new(ctx).set_push_token(&device, token.as_ref()))
+            }),
         )
     }
 
@@ -351,7 +358,11 @@ impl CoordinationStore for SqliteStore {
         min_interval_ms: u64,
     ) -> StoreFuture<'_, HintClaim> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::claim_push_hints(ctx, &spaces, min_interval_ms, clock())
+            ready(transactions::claim_push_hints(
+                &mut SqliteTx::new(ctx),
+                &spaces,
+                min_interval_ms,
+            ))
         }))
     }
 
@@ -362,7 +373,12 @@ impl CoordinationStore for SqliteStore {
         leases: Leases,
     ) -> StoreFuture<'_, ()> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::presence_connected(ctx, &instance, &stamp, leases, clock())
+            ready(transactions::presence_connected(
+                &mut SqliteTx::new(ctx),
+                &instance,
+                &stamp,
+                leases,
+            ))
         }))
     }
 
@@ -372,7 +388,11 @@ impl CoordinationStore for SqliteStore {
         device: DeviceIdentity,
     ) -> StoreFuture<'_, ()> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::presence_disconnected(ctx, &instance, &device, clock())
+            ready(transactions::presence_disconnected(
+                &mut SqliteTx::new(ctx),
+                &instance,
+                &device,
+            ))
         }))
     }
 
@@ -383,7 +403,12 @@ impl CoordinationStore for SqliteStore {
         leases: Leases,
     ) -> StoreFuture<'_, ()> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::presence_heartbeat(ctx, &instance, &stamps, leases, clock())
+            ready(transactions::presence_heartbeat(
+                &mut SqliteTx::new(ctx),
+                &instance,
+                &stamps,
+                leases,
+            ))
         }))
     }
 
@@ -395,16 +420,26 @@ impl CoordinationStore for SqliteStore {
         leases: Leases,
     ) -> StoreFuture<'_, RoleChange> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::change_role(ctx, &actor, &role, &request, leases, clock())
+            ready(transactions::change_role(
+                &mut SqliteTx::new(ctx),
+                &actor,
+                &role,
+                &request,
+                leases,
+            ))
         }))
     }
 
     fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
-        Box::pin(self.read(move |conn| coordination::roles_of(conn, &user)))
+        Box::pin(
+            self.read(move |conn| ready(transactions::roles_of(&SqliteReads::new(conn), &user))),
+        )
     }
 
     fn roles_to_check(&self) -> StoreFuture<'_, Vec<(UserId, String)>> {
-        Box::pin(self.read(move |conn| coordination::roles_to_check(conn, clock())))
+        Box::pin(
+            self.read(move |conn| ready(transactions::roles_to_check(&SqliteReads::new(conn)))),
+        )
     }
 
     fn guard(
@@ -415,7 +450,13 @@ impl CoordinationStore for SqliteStore {
         fence: Option<RoleFence>,
     ) -> StoreFuture<'_, GuardVerdict> {
         Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::guard(ctx, &author, &hash, window_ms, fence.as_ref(), clock())
+            ready(transactions::guard(
+                &mut SqliteTx::new(ctx),
+                &author,
+                &hash,
+                window_ms,
+                fence.as_ref(),
+            ))
         }))
     }
 
@@ -423,7 +464,7 @@ impl CoordinationStore for SqliteStore {
         Box::pin(
             self.inner
                 .writer
-                .write(move |ctx| coordination::sweep_guards(ctx, clock())),
+                .write(move |ctx| ready(transactions::sweep_guards(&mut SqliteTx::new(ctx)))),
         )
     }
 }
