@@ -76,6 +76,7 @@ macro_rules! store_conformance_tests {
             data_survives_a_reopen,
             a_closed_store_refuses_work,
             roles_move_with_claims_releases_and_lost_holders,
+            a_role_exists_from_its_first_claim,
             fences_admit_only_the_holder_at_its_epoch,
             guards_answer_first_once_per_window,
             the_registry_follows_presence_renames_and_revocation,
@@ -1513,6 +1514,47 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
     let roles = store.roles_of(user("alice")).await.expect("roles");
     assert_eq!(roles.len(), 1);
     assert_eq!(roles[0].epoch, 5, "the epoch survives a reopen");
+    store.close().await.expect("close");
+}
+
+/// A role exists from its first claim: before it, a release or a check
+/// changes nothing and leaves no row, and there is no holder to renew or
+/// hand off.
+pub async fn a_role_exists_from_its_first_claim(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let phone = device("alice", "phone");
+    let tablet = device("alice", "tablet");
+    register(store.as_ref(), &phone, "p").await;
+    register(store.as_ref(), &tablet, "t").await;
+    connect(store.as_ref(), &phone).await;
+    connect(store.as_ref(), &tablet).await;
+    for request in [RoleRequest::Release, RoleRequest::Check] {
+        let change = role(store.as_ref(), &phone, request).await.expect("answer");
+        assert_eq!(
+            (holder(&change), change.state.epoch, change.changed),
+            (None, 0, false)
+        );
+    }
+    for request in [
+        RoleRequest::Renew { epoch: 0 },
+        RoleRequest::Handoff {
+            to: tablet.device.clone(),
+        },
+    ] {
+        let refused = role(store.as_ref(), &phone, request).await;
+        assert!(
+            matches!(refused, Err(StoreError::StaleEpoch(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.roles_of(user("alice")).await.expect("roles"), vec![]);
+    assert!(store.roles_to_check().await.expect("due").is_empty());
+    let claimed = role(store.as_ref(), &tablet, RoleRequest::Claim { priority: 0 })
+        .await
+        .expect("claim");
+    assert_eq!((holder(&claimed), claimed.state.epoch), (Some("tablet"), 1));
+    let roles = store.roles_of(user("alice")).await.expect("roles");
+    assert_eq!(roles, vec![claimed.state]);
     store.close().await.expect("close");
 }
 
