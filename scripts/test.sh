@@ -43,9 +43,9 @@ rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup targe
 cargo check --locked -p tandem-protocol --target wasm32-unknown-unknown
 
 # ---- PostgreSQL --------------------------------------------------------------
-# The PostgreSQL store's tests (server/tests/postgres_*.rs: the conformance
-# suite, several instances on one database, two server processes with one
-# killed) run in `cargo test` below against the database named by
+# The PostgreSQL store's tests (server/tests/integration/postgres_*.rs: the
+# conformance suite, several instances on one database, two server processes
+# with one killed) run in `cargo test` below against the database named by
 # TANDEM_TEST_POSTGRES_URL. Unless the caller gave one, a throwaway cluster
 # is started here (scripts/pg-cluster.sh) and removed on exit, also on
 # failure. PostgreSQL is installed from Debian's packages when missing.

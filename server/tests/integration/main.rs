@@ -4,6 +4,8 @@
 //! `scripts/test.sh`). Run one module with a filter, e.g.
 //! `cargo test -p tandem-server --test integration postgres_instances::`.
 
+#![allow(clippy::unwrap_used)]
+
 mod postgres_conformance;
 mod postgres_coordination;
 mod postgres_failover;

@@ -5,8 +5,6 @@
 //! running out so that their roles move on. Each test runs on a schema of
 //! its own in the database named by `TANDEM_TEST_POSTGRES_URL`.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

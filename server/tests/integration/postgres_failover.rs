@@ -11,8 +11,6 @@
 //! once, the revisions have no gap, and every device's replica matches the
 //! feed.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

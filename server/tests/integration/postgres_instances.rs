@@ -3,8 +3,6 @@
 //! reconnection, and the schema migrations. Each test runs on a schema of
 //! its own in the database named by `TANDEM_TEST_POSTGRES_URL`.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
