@@ -11,4 +11,5 @@ mod postgres_coordination;
 mod postgres_failover;
 mod postgres_instances;
 mod postgres_limits;
+mod session_logs;
 mod sqlite_conformance;
