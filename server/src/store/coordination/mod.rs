@@ -24,9 +24,15 @@
 //!   that process's clock; PostgreSQL reads the database's
 //!   (`clock_timestamp()`), the one clock every instance shares, so two
 //!   instances agree on whether a lease ran out. What callers pass in are
-//!   their own observations, stored as given: [`PresenceStamp::last_active`]
-//!   and [`HintedSpace::told_after_ms`] (which `crate::push_hints` pads for
-//!   a database clock behind its own).
+//!   their own observations: [`PresenceStamp::last_active`], stored as
+//!   given, and [`HintedSpace::told_after_ms`], compared with the store's
+//!   hint times (`crate::push_hints` pads it for a database clock behind
+//!   its own).
+//!
+//! Each request is written once, for every backend, in `transactions`: the
+//! work of one transaction over the primitive reads and writes of `seam`,
+//! which each backend implements in its own SQL
+//! (`store/{sqlite,postgres}/coordination.rs`).
 
 pub(crate) mod seam;
 pub(crate) mod transactions;

@@ -35,7 +35,10 @@
 //! [`WriteTx`] (or a read of a client) in [`writes`] or [`reads`]; events it
 //! pushes on the `WriteTx` are announced everywhere after the commit, and
 //! [`PostgresStore::write`] retries it on a serialization failure or
-//! deadlock. Then add one line to the [`Store`] implementation.
+//! deadlock. Then add one line to the implementation of the store's part
+//! it belongs to ([`AuthStore`] or [`FeedStore`]). A coordination operation
+//! is written once for both stores, in `store::coordination::transactions`,
+//! over the seam that `coordination` implements here.
 
 mod announce;
 mod coordination;
