@@ -401,15 +401,12 @@ impl AuthStore for PostgresStore {
         max_devices: usize,
         now_ms: u64,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let device = device.clone();
-                Box::pin(async move {
-                    writes::register_device(w, &device, &credentials, max_devices, now_ms).await
-                })
+        Box::pin(self.write(move |w| {
+            let device = device.clone();
+            Box::pin(async move {
+                writes::register_device(w, &device, &credentials, max_devices, now_ms).await
             })
-            .await
-        })
+        }))
     }
 
     fn device_for_access_token(
@@ -417,12 +414,9 @@ impl AuthStore for PostgresStore {
         access: TokenHash,
         now_ms: u64,
     ) -> StoreFuture<'_, Option<DeviceIdentity>> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::device_for_access_token(c, &access, now_ms).await })
-            })
-            .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { reads::device_for_access_token(c, &access, now_ms).await })
+        }))
     }
 
     fn refresh_credentials(
@@ -431,35 +425,24 @@ impl AuthStore for PostgresStore {
         next: NewCredentials,
         now_ms: u64,
     ) -> StoreFuture<'_, RefreshOutcome> {
-        Box::pin(async move {
-            self.write(move |w| {
-                Box::pin(
-                    async move { writes::refresh_credentials(w, &presented, &next, now_ms).await },
-                )
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            Box::pin(async move { writes::refresh_credentials(w, &presented, &next, now_ms).await })
+        }))
     }
 
     fn revoke_device(&self, device: DeviceIdentity) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let device = device.clone();
-                Box::pin(async move { writes::revoke_device(w, &device).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let device = device.clone();
+            Box::pin(async move { writes::revoke_device(w, &device).await })
+        }))
     }
 
     fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let owner = owner.clone();
-                let space = space.clone();
-                Box::pin(async move { writes::create_space(w, &owner, &space).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let owner = owner.clone();
+            let space = space.clone();
+            Box::pin(async move { writes::create_space(w, &owner, &space).await })
+        }))
     }
 
     fn add_member(
@@ -468,15 +451,12 @@ impl AuthStore for PostgresStore {
         space: SpaceId,
         member: UserId,
     ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let actor = actor.clone();
-                let space = space.clone();
-                let member = member.clone();
-                Box::pin(async move { writes::add_member(w, &actor, &space, &member).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let actor = actor.clone();
+            let space = space.clone();
+            let member = member.clone();
+            Box::pin(async move { writes::add_member(w, &actor, &space, &member).await })
+        }))
     }
 
     fn remove_member(
@@ -485,31 +465,24 @@ impl AuthStore for PostgresStore {
         space: SpaceId,
         member: UserId,
     ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let actor = actor.clone();
-                let space = space.clone();
-                let member = member.clone();
-                Box::pin(async move { writes::remove_member(w, &actor, &space, &member).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let actor = actor.clone();
+            let space = space.clone();
+            let member = member.clone();
+            Box::pin(async move { writes::remove_member(w, &actor, &space, &member).await })
+        }))
     }
 
     fn spaces_of(&self, user: UserId) -> StoreFuture<'_, Vec<SpaceSummary>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { reads::spaces_of_user(c, &user).await }))
-                .await
-        })
+        Box::pin(self.read(move |c| Box::pin(async move { reads::spaces_of_user(c, &user).await })))
     }
 
     fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
+        Box::pin(
             self.read(move |c| {
                 Box::pin(async move { reads::space_members(c, &actor, &space).await })
-            })
-            .await
-        })
+            }),
+        )
     }
 }
 
@@ -533,12 +506,9 @@ impl FeedStore for PostgresStore {
         after: u64,
         limit: PageLimit,
     ) -> StoreFuture<'_, ChangePage> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::read_changes(c, &reader, &space, after, limit).await })
-            })
-            .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { reads::read_changes(c, &reader, &space, after, limit).await })
+        }))
     }
 
     fn feed_positions(
@@ -546,20 +516,16 @@ impl FeedStore for PostgresStore {
         reader: UserId,
         spaces: Vec<SpaceId>,
     ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::feed_positions(c, &reader, &spaces).await })
-            })
-            .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { reads::feed_positions(c, &reader, &spaces).await })
+        }))
     }
 
     fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport> {
         let lock = self.inner.compaction_lock;
-        Box::pin(async move {
-            self.write(move |w| Box::pin(async move { writes::compact(w, &rule, lock).await }))
-                .await
-        })
+        Box::pin(
+            self.write(move |w| Box::pin(async move { writes::compact(w, &rule, lock).await })),
+        )
     }
 }
 
