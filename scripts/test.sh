@@ -51,9 +51,9 @@ cargo check --locked -p tandem-core --no-default-features --target wasm32-unknow
 cargo clippy --locked -p tandem-core --no-default-features --all-targets -- -D warnings
 
 # ---- PostgreSQL --------------------------------------------------------------
-# The PostgreSQL store's tests (server/tests/postgres_*.rs: the conformance
-# suite, several instances on one database, two server processes with one
-# killed) run in `cargo test` below against the database named by
+# The PostgreSQL store's tests (server/tests/integration/postgres_*.rs: the
+# conformance suite, several instances on one database, two server processes
+# with one killed) run in `cargo test` below against the database named by
 # TANDEM_TEST_POSTGRES_URL. Unless the caller gave one, a throwaway cluster
 # is started here (scripts/pg-cluster.sh) and removed on exit, also on
 # failure. PostgreSQL is installed from Debian's packages when missing.

@@ -101,7 +101,7 @@ pub async fn connected(state: &ServerState, device: &DeviceIdentity) {
         let leases = leases(&state.config.coordination);
         if let Err(e) = state
             .store
-            .presence_connected(state.presence.instance.clone(), stamp, leases, now)
+            .presence_connected(state.presence.instance.clone(), stamp, leases)
             .await
         {
             warn!(error = %e, "stamping a device's presence failed");
@@ -130,7 +130,7 @@ pub async fn disconnected(state: &ServerState, device: &DeviceIdentity) {
     }
     let store = &state.store;
     if let Err(e) = store
-        .presence_disconnected(state.presence.instance.clone(), device.clone(), now_ms())
+        .presence_disconnected(state.presence.instance.clone(), device.clone())
         .await
     {
         warn!(error = %e, "removing a device's presence failed");
@@ -153,13 +153,7 @@ async fn check(state: &ServerState, actor: &DeviceIdentity, role: String) {
     let leases = leases(&state.config.coordination);
     match state
         .store
-        .change_role(
-            actor.clone(),
-            role.clone(),
-            RoleRequest::Check,
-            leases,
-            now_ms(),
-        )
+        .change_role(actor.clone(), role.clone(), RoleRequest::Check, leases)
         .await
     {
         Ok(change) if change.changed => {
@@ -184,7 +178,7 @@ pub async fn run(state: Arc<ServerState>) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = roles.tick() => {
-                match state.store.roles_to_check(now_ms()).await {
+                match state.store.roles_to_check().await {
                     Ok(due) => {
                         for (user, role) in due {
                             // The actor of a check is nobody in particular;
@@ -207,7 +201,6 @@ pub async fn run(state: Arc<ServerState>) {
                         state.presence.instance.clone(),
                         stamps,
                         leases(&config),
-                        now_ms(),
                     )
                     .await
                 {
@@ -215,7 +208,7 @@ pub async fn run(state: Arc<ServerState>) {
                 }
             }
             _ = sweep.tick() => {
-                if let Err(e) = state.store.sweep_guards(now_ms()).await {
+                if let Err(e) = state.store.sweep_guards().await {
                     debug!(error = %e, "sweeping guards failed");
                 }
             }

@@ -21,7 +21,7 @@ use tandem_protocol::wire::Changes;
 use tandem_protocol::{SpaceId, UserId};
 use tracing::warn;
 
-use crate::store::{ChangePage, PageLimit, Store, StoreError};
+use crate::store::{ChangePage, FeedStore, PageLimit, StoreError};
 
 /// One page and where the feed goes next.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ pub fn page_limit(space: &SpaceId, page_size: usize, max_frame_bytes: usize) -> 
 /// from 0 after a reset; a cursor that turns out not to be resumable restarts
 /// the feed from 0 with `reset` set.
 pub async fn read_page(
-    store: &dyn Store,
+    store: &dyn FeedStore,
     reader: &UserId,
     space: &SpaceId,
     after: u64,

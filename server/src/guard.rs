@@ -6,7 +6,7 @@
 //! and trailing whitespace removed, Unicode NFC, every run of whitespace
 //! inside as one space. The hash is SHA-256 over the scope, a zero byte and
 //! the normalized content, so equal content in two scopes does not collide.
-//! The store keeps one row per (user, hash) (see [`crate::store::Store::guard`]).
+//! The store keeps one row per (user, hash) (see [`crate::store::CoordinationStore::guard`]).
 
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;

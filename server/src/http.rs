@@ -24,7 +24,7 @@ use tandem_protocol::api::{
 };
 use tandem_protocol::wire::Ack;
 use tandem_protocol::{ClientMessage, ErrorCode, ServerMessage, SpaceId, UserId};
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 use crate::auth::{hash_token, new_access_token, new_refresh_token};
 use crate::feed;
@@ -608,6 +608,9 @@ async fn sync(
     };
     let limit = state.config.limits.max_frame_bytes;
     let sessions = state.sessions.clone();
+    // The session runs on a task of its own after the upgrade: it keeps the
+    // connection's span, so its lines still name the connection.
+    let connection = tracing::Span::current();
     Ok(upgrade
         // tungstenite zeroes its whole read buffer before every read; the
         // 128 KiB default made that memset the hottest function under load.
@@ -616,10 +619,13 @@ async fn sync(
         .max_frame_size(limit)
         .max_message_size(limit)
         .on_upgrade(move |socket| {
-            sessions.track_future(async move {
-                session::run(state, identity, socket).await;
-                drop(slot);
-            })
+            sessions.track_future(
+                async move {
+                    session::run(state, identity, socket).await;
+                    drop(slot);
+                }
+                .instrument(connection),
+            )
         }))
 }
 
@@ -629,7 +635,7 @@ const MAX_PUSH_TOKEN_BYTES: usize = 4_096;
 async fn device_list(state: &ServerState, user: UserId) -> Result<Response, HttpError> {
     let devices = state
         .store
-        .devices_of(user, now_ms())
+        .devices_of(user)
         .await
         .map_err(|e| fail(state, e.into()))?;
     Ok(json_body(&DeviceList { devices }))
@@ -693,7 +699,7 @@ async fn revoke_device(
     };
     let known = state
         .store
-        .devices_of(caller.user.clone(), now_ms())
+        .devices_of(caller.user.clone())
         .await
         .map_err(|e| fail(&state, e.into()))?
         .iter()

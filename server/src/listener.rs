@@ -19,6 +19,11 @@
 //!
 //! Only HTTP/1.1 is spoken: devices use it for the WebSocket upgrade and the
 //! HTTP endpoints; with TLS, ALPN says so.
+//!
+//! Every connection runs in a `connection` span with its id (counted from 1
+//! by this listener) and the remote address: each log line of its TLS
+//! handshake, its HTTP requests and the WebSocket session it may become
+//! carries them, so one connection can be followed through the log.
 
 use std::time::Duration;
 
@@ -31,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error};
+use tracing::{Instrument, debug, error, error_span};
 
 /// How long to wait before accepting again after `accept` failed (out of
 /// file descriptors, most likely): retrying at once would spin.
@@ -54,13 +59,14 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(request_header_timeout);
     let connections = TaskTracker::new();
+    let mut connection_id: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _peer)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 error!(error = %e, "accepting a connection failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -70,9 +76,16 @@ pub async fn serve(
         // Without TCP_NODELAY, an ack followed by a changes frame waits for
         // the device's delayed ACK (40 ms on Linux): Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
+        connection_id += 1;
+        // At ERROR level so that the span is on whenever any line is: under
+        // `RUST_LOG=warn` an INFO span would be filtered out, and the
+        // connection's warnings would lose it.
+        let span = error_span!("connection", id = connection_id, remote = %peer);
         let (builder, app, stop) = (builder.clone(), app.clone(), stop.clone());
         match tls.clone() {
-            None => connections.spawn(serve_connection(builder, TokioIo::new(tcp), app, stop)),
+            None => connections.spawn(
+                serve_connection(builder, TokioIo::new(tcp), app, stop).instrument(span),
+            ),
             Some(acceptor) => connections.spawn(async move {
                 let handshake = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -88,7 +101,8 @@ pub async fn serve(
                     Ok(Err(e)) => debug!(error = %e, "a TLS handshake failed"),
                     Err(_) => debug!("a TLS handshake timed out"),
                 }
-            }),
+            }
+            .instrument(span)),
         };
     }
     connections.close();

@@ -5,7 +5,7 @@
 //! space, the worker here waits a moment for more (a burst makes one hint),
 //! then asks the store which members' devices are offline, have a push
 //! token, and have not had a hint within the minimum interval
-//! ([`crate::store::Store::claim_push_hints`], which also marks them, so two
+//! ([`crate::store::CoordinationStore::claim_push_hints`], which also marks them, so two
 //! instances on one database do not both send one). Each gets one POST of a
 //! [`PushHint`] naming its changed spaces. A device left out by its interval
 //! is tried again when the interval has passed; a device hinted after a
@@ -79,7 +79,7 @@ pub async fn run(
                 told_after_ms: changed_at + CLOCK_MARGIN_MS,
             })
             .collect();
-        let claim = match state.store.claim_push_hints(batch, min_interval, now).await {
+        let claim = match state.store.claim_push_hints(batch, min_interval).await {
             Ok(claim) => claim,
             Err(e) => {
                 warn!(error = %e, "finding devices to hint failed");

@@ -19,6 +19,10 @@
 //! - **Pushes of one connection are applied in the order they were sent.**
 //!   One push is in flight at a time; later ones wait in a short queue, and the
 //!   session stops reading frames while that queue is full.
+//!
+//! The session runs in a `session` span naming its user and device (inside
+//! the span of its connection, see [`crate::listener`]): every line it logs,
+//! and those of the store calls and tasks it makes, carries them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,7 +40,7 @@ use tandem_protocol::wire::{
 use tandem_protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage, SpaceId};
 use tokio::time::{Instant, MissedTickBehavior, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{Instrument, debug, error_span, info};
 
 use crate::fanout::{LiveChanges, LiveEvent, Registration, encode_live};
 use crate::feed::{self, FeedNext, needs_reset};
@@ -110,6 +114,14 @@ struct Session {
 
 /// Runs a session on an upgraded socket of an authenticated device.
 pub async fn run(state: Arc<ServerState>, identity: DeviceIdentity, socket: WebSocket) {
+    // At ERROR level, as the connection's span: on whenever any line is.
+    let span = error_span!("session", user = %identity.user, device = %identity.device);
+    serve_session(state, identity, socket)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_session(state: Arc<ServerState>, identity: DeviceIdentity, socket: WebSocket) {
     state.metrics.connection_opened();
     let (sink, stream) = socket.split();
     let now = Instant::now();
@@ -304,14 +316,17 @@ impl Session {
                 .await?;
             }
         }
-        info!(user = %self.identity.user, device = %self.identity.device, spaces = self.feeds.len(), "device connected");
+        info!(spaces = self.feeds.len(), "device connected");
         // Stamped off the session's path: the catch-up starts at once (a
         // device's first push then races it as before). The session waits
         // for the stamp before it removes it.
         let (state, identity) = (self.state.clone(), self.identity.clone());
-        self.presence = Some(tokio::spawn(async move {
-            crate::coordination::connected(&state, &identity).await;
-        }));
+        self.presence = Some(tokio::spawn(
+            async move {
+                crate::coordination::connected(&state, &identity).await;
+            }
+            .in_current_span(),
+        ));
         self.welcomed = true;
         Ok(())
     }
@@ -336,7 +351,7 @@ impl Session {
             self.send(&ServerMessage::Role(role)).await?;
         }
         let devices = store
-            .devices_of(self.identity.user.clone(), now_ms())
+            .devices_of(self.identity.user.clone())
             .await
             .map_err(store_failure)?;
         self.send(&ServerMessage::Devices(Devices { devices }))
@@ -473,7 +488,7 @@ impl Session {
         let result = self
             .state
             .store
-            .change_role(self.identity.clone(), role, request, leases, now_ms())
+            .change_role(self.identity.clone(), role, request, leases)
             .await;
         match result {
             Ok(change) => {
@@ -501,13 +516,7 @@ impl Session {
             let result = self
                 .state
                 .store
-                .change_role(
-                    self.identity.clone(),
-                    fence.role.clone(),
-                    request,
-                    leases,
-                    now_ms(),
-                )
+                .change_role(self.identity.clone(), fence.role.clone(), request, leases)
                 .await;
             match result {
                 Ok(_) => {}
@@ -563,7 +572,7 @@ impl Session {
         let result = self
             .state
             .store
-            .guard(self.identity.clone(), hash, window, guard.fence, now_ms())
+            .guard(self.identity.clone(), hash, window, guard.fence)
             .await;
         match result {
             Ok(result) => {
@@ -877,7 +886,7 @@ impl Session {
         let close_code = match code {
             Some(code) => {
                 self.state.metrics.error(code);
-                debug!(user = %self.identity.user, device = %self.identity.device, code = code.as_str(), %message, "closing session");
+                debug!(code = code.as_str(), %message, "closing session");
                 let frame = ServerMessage::Error(ErrorMessage {
                     code,
                     message,

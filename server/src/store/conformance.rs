@@ -27,9 +27,9 @@ use tandem_protocol::{
 };
 
 use super::{
-    ChangePage, CommitListener, CompactionRule, DeviceIdentity, DeviceRegistration, HintedSpace,
-    Leases, NewCredentials, PageLimit, PresenceStamp, PushRules, RefreshOutcome, RoleRequest,
-    Store, StoreError, StoreEvent,
+    AuthStore, ChangePage, CommitListener, CompactionRule, CoordinationStore, DeviceIdentity,
+    DeviceRegistration, FeedStore, HintedSpace, Leases, NewCredentials, PageLimit, PresenceStamp,
+    PushRules, RefreshOutcome, RoleRequest, Store, StoreError, StoreEvent,
 };
 use crate::auth::{TokenHash, hash_token};
 use crate::schema::Schema;
@@ -76,6 +76,7 @@ macro_rules! store_conformance_tests {
             data_survives_a_reopen,
             a_closed_store_refuses_work,
             roles_move_with_claims_releases_and_lost_holders,
+            a_role_exists_from_its_first_claim,
             fences_admit_only_the_holder_at_its_epoch,
             guards_answer_first_once_per_window,
             the_registry_follows_presence_renames_and_revocation,
@@ -256,7 +257,7 @@ fn credentials(seed: &str, expires_at: u64) -> (NewCredentials, Tokens) {
     )
 }
 
-async fn register(store: &dyn Store, id: &DeviceIdentity, seed: &str) -> Tokens {
+async fn register(store: &dyn AuthStore, id: &DeviceIdentity, seed: &str) -> Tokens {
     let (creds, tokens) = credentials(seed, NOW + 60_000);
     store
         .register_device(
@@ -313,7 +314,7 @@ impl Author {
     }
 }
 
-async fn push(store: &dyn Store, author: &Author, mutations: Vec<Mutation>) -> Vec<Outcome> {
+async fn push(store: &dyn FeedStore, author: &Author, mutations: Vec<Mutation>) -> Vec<Outcome> {
     store
         .push(author.id.clone(), mutations, NOW)
         .await
@@ -345,7 +346,7 @@ fn recompute(pages: &[ChangePage]) -> SpaceChecksum {
 }
 
 async fn read_all(
-    store: &dyn Store,
+    store: &dyn FeedStore,
     reader: &UserId,
     space: &SpaceId,
     after: u64,
@@ -1114,11 +1115,7 @@ pub async fn a_user_has_at_most_the_allowed_devices(harness: &dyn StoreHarness) 
         "nothing of the refused device was stored"
     );
     assert_eq!(
-        store
-            .devices_of(user("alice"), NOW)
-            .await
-            .expect("list")
-            .len(),
+        store.devices_of(user("alice")).await.expect("list").len(),
         3
     );
     // Registering a device again is not a new place.
@@ -1367,7 +1364,7 @@ fn wall() -> u64 {
     crate::state::now_ms()
 }
 
-async fn connect(store: &dyn Store, id: &DeviceIdentity) {
+async fn connect(store: &dyn CoordinationStore, id: &DeviceIdentity) {
     store
         .presence_connected(
             "instance-1".into(),
@@ -1376,14 +1373,13 @@ async fn connect(store: &dyn Store, id: &DeviceIdentity) {
                 last_active: wall(),
             },
             LEASES,
-            wall(),
         )
         .await
         .expect("presence");
 }
 
 async fn role(
-    store: &dyn Store,
+    store: &dyn CoordinationStore,
     actor: &DeviceIdentity,
     request: RoleRequest,
 ) -> Result<super::RoleChange, StoreError> {
@@ -1391,13 +1387,13 @@ async fn role(
 }
 
 async fn role_with(
-    store: &dyn Store,
+    store: &dyn CoordinationStore,
     actor: &DeviceIdentity,
     request: RoleRequest,
     leases: Leases,
 ) -> Result<super::RoleChange, StoreError> {
     store
-        .change_role(actor.clone(), "responder".into(), request, leases, wall())
+        .change_role(actor.clone(), "responder".into(), request, leases)
         .await
 }
 
@@ -1474,7 +1470,7 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
     // a check, and the tablet takes it although the phone is connected.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     let due = loop {
-        let due = store.roles_to_check(wall()).await.expect("due");
+        let due = store.roles_to_check().await.expect("due");
         if !due.is_empty() || tokio::time::Instant::now() > deadline {
             break due;
         }
@@ -1488,7 +1484,7 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
     // The holder disconnects: the phone (a candidate since the handoff)
     // takes over.
     store
-        .presence_disconnected("instance-1".into(), tablet.clone(), wall())
+        .presence_disconnected("instance-1".into(), tablet.clone())
         .await
         .expect("leave");
     let checked = role(store.as_ref(), &tablet, RoleRequest::Check)
@@ -1518,6 +1514,47 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
     let roles = store.roles_of(user("alice")).await.expect("roles");
     assert_eq!(roles.len(), 1);
     assert_eq!(roles[0].epoch, 5, "the epoch survives a reopen");
+    store.close().await.expect("close");
+}
+
+/// A role exists from its first claim: before it, a release or a check
+/// changes nothing and leaves no row, and there is no holder to renew or
+/// hand off.
+pub async fn a_role_exists_from_its_first_claim(harness: &dyn StoreHarness) {
+    let (store, _) = open(harness).await;
+    let phone = device("alice", "phone");
+    let tablet = device("alice", "tablet");
+    register(store.as_ref(), &phone, "p").await;
+    register(store.as_ref(), &tablet, "t").await;
+    connect(store.as_ref(), &phone).await;
+    connect(store.as_ref(), &tablet).await;
+    for request in [RoleRequest::Release, RoleRequest::Check] {
+        let change = role(store.as_ref(), &phone, request).await.expect("answer");
+        assert_eq!(
+            (holder(&change), change.state.epoch, change.changed),
+            (None, 0, false)
+        );
+    }
+    for request in [
+        RoleRequest::Renew { epoch: 0 },
+        RoleRequest::Handoff {
+            to: tablet.device.clone(),
+        },
+    ] {
+        let refused = role(store.as_ref(), &phone, request).await;
+        assert!(
+            matches!(refused, Err(StoreError::StaleEpoch(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.roles_of(user("alice")).await.expect("roles"), vec![]);
+    assert!(store.roles_to_check().await.expect("due").is_empty());
+    let claimed = role(store.as_ref(), &tablet, RoleRequest::Claim { priority: 0 })
+        .await
+        .expect("claim");
+    assert_eq!((holder(&claimed), claimed.state.epoch), (Some("tablet"), 1));
+    let roles = store.roles_of(user("alice")).await.expect("roles");
+    assert_eq!(roles, vec![claimed.state]);
     store.close().await.expect("close");
 }
 
@@ -1607,7 +1644,7 @@ pub async fn guards_answer_first_once_per_window(harness: &dyn StoreHarness) {
         register(store.as_ref(), id, seed).await;
     }
     let guard = |store: Arc<dyn Store>, who: DeviceIdentity, hash: [u8; 32], window: u64| async move {
-        store.guard(who, hash, window, None, wall()).await
+        store.guard(who, hash, window, None).await
     };
     let h = [7u8; 32];
     assert_eq!(
@@ -1677,7 +1714,6 @@ pub async fn guards_answer_first_once_per_window(harness: &dyn StoreHarness) {
                 role: "responder".into(),
                 epoch: 1,
             }),
-            wall(),
         )
         .await;
     assert!(matches!(stale, Err(StoreError::StaleEpoch(_))), "{stale:?}");
@@ -1688,7 +1724,7 @@ pub async fn guards_answer_first_once_per_window(harness: &dyn StoreHarness) {
         GuardVerdict::First
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(store.sweep_guards(wall()).await.expect("sweep") >= 1);
+    assert!(store.sweep_guards().await.expect("sweep") >= 1);
     store.close().await.expect("close");
 }
 
@@ -1701,17 +1737,11 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
     let tablet = device("alice", "tablet");
     register(store.as_ref(), &phone, "p").await;
     register(store.as_ref(), &tablet, "t").await;
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|d| !d.online));
     connect(store.as_ref(), &phone).await;
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     let online: Vec<(&str, bool)> = listed
         .iter()
         .map(|d| (d.device_id.as_str(), d.online))
@@ -1727,10 +1757,7 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
             .await,
         Err(StoreError::NotFound(_))
     ));
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     assert_eq!(listed[0].name, "Alice's iPad", "sorted by name");
     listener
         .take_coordination_when(|events| {
@@ -1770,7 +1797,7 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
         }]
     };
     let claim = store
-        .claim_push_hints(changed(wall()), 60_000, wall())
+        .claim_push_hints(changed(wall()), 60_000)
         .await
         .expect("hints");
     assert_eq!(claim.ready.len(), 1, "only the offline device: {claim:?}");
@@ -1779,31 +1806,25 @@ pub async fn the_registry_follows_presence_renames_and_revocation(harness: &dyn 
     assert_eq!(claim.ready[0].spaces, vec![personal("alice")]);
     // A later change: held back by the interval until it passes.
     let again = store
-        .claim_push_hints(changed(wall() + 60_000), 60_000, wall())
+        .claim_push_hints(changed(wall() + 60_000), 60_000)
         .await
         .expect("hints");
     assert!(again.ready.is_empty());
     assert!(again.retry_at.is_some());
     // With the interval passed, a device hinted after the changes is not
     // hinted again for them, and is for changes after its hint.
-    let told = store
-        .claim_push_hints(changed(1), 0, wall())
-        .await
-        .expect("hints");
+    let told = store.claim_push_hints(changed(1), 0).await.expect("hints");
     assert!(told.ready.is_empty(), "{told:?}");
     assert_eq!(told.retry_at, None);
     let newer = store
-        .claim_push_hints(changed(wall() + 60_000), 0, wall())
+        .claim_push_hints(changed(wall() + 60_000), 0)
         .await
         .expect("hints");
     assert_eq!(newer.ready.len(), 1, "{newer:?}");
 
     // Revocation: gone from the list, no credentials, no registering again.
     store.revoke_device(tablet.clone()).await.expect("revoke");
-    let listed = store
-        .devices_of(user("alice"), wall())
-        .await
-        .expect("devices");
+    let listed = store.devices_of(user("alice")).await.expect("devices");
     assert_eq!(listed.len(), 1);
     let (creds, _) = credentials("again", NOW + 60_000);
     let again = store

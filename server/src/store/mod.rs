@@ -6,37 +6,38 @@
 //! sit behind it: every method is async, takes owned arguments and returns a
 //! boxed future, so the server holds an `Arc<dyn Store>`.
 //!
-//! Contract every implementation keeps (the [`conformance`] suite checks it):
+//! A store is three parts, one per concern, each with its contract next to
+//! its trait:
+//!
+//! - [`AuthStore`] ([`auth`]): users, devices, their credentials, and the
+//!   spaces users belong to.
+//! - [`FeedStore`] ([`feed`]): the change feed: pushes, pages, each space's
+//!   head and checksum, compaction and the idempotency records.
+//! - [`CoordinationStore`] ([`coordination`]): the devices of one user
+//!   working together: the registry, presence, roles, the duplicate guard
+//!   and push hints.
+//!
+//! [`Store`] is all three and the store's life cycle. A caller that needs
+//! one part takes that part (`&dyn FeedStore`), so what it may touch shows.
+//!
+//! What every part keeps (the conformance suite, `store_conformance_tests!`,
+//! checks it):
 //!
 //! - **Authorization lives here.** Every read and write names the acting user;
 //!   a user who is not a member of a space can neither read nor write it.
-//! - **The change feed is the documents table.** Each document row keeps its
-//!   current state, its version (the per-space revision of its last change),
-//!   the device and mutation that made it. The changes since cursor `c` are
-//!   the rows with `version > c` in version order, tombstones included.
-//! - **Each space keeps its head, checksum and compaction horizon.** The
-//!   checksum ([`tandem_protocol::checksum`]) covers live documents and is
-//!   maintained incrementally at commit.
-//! - **Pushes are idempotent by mutation id.** Every mutation's result is
-//!   recorded; a retry by the same device gets the recorded result
-//!   (`applied` becomes `duplicate`).
-//! - **Roles are one row per (user, role).** The row holds the holder, the
-//!   epoch and the lease; every change of it happens in a transaction that
-//!   reads and writes the row under a lock (SQLite's single writer, a
-//!   PostgreSQL row lock), so two instances never hand out one epoch twice.
-//!   The decision itself is [`crate::roles::decide`], shared by every store.
-//! - **Fences are checked where the write commits.** A mutation or guard
-//!   carrying a fence is accepted only if, in the transaction that commits
-//!   it, the role's row names the author at that epoch with a running lease.
-//! - **Guards are a unique key.** One row per (user, hash of scope and
-//!   normalized content); inserting it, or taking over an expired one, is
-//!   one statement whose result says `first` or `duplicate`.
-//! - **Presence is rows with a lease.** Each instance stamps a row per
-//!   connected device; rows of a crashed instance run out.
 //! - **Commits are announced.** After each commit the store hands the
 //!   [`StoreEvent`]s it produced to its [`CommitListener`], in commit order, so
 //!   that fan-out follows the store's commit path.
+//! - **Whose clock: a method takes `now_ms` only for times of the caller's
+//!   request.** A credential's expiry (the caller computed it from that
+//!   clock), the bound on a push's clock readings, the dates of the records
+//!   a push leaves and the cutoffs of compaction are the caller's clock.
+//!   Every time that coordinates devices, fence checks of pushes included,
+//!   is the store's own clock (see [`coordination`]).
 
+pub mod auth;
+pub mod coordination;
+pub mod feed;
 pub mod postgres;
 pub mod sqlite;
 
@@ -46,15 +47,20 @@ pub mod conformance;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tandem_protocol::api::{PushToken, SpaceMembers, SpaceSummary};
-use tandem_protocol::wire::{DeviceInfo, GuardVerdict, MutationResult, RoleState};
-use tandem_protocol::{
-    Change, DeviceId, ErrorCode, Mutation, RoleFence, SpaceChecksum, SpaceId, UserId,
+use tandem_protocol::wire::{DeviceInfo, RoleState};
+use tandem_protocol::{ErrorCode, SpaceId, UserId};
+
+pub use auth::{
+    AuthStore, DeviceIdentity, DeviceRegistration, NewCredentials, RefreshOutcome, too_many_devices,
 };
-
-use crate::auth::TokenHash;
-use crate::schema::Schema;
-
+pub use coordination::{
+    CoordinationStore, HintClaim, HintTarget, HintedSpace, Leases, PresenceStamp, RoleChange,
+    RoleRequest,
+};
+pub use feed::{
+    ChangePage, CommittedChanges, CompactionReport, CompactionRule, FeedPosition, FeedStore,
+    PageFill, PageLimit, PushRules,
+};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -111,159 +117,6 @@ impl StoreError {
     }
 }
 
-/// The refusal of a new device of `user`, who has `registered` devices
-/// (not revoked) and may have at most `max_devices`.
-pub fn too_many_devices(user: &UserId, registered: u64, max_devices: usize) -> StoreError {
-    StoreError::TooManyDevices(format!(
-        "{user} has {registered} registered devices and may have at most {max_devices}: \
-         revoke one (DELETE /v1/devices/{{device}}) to register another"
-    ))
-}
-
-/// A device of a user: who is acting.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DeviceIdentity {
-    /// The user.
-    pub user: UserId,
-    /// The device.
-    pub device: DeviceId,
-}
-
-/// A device's registration details.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRegistration {
-    /// Whose device.
-    pub identity: DeviceIdentity,
-    /// A name for people.
-    pub name: String,
-    /// The platform.
-    pub platform: String,
-    /// The app's version.
-    pub app_version: String,
-}
-
-/// Hashes and expiry times of a fresh access/refresh token pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NewCredentials {
-    /// The access token's hash.
-    pub access: TokenHash,
-    /// When it expires, Unix milliseconds.
-    pub access_expires_at: u64,
-    /// The refresh token's hash.
-    pub refresh: TokenHash,
-    /// When it expires, Unix milliseconds.
-    pub refresh_expires_at: u64,
-}
-
-/// What presenting a refresh token did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// The token was current: it is spent and the new pair is stored.
-    Rotated(DeviceIdentity),
-    /// The token had already been rotated: every credential of the device is
-    /// revoked (a [`StoreEvent::DeviceRevoked`] is announced).
-    Reused(DeviceIdentity),
-    /// The token expired.
-    Expired,
-    /// No such token (never issued, or purged by a revocation).
-    Unknown,
-}
-
-/// A space's position in its feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedPosition {
-    /// The latest revision.
-    pub head: u64,
-    /// The checksum at `head`.
-    pub checksum: SpaceChecksum,
-    /// Cursors below this revision cannot be resumed (tombstones they have
-    /// not seen were purged).
-    pub horizon: u64,
-}
-
-/// How much one page of the change feed may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageLimit {
-    /// At most this many changes.
-    pub changes: usize,
-    /// At most this many bytes of changes: the sum of each change's
-    /// [`Change::encoded_len`] plus one (its comma). A page always holds at
-    /// least one change, however long.
-    pub bytes: usize,
-}
-
-impl PageLimit {
-    /// Up to `n` changes, whatever their size.
-    pub fn changes(n: usize) -> PageLimit {
-        PageLimit {
-            changes: n,
-            bytes: usize::MAX,
-        }
-    }
-
-    /// The bytes a change takes on a page.
-    pub fn bytes_of(change: &Change) -> usize {
-        change.encoded_len().saturating_add(1)
-    }
-}
-
-/// Fills a page within a [`PageLimit`], change by change.
-#[derive(Debug)]
-pub struct PageFill {
-    limit: PageLimit,
-    taken: usize,
-    bytes: usize,
-}
-
-impl PageFill {
-    /// An empty page.
-    pub fn new(limit: PageLimit) -> PageFill {
-        PageFill {
-            limit,
-            taken: 0,
-            bytes: 0,
-        }
-    }
-
-    /// Whether `change` goes on the page (then it is counted): the page's
-    /// first change always does; a later one if the page stays within both
-    /// limits.
-    pub fn admit(&mut self, change: &Change) -> bool {
-        if self.taken >= self.limit.changes.max(1) {
-            return false;
-        }
-        let bytes = PageLimit::bytes_of(change);
-        if self.taken > 0 && self.bytes.saturating_add(bytes) > self.limit.bytes {
-            return false;
-        }
-        self.taken += 1;
-        self.bytes = self.bytes.saturating_add(bytes);
-        true
-    }
-}
-
-/// One page of a space's change feed, read from one snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangePage {
-    /// Changes with `rev > after`, in revision order.
-    pub changes: Vec<Change>,
-    /// More changes follow this page.
-    pub more: bool,
-    /// The space's position in the same snapshot.
-    pub position: FeedPosition,
-}
-
-/// Live changes of one space committed together, for fan-out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommittedChanges {
-    /// The space.
-    pub space: SpaceId,
-    /// The changes, with consecutive revisions.
-    pub changes: Vec<Change>,
-    /// The space's checksum after the last of them.
-    pub checksum: SpaceChecksum,
-}
-
 /// What a commit announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
@@ -299,93 +152,6 @@ pub enum StoreEvent {
     },
 }
 
-/// What a device asks of a role ([`Store::change_role`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoleRequest {
-    /// Become a candidate (with this priority), and the holder if the role
-    /// has no live holder.
-    Claim {
-        /// Higher is preferred.
-        priority: i32,
-    },
-    /// Stop being a candidate; a holder hands the role on.
-    Release,
-    /// The holder gives the role to `to`, which must be connected.
-    Handoff {
-        /// The device that takes the role.
-        to: DeviceId,
-    },
-    /// The holder extends its lease at `epoch`.
-    Renew {
-        /// The epoch the device holds the role at.
-        epoch: u64,
-    },
-    /// Look again: if the holder's lease ran out or it is not connected,
-    /// the next eligible candidate takes the role (or nobody does); a role
-    /// without holder goes to the best connected candidate.
-    Check,
-}
-
-/// The result of [`Store::change_role`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleChange {
-    /// The role's state after the request.
-    pub state: RoleState,
-    /// Whether the holder (and so the epoch) changed.
-    pub changed: bool,
-}
-
-/// A device's presence on this instance, as the instance stamps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceStamp {
-    /// The device.
-    pub device: DeviceIdentity,
-    /// When it last sent something, Unix milliseconds.
-    pub last_active: u64,
-}
-
-/// Coordination timings the store needs to apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Leases {
-    /// How long a role's lease lasts after a claim, handoff or renewal.
-    pub role_ms: u64,
-    /// How long a presence row lasts after its last stamp.
-    pub presence_ms: u64,
-}
-
-/// A push hint to send: an offline device with a push token, and the spaces
-/// that changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HintTarget {
-    /// The device.
-    pub device: DeviceIdentity,
-    /// Its token.
-    pub token: PushToken,
-    /// The changed spaces it belongs to, sorted.
-    pub spaces: Vec<SpaceId>,
-}
-
-/// A space whose changes wait for push hints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HintedSpace {
-    /// The space.
-    pub space: SpaceId,
-    /// A device whose last hint is at or after this time (Unix
-    /// milliseconds) was hinted after these changes committed: it is not
-    /// hinted again for them.
-    pub told_after_ms: u64,
-}
-
-/// What [`Store::claim_push_hints`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HintClaim {
-    /// Hints to send now (their devices' last hint time is now set).
-    pub ready: Vec<HintTarget>,
-    /// The earliest time a device left out by its rate limit may get a hint,
-    /// Unix milliseconds.
-    pub retry_at: Option<u64>,
-}
-
 /// Receives what each commit announces, in commit order. Called on the
 /// store's commit path, so it must not block.
 pub trait CommitListener: Send + Sync {
@@ -401,244 +167,9 @@ impl CommitListener for NoListener {
     fn committed(&self, _events: Vec<StoreEvent>) {}
 }
 
-/// What decides a mutation's fate besides the data: the schema, the
-/// document size limit, the frame limit and the clock bound.
-#[derive(Debug, Clone)]
-pub struct PushRules {
-    /// Policies and field rules.
-    pub schema: Arc<Schema>,
-    /// Largest document state (JSON), in bytes.
-    pub max_document_bytes: usize,
-    /// Largest frame the server sends: a write whose change would not fit
-    /// in a `changes` message of this size on its own is refused (as
-    /// `document_too_large`), so every change can be delivered.
-    pub max_frame_bytes: usize,
-    /// How far ahead of the server's clock (the `now_ms` of the push) a
-    /// mutation's clock reading may be, in milliseconds.
-    pub max_clock_skew_ms: u64,
-}
-
-impl PushRules {
-    /// The rules with `schema` and the server's default limits.
-    pub fn new(schema: Arc<Schema>) -> PushRules {
-        let limits = crate::config::Limits::default();
-        PushRules {
-            schema,
-            max_document_bytes: limits.max_document_bytes,
-            max_frame_bytes: limits.max_frame_bytes,
-            max_clock_skew_ms: limits.max_clock_skew.as_millis() as u64,
-        }
-    }
-}
-
-/// What compaction removes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompactionRule {
-    /// Purge tombstones committed before this time (Unix ms).
-    pub tombstones_before_ms: Option<u64>,
-    /// Purge tombstones whose version is at most this revision (any space).
-    pub tombstones_up_to_rev: Option<u64>,
-    /// Purge idempotency records of mutations before this time (Unix ms).
-    pub mutations_before_ms: Option<u64>,
-    /// Purge credentials that expired before this time (Unix ms).
-    pub credentials_before_ms: Option<u64>,
-}
-
-/// What compaction removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CompactionReport {
-    /// Tombstones purged.
-    pub tombstones: u64,
-    /// Mutation records purged.
-    pub mutations: u64,
-    /// Credentials purged.
-    pub credentials: u64,
-}
-
-/// The server's database.
-pub trait Store: Send + Sync + 'static {
-    /// Registers (or registers again) a device, creates its user's personal
-    /// space if needed, and stores a fresh credential pair. Credentials of an
-    /// earlier registration of the same device are revoked. A device not
-    /// registered yet is refused with [`StoreError::TooManyDevices`] when
-    /// its user already has `max_devices` devices that are not revoked
-    /// (counted in the same transaction: two racing registrations cannot
-    /// both take the last place).
-    fn register_device(
-        &self,
-        device: DeviceRegistration,
-        credentials: NewCredentials,
-        max_devices: usize,
-        now_ms: u64,
-    ) -> StoreFuture<'_, ()>;
-
-    /// The device an unexpired access token belongs to.
-    fn device_for_access_token(
-        &self,
-        access: TokenHash,
-        now_ms: u64,
-    ) -> StoreFuture<'_, Option<DeviceIdentity>>;
-
-    /// Spends a refresh token for `next` (see [`RefreshOutcome`]).
-    fn refresh_credentials(
-        &self,
-        presented: TokenHash,
-        next: NewCredentials,
-        now_ms: u64,
-    ) -> StoreFuture<'_, RefreshOutcome>;
-
-    /// Revokes a device for good: its credentials are deleted (its
-    /// connections close), it leaves the registry and its role candidacies,
-    /// and registering it again is refused with [`StoreError::Revoked`].
-    fn revoke_device(&self, device: DeviceIdentity) -> StoreFuture<'_, ()>;
-
-    /// The user's devices that are not revoked, by name.
-    fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>>;
-
-    /// Renames a device of `device.user` ([`StoreError::NotFound`] if it has
-    /// no such device).
-    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()>;
-
-    /// Sets (or with `None` removes) a device's push token.
-    fn set_push_token(
-        &self,
-        device: DeviceIdentity,
-        token: Option<PushToken>,
-    ) -> StoreFuture<'_, ()>;
-
-    /// The offline devices with a push token among the members of `spaces`
-    /// that were not hinted since the space's changes (`told_after_ms`) and
-    /// whose last hint is older than `min_interval_ms`; their last hint time
-    /// becomes now (so another instance does not send the same hint).
-    fn claim_push_hints(
-        &self,
-        spaces: Vec<HintedSpace>,
-        min_interval_ms: u64,
-        now_ms: u64,
-    ) -> StoreFuture<'_, HintClaim>;
-
-    /// A device connected to `instance`: stamps its presence row (a new
-    /// row announces [`StoreEvent::DevicesChanged`]).
-    fn presence_connected(
-        &self,
-        instance: String,
-        stamp: PresenceStamp,
-        leases: Leases,
-        now_ms: u64,
-    ) -> StoreFuture<'_, ()>;
-
-    /// A device's last connection to `instance` closed: its row goes and its
-    /// last-seen time is kept.
-    fn presence_disconnected(
-        &self,
-        instance: String,
-        device: DeviceIdentity,
-        now_ms: u64,
-    ) -> StoreFuture<'_, ()>;
-
-    /// Stamps every device connected to `instance` again, and deletes every
-    /// presence row (of any instance) that ran out: a crashed instance's
-    /// devices go offline.
-    fn presence_heartbeat(
-        &self,
-        instance: String,
-        stamps: Vec<PresenceStamp>,
-        leases: Leases,
-        now_ms: u64,
-    ) -> StoreFuture<'_, ()>;
-
-    /// Applies `request` of `actor` (a device of the role's user) to the
-    /// role, atomically (see [`crate::roles::decide`]); a change of holder
-    /// is announced ([`StoreEvent::RoleChanged`]). For PostgreSQL, `now_ms`
-    /// is the database's clock.
-    fn change_role(
-        &self,
-        actor: DeviceIdentity,
-        role: String,
-        request: RoleRequest,
-        leases: Leases,
-        now_ms: u64,
-    ) -> StoreFuture<'_, RoleChange>;
-
-    /// The roles of `user` that have a row (were ever claimed).
-    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>>;
-
-    /// Roles that need [`RoleRequest::Check`]: a holder whose lease ran out
-    /// or who is not connected, or no holder and a connected candidate.
-    fn roles_to_check(&self, now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>>;
-
-    /// The duplicate guard: records the first occurrence of `hash` for
-    /// `author.user` for `window_ms`, atomically: `first` if it was not
-    /// recorded (or its window ran out), `duplicate` otherwise. A stale
-    /// `fence` fails with [`StoreError::StaleEpoch`] and records nothing.
-    fn guard(
-        &self,
-        author: DeviceIdentity,
-        hash: [u8; 32],
-        window_ms: u64,
-        fence: Option<RoleFence>,
-        now_ms: u64,
-    ) -> StoreFuture<'_, GuardVerdict>;
-
-    /// Deletes guard records whose window ran out; returns how many.
-    fn sweep_guards(&self, now_ms: u64) -> StoreFuture<'_, u64>;
-
-    /// Creates a shared space owned by `owner`.
-    fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers>;
-
-    /// The owner adds `member` (adding a member twice is not an error).
-    fn add_member(
-        &self,
-        actor: UserId,
-        space: SpaceId,
-        member: UserId,
-    ) -> StoreFuture<'_, SpaceMembers>;
-
-    /// The owner removes a member, or a member leaves (`actor == member`).
-    fn remove_member(
-        &self,
-        actor: UserId,
-        space: SpaceId,
-        member: UserId,
-    ) -> StoreFuture<'_, SpaceMembers>;
-
-    /// The spaces `user` belongs to, personal space first.
-    fn spaces_of(&self, user: UserId) -> StoreFuture<'_, Vec<SpaceSummary>>;
-
-    /// A space's members, for a member of it.
-    fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers>;
-
-    /// Applies a batch of mutations in order, in one transaction (or a group
-    /// of batches in one), and answers one result per mutation. A mutation
-    /// with a stale role fence is `rejected` with `stale_epoch`.
-    fn push(
-        &self,
-        author: DeviceIdentity,
-        mutations: Vec<Mutation>,
-        now_ms: u64,
-    ) -> StoreFuture<'_, Vec<MutationResult>>;
-
-    /// The changes of `space` after revision `after` that fit in `limit`
-    /// (see [`PageFill`]), for a member.
-    fn read_changes(
-        &self,
-        reader: UserId,
-        space: SpaceId,
-        after: u64,
-        limit: PageLimit,
-    ) -> StoreFuture<'_, ChangePage>;
-
-    /// The current positions of the spaces of `reader` that are named.
-    /// Spaces the reader is not a member of are left out.
-    fn feed_positions(
-        &self,
-        reader: UserId,
-        spaces: Vec<SpaceId>,
-    ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>>;
-
-    /// Purges what `rule` names and raises compaction horizons.
-    fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport>;
-
+/// The server's database: accounts, the change feed and device
+/// coordination, in one database.
+pub trait Store: AuthStore + FeedStore + CoordinationStore {
     /// Finishes queued writes and stops. Later calls fail with
     /// [`StoreError::Closed`].
     fn close(&self) -> StoreFuture<'_, ()>;

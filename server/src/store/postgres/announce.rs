@@ -741,7 +741,7 @@ impl ListenerTask {
     async fn role_event(&self, user: &str, role: &str) -> Option<StoreEvent> {
         let user = UserId::new(user).ok()?;
         let client = self.pool.get().await.ok()?;
-        match super::coordination::role_state(&client, &user, role).await {
+        match super::coordination::role_state_now(&client, &user, role).await {
             Ok(state) => Some(StoreEvent::RoleChanged { user, state }),
             Err(e) => {
                 warn!(error = %e, "reading a role failed");
@@ -839,7 +839,7 @@ impl ListenerTask {
                     let (Some(role), Ok(user)) = (role, UserId::new(user)) else {
                         continue;
                     };
-                    let state = super::coordination::role_state(&client, &user, &role).await?;
+                    let state = super::coordination::role_state_now(&client, &user, &role).await?;
                     out.push(StoreEvent::RoleChanged { user, state });
                 }
                 "d" => {

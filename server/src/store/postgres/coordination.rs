@@ -1,5 +1,7 @@
-//! Device coordination on PostgreSQL: the registry, presence, roles, guards
-//! and push tokens, shared by every instance.
+//! Device coordination on PostgreSQL: the primitives of the coordination
+//! seam ([`crate::store::coordination::seam`]) in PostgreSQL's SQL, shared
+//! by every instance. What each request does is written once, in
+//! [`crate::store::coordination::transactions`].
 //!
 //! What keeps several instances right:
 //!
@@ -17,21 +19,24 @@
 //! - **Presence expires.** Every instance stamps its devices' rows every
 //!   second; a crashed instance stops stamping and its rows run out, which
 //!   any instance's heartbeat notices.
+//! - **Hints are claimed under the devices' row locks**, so two instances
+//!   do not both send a device's hint.
 
 use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
 use tandem_protocol::api::PushToken;
-use tandem_protocol::wire::{DeviceInfo, GuardVerdict, RoleState};
-use tandem_protocol::{DeviceId, RoleFence, UserId};
+use tandem_protocol::wire::{DeviceInfo, RoleState};
+use tandem_protocol::{DeviceId, SpaceId, UserId};
 
-use super::reads::{corrupt, int, uint, user};
+use super::reads::{corrupt, int, space, uint, user};
 use super::{TxError, WriteTx, pg_error};
-use crate::roles::{self, CandidacyChange, Candidate, RoleRow};
-use crate::store::{
-    DeviceIdentity, HintClaim, HintTarget, HintedSpace, Leases, PresenceStamp, RoleChange,
-    RoleRequest, StoreError, StoreEvent,
+use crate::roles::{CandidacyChange, Candidate, RoleRow};
+use crate::store::coordination::seam::{
+    CoordinationReads, CoordinationTx, HintCandidate, RowLock, role_state,
 };
+use crate::store::coordination::transactions;
+use crate::store::{DeviceIdentity, PresenceStamp, StoreError, StoreEvent};
 
 /// The database's clock, Unix milliseconds.
 pub(crate) async fn db_now(c: &impl GenericClient) -> Result<u64, StoreError> {
@@ -49,582 +54,559 @@ fn device_id(text: String) -> Result<DeviceId, StoreError> {
     DeviceId::new(text).map_err(|e| corrupt("device id", e))
 }
 
-/// The user's devices that are not revoked, by name.
+fn role_row(holder: Option<String>, epoch: i64, lease: Option<i64>) -> Result<RoleRow, StoreError> {
+    Ok(RoleRow {
+        holder: holder.map(device_id).transpose()?,
+        epoch: uint(epoch),
+        lease_expires_at: lease.map(uint),
+    })
+}
+
+/// Coordination reads on any client: a pooled connection, or a transaction.
+pub(crate) struct PgReads<'c, C> {
+    client: &'c C,
+}
+
+impl<'c, C: GenericClient> PgReads<'c, C> {
+    /// Reads on `client`.
+    pub(crate) fn new(client: &'c C) -> PgReads<'c, C> {
+        PgReads { client }
+    }
+}
+
+/// One coordination request in a write transaction.
+pub(crate) struct PgTx<'a, 't> {
+    w: &'a mut WriteTx<'t>,
+}
+
+impl<'a, 't> PgTx<'a, 't> {
+    /// The request's side of the seam, in `w`'s transaction.
+    pub(crate) fn new(w: &'a mut WriteTx<'t>) -> PgTx<'a, 't> {
+        PgTx { w }
+    }
+
+    fn reads(&self) -> PgReads<'_, deadpool_postgres::Transaction<'t>> {
+        PgReads::new(&self.w.tx)
+    }
+}
+
+/// The user's devices now, on `client` (for an announcement another
+/// instance made).
 pub(crate) async fn devices_of(
-    c: &impl GenericClient,
+    client: &impl GenericClient,
     user_id: &UserId,
 ) -> Result<Vec<DeviceInfo>, StoreError> {
-    let now = int(db_now(c).await?);
-    let rows = c
-        .query(
-            "SELECT d.device_id, d.name, d.platform, d.app_version, d.registered_at, d.last_seen,
-                    (SELECT MAX(p.last_active) FROM presence p
-                     WHERE p.user_id = d.user_id AND p.device_id = d.device_id
-                       AND p.expires_at > $2)
-             FROM devices d WHERE d.user_id = $1 AND d.revoked_at IS NULL
-             ORDER BY d.name, d.device_id",
-            &[&user_id.as_str(), &now],
-        )
-        .await
-        .map_err(pg_error)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let last_seen: Option<i64> = row.get(5);
-        let active: Option<i64> = row.get(6);
-        out.push(DeviceInfo {
-            device_id: device_id(row.get(0))?,
-            name: row.get(1),
-            platform: row.get(2),
-            app_version: row.get(3),
-            registered_at: uint(row.get(4)),
-            last_seen: active.or(last_seen).map(uint),
-            online: active.is_some(),
-        });
-    }
-    Ok(out)
+    Ok(transactions::devices_of(&PgReads::new(client), user_id).await?)
 }
 
-/// Queues the announcement of the user's devices (read again by every
-/// instance when the notification arrives).
-pub(crate) async fn announce_devices(w: &mut WriteTx<'_>, user_id: &UserId) -> Result<(), TxError> {
-    let devices = devices_of(&w.tx, user_id).await?;
-    w.announce(StoreEvent::DevicesChanged {
-        user: user_id.clone(),
-        devices,
-    });
-    Ok(())
-}
-
-/// Whether the device was revoked.
-pub(crate) async fn is_revoked(
-    c: &impl GenericClient,
-    device: &DeviceIdentity,
-) -> Result<bool, StoreError> {
-    Ok(c.query_opt(
-        "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2
-             AND revoked_at IS NOT NULL",
-        &[&device.user.as_str(), &device.device.as_str()],
-    )
-    .await
-    .map_err(pg_error)?
-    .is_some())
-}
-
-/// Marks the device revoked and drops its presence and candidacies.
-pub(crate) async fn retire_device(
-    w: &mut WriteTx<'_>,
-    device: &DeviceIdentity,
-) -> Result<(), TxError> {
-    let (u, d) = (device.user.as_str(), device.device.as_str());
-    let now = int(db_now(&w.tx).await?);
-    w.tx.execute(
-        "UPDATE devices SET revoked_at = $3, push_token = NULL, push_provider = NULL
-         WHERE user_id = $1 AND device_id = $2",
-        &[&u, &d, &now],
-    )
-    .await?;
-    w.tx.execute(
-        "DELETE FROM presence WHERE user_id = $1 AND device_id = $2",
-        &[&u, &d],
-    )
-    .await?;
-    w.tx.execute(
-        "DELETE FROM role_candidates WHERE user_id = $1 AND device_id = $2",
-        &[&u, &d],
-    )
-    .await?;
-    announce_devices(w, &device.user).await
-}
-
-/// Renames a device.
-pub(crate) async fn rename_device(
-    w: &mut WriteTx<'_>,
-    device: &DeviceIdentity,
-    name: &str,
-) -> Result<(), TxError> {
-    let n =
-        w.tx.execute(
-            "UPDATE devices SET name = $3 WHERE user_id = $1 AND device_id = $2
-             AND revoked_at IS NULL",
-            &[&device.user.as_str(), &device.device.as_str(), &name],
-        )
-        .await?;
-    if n == 0 {
-        return Err(StoreError::NotFound(format!(
-            "{} has no device {}",
-            device.user, device.device
-        ))
-        .into());
-    }
-    announce_devices(w, &device.user).await
-}
-
-/// Sets or removes a push token.
-pub(crate) async fn set_push_token(
-    w: &mut WriteTx<'_>,
-    device: &DeviceIdentity,
-    token: Option<&PushToken>,
-) -> Result<(), TxError> {
-    w.tx.execute(
-        "UPDATE devices SET push_token = $3, push_provider = $4, last_hint_at = NULL
-         WHERE user_id = $1 AND device_id = $2",
-        &[
-            &device.user.as_str(),
-            &device.device.as_str(),
-            &token.map(|t| t.token.as_str()),
-            &token.map(|t| t.provider.as_str()),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Claims the push hints due for the members of `spaces`; the devices'
-/// rows are locked, so two instances do not both send a device's hint.
-pub(crate) async fn claim_push_hints(
-    w: &mut WriteTx<'_>,
-    spaces: &[HintedSpace],
-    min_interval_ms: u64,
-) -> Result<HintClaim, TxError> {
-    let now = int(db_now(&w.tx).await?);
-    let names: Vec<&str> = spaces.iter().map(|s| s.space.as_str()).collect();
-    let told_after: BTreeMap<&str, u64> = spaces
-        .iter()
-        .map(|s| (s.space.as_str(), s.told_after_ms))
-        .collect();
-    let rows =
-        w.tx.query(
-            "SELECT m.space, d.user_id, d.device_id, d.push_token, d.push_provider,
-                    d.last_hint_at
-             FROM members m JOIN devices d ON d.user_id = m.user_id
-             WHERE m.space = ANY($1) AND d.push_token IS NOT NULL AND d.revoked_at IS NULL
-               AND NOT EXISTS (SELECT 1 FROM presence p WHERE p.user_id = d.user_id
-                               AND p.device_id = d.device_id AND p.expires_at > $2)
-             ORDER BY d.user_id, d.device_id
-             FOR UPDATE OF d",
-            &[&names, &now],
-        )
-        .await?;
-    let mut targets: BTreeMap<(String, String), HintTarget> = BTreeMap::new();
-    let mut retry_at: Option<u64> = None;
-    for row in rows {
-        let last: Option<i64> = row.get(5);
-        let space: &str = row.get(0);
-        if let (Some(last), Some(told_after)) = (last, told_after.get(space))
-            && uint(last) >= *told_after
-        {
-            continue;
-        }
-        if let Some(last) = last
-            && uint(last) + min_interval_ms > uint(now)
-        {
-            let at = uint(last) + min_interval_ms;
-            retry_at = Some(retry_at.map_or(at, |r| r.min(at)));
-            continue;
-        }
-        let user_text: String = row.get(1);
-        let device_text: String = row.get(2);
-        let key = (user_text.clone(), device_text.clone());
-        if !targets.contains_key(&key) {
-            targets.insert(
-                key.clone(),
-                HintTarget {
-                    device: DeviceIdentity {
-                        user: user(user_text)?,
-                        device: device_id(device_text)?,
-                    },
-                    token: PushToken {
-                        token: row.get(3),
-                        provider: row.get(4),
-                    },
-                    spaces: Vec::new(),
-                },
-            );
-        }
-        if let Some(target) = targets.get_mut(&key) {
-            target.spaces.push(super::reads::space(row.get(0))?);
-        }
-    }
-    let mut claim = HintClaim {
-        ready: Vec::new(),
-        retry_at,
-    };
-    for mut target in targets.into_values() {
-        w.tx.execute(
-            "UPDATE devices SET last_hint_at = $3 WHERE user_id = $1 AND device_id = $2",
-            &[
-                &target.device.user.as_str(),
-                &target.device.device.as_str(),
-                &now,
-            ],
-        )
-        .await?;
-        target.spaces.sort();
-        target.spaces.dedup();
-        claim.ready.push(target);
-    }
-    Ok(claim)
-}
-
-async fn stamp(
-    w: &WriteTx<'_>,
-    instance: &str,
-    stamp: &PresenceStamp,
-    leases: Leases,
-    now: i64,
-) -> Result<bool, TxError> {
-    let existed =
-        w.tx.query_opt(
-            "SELECT 1 FROM presence WHERE user_id = $1 AND device_id = $2 AND expires_at > $3
-             LIMIT 1",
-            &[
-                &stamp.device.user.as_str(),
-                &stamp.device.device.as_str(),
-                &now,
-            ],
-        )
-        .await?
-        .is_some();
-    w.tx.execute(
-        "INSERT INTO presence (user_id, device_id, instance, last_active, expires_at)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (user_id, device_id, instance) DO UPDATE SET
-             last_active = GREATEST(presence.last_active, excluded.last_active),
-             expires_at = excluded.expires_at",
-        &[
-            &stamp.device.user.as_str(),
-            &stamp.device.device.as_str(),
-            &instance,
-            &int(stamp.last_active),
-            &(now + int(leases.presence_ms)),
-        ],
-    )
-    .await?;
-    Ok(!existed)
-}
-
-/// A device connected.
-pub(crate) async fn presence_connected(
-    w: &mut WriteTx<'_>,
-    instance: &str,
-    presence: &PresenceStamp,
-    leases: Leases,
-) -> Result<(), TxError> {
-    let now = int(db_now(&w.tx).await?);
-    if stamp(w, instance, presence, leases, now).await? {
-        announce_devices(w, &presence.device.user).await?;
-    }
-    Ok(())
-}
-
-/// A device's last connection to `instance` closed.
-pub(crate) async fn presence_disconnected(
-    w: &mut WriteTx<'_>,
-    instance: &str,
-    device: &DeviceIdentity,
-) -> Result<(), TxError> {
-    let (u, d) = (device.user.as_str(), device.device.as_str());
-    let now = int(db_now(&w.tx).await?);
-    let removed =
-        w.tx.execute(
-            "DELETE FROM presence WHERE user_id = $1 AND device_id = $2 AND instance = $3",
-            &[&u, &d, &instance],
-        )
-        .await?;
-    w.tx.execute(
-        "UPDATE devices SET last_seen = $3 WHERE user_id = $1 AND device_id = $2",
-        &[&u, &d, &now],
-    )
-    .await?;
-    if removed > 0 {
-        announce_devices(w, &device.user).await?;
-    }
-    Ok(())
-}
-
-/// Stamps `instance`'s devices and removes rows (of any instance) that ran
-/// out.
-pub(crate) async fn presence_heartbeat(
-    w: &mut WriteTx<'_>,
-    instance: &str,
-    stamps: &[PresenceStamp],
-    leases: Leases,
-) -> Result<(), TxError> {
-    let now = int(db_now(&w.tx).await?);
-    let mut users = std::collections::BTreeSet::new();
-    for s in stamps {
-        if stamp(w, instance, s, leases, now).await? {
-            users.insert(s.device.user.clone());
-        }
-    }
-    let expired =
-        w.tx.query(
-            "DELETE FROM presence WHERE expires_at <= $1
-             RETURNING user_id, device_id, last_active",
-            &[&now],
-        )
-        .await?;
-    for row in expired {
-        let (u, d, last): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
-        w.tx.execute(
-            "UPDATE devices SET last_seen = GREATEST(COALESCE(last_seen, 0), $3)
-             WHERE user_id = $1 AND device_id = $2",
-            &[&u, &d, &last],
-        )
-        .await?;
-        users.insert(user(u)?);
-    }
-    for u in users {
-        announce_devices(w, &u).await?;
-    }
-    Ok(())
-}
-
-/// The role's row and its holder's name, locked for update if `lock`.
-async fn role_row(
-    c: &impl GenericClient,
-    user_id: &UserId,
-    role: &str,
-    lock: bool,
-) -> Result<Option<(RoleRow, Option<String>)>, StoreError> {
-    let sql = if lock {
-        "SELECT r.holder, r.epoch, r.lease_expires_at,
-                (SELECT d.name FROM devices d WHERE d.user_id = r.user_id AND d.device_id = r.holder)
-         FROM roles r WHERE r.user_id = $1 AND r.role = $2 FOR UPDATE"
-    } else {
-        "SELECT r.holder, r.epoch, r.lease_expires_at,
-                (SELECT d.name FROM devices d WHERE d.user_id = r.user_id AND d.device_id = r.holder)
-         FROM roles r WHERE r.user_id = $1 AND r.role = $2"
-    };
-    let row = c
-        .query_opt(sql, &[&user_id.as_str(), &role])
-        .await
-        .map_err(pg_error)?;
-    row.map(|row| {
-        let holder: Option<String> = row.get(0);
-        let lease: Option<i64> = row.get(2);
-        Ok((
-            RoleRow {
-                holder: holder.map(device_id).transpose()?,
-                epoch: uint(row.get(1)),
-                lease_expires_at: lease.map(uint),
-            },
-            row.get(3),
-        ))
-    })
-    .transpose()
-}
-
-fn state_of(role: &str, row: RoleRow, holder_name: Option<String>) -> RoleState {
-    RoleState {
-        request_id: None,
-        role: role.to_owned(),
-        holder_name: row.holder.as_ref().and(holder_name),
-        holder: row.holder,
-        epoch: row.epoch,
-        lease_expires_at: row.lease_expires_at,
-    }
-}
-
-/// The role's state now (for an announcement another instance made).
-pub(crate) async fn role_state(
-    c: &impl GenericClient,
+/// The role's state now, on `client` (for an announcement another
+/// instance made).
+pub(crate) async fn role_state_now(
+    client: &impl GenericClient,
     user_id: &UserId,
     role: &str,
 ) -> Result<RoleState, StoreError> {
-    let (row, name) = role_row(c, user_id, role, false).await?.unwrap_or_default();
-    Ok(state_of(role, row, name))
+    Ok(transactions::role_state(&PgReads::new(client), user_id, role).await?)
 }
 
-/// Applies a role request under the role's row lock.
-pub(crate) async fn change_role(
-    w: &mut WriteTx<'_>,
-    actor: &DeviceIdentity,
-    role: &str,
-    request: &RoleRequest,
-    leases: Leases,
-) -> Result<RoleChange, TxError> {
-    let user_id = &actor.user;
-    if matches!(request, RoleRequest::Claim { .. }) {
-        // The row exists before it is locked, so two first claims on two
-        // instances take turns on it.
-        w.tx.execute(
-            "INSERT INTO roles (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&user_id.as_str(), &role],
+impl<C: GenericClient> CoordinationReads for PgReads<'_, C> {
+    type Error = TxError;
+
+    async fn now(&self) -> Result<u64, TxError> {
+        Ok(db_now(self.client).await?)
+    }
+
+    async fn devices(&self, user_id: &UserId, now: u64) -> Result<Vec<DeviceInfo>, TxError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT d.device_id, d.name, d.platform, d.app_version, d.registered_at,
+                        d.last_seen,
+                        (SELECT MAX(p.last_active) FROM presence p
+                         WHERE p.user_id = d.user_id AND p.device_id = d.device_id
+                           AND p.expires_at > $2)
+                 FROM devices d WHERE d.user_id = $1 AND d.revoked_at IS NULL
+                 ORDER BY d.name, d.device_id",
+                &[&user_id.as_str(), &int(now)],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let last_seen: Option<i64> = row.get(5);
+            let active: Option<i64> = row.get(6);
+            out.push(DeviceInfo {
+                device_id: device_id(row.get(0))?,
+                name: row.get(1),
+                platform: row.get(2),
+                app_version: row.get(3),
+                registered_at: uint(row.get(4)),
+                last_seen: active.or(last_seen).map(uint),
+                online: active.is_some(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn role(&self, user_id: &UserId, role: &str) -> Result<Option<RoleState>, TxError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT r.holder, r.epoch, r.lease_expires_at,
+                        (SELECT d.name FROM devices d
+                         WHERE d.user_id = r.user_id AND d.device_id = r.holder)
+                 FROM roles r WHERE r.user_id = $1 AND r.role = $2",
+                &[&user_id.as_str(), &role],
+            )
+            .await?;
+        Ok(row
+            .map(|row| {
+                let holder = role_row(row.get(0), row.get(1), row.get(2))?;
+                Ok::<_, StoreError>(role_state(role, holder, row.get(3)))
+            })
+            .transpose()?)
+    }
+
+    async fn roles(&self, user_id: &UserId) -> Result<Vec<RoleState>, TxError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT r.role, r.holder, r.epoch, r.lease_expires_at,
+                        (SELECT d.name FROM devices d
+                         WHERE d.user_id = r.user_id AND d.device_id = r.holder)
+                 FROM roles r WHERE r.user_id = $1 ORDER BY r.role",
+                &[&user_id.as_str()],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let name: String = row.get(0);
+            let held = role_row(row.get(1), row.get(2), row.get(3))?;
+            out.push(role_state(&name, held, row.get(4)));
+        }
+        Ok(out)
+    }
+
+    async fn roles_to_check(&self, now: u64) -> Result<Vec<(UserId, String)>, TxError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT r.user_id, r.role FROM roles r
+                 WHERE (r.holder IS NOT NULL AND (r.lease_expires_at <= $1 OR NOT EXISTS (
+                            SELECT 1 FROM presence p WHERE p.user_id = r.user_id
+                            AND p.device_id = r.holder AND p.expires_at > $1)))
+                    OR (r.holder IS NULL AND EXISTS (
+                            SELECT 1 FROM role_candidates c JOIN presence p
+                            ON p.user_id = c.user_id AND p.device_id = c.device_id
+                               AND p.expires_at > $1
+                            WHERE c.user_id = r.user_id AND c.role = r.role))",
+                &[&int(now)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push((user(row.get(0))?, row.get(1)));
+        }
+        Ok(out)
+    }
+}
+
+impl CoordinationReads for PgTx<'_, '_> {
+    type Error = TxError;
+
+    async fn now(&self) -> Result<u64, TxError> {
+        self.reads().now().await
+    }
+
+    async fn devices(&self, user_id: &UserId, now: u64) -> Result<Vec<DeviceInfo>, TxError> {
+        self.reads().devices(user_id, now).await
+    }
+
+    async fn role(&self, user_id: &UserId, role: &str) -> Result<Option<RoleState>, TxError> {
+        self.reads().role(user_id, role).await
+    }
+
+    async fn roles(&self, user_id: &UserId) -> Result<Vec<RoleState>, TxError> {
+        self.reads().roles(user_id).await
+    }
+
+    async fn roles_to_check(&self, now: u64) -> Result<Vec<(UserId, String)>, TxError> {
+        self.reads().roles_to_check(now).await
+    }
+}
+
+impl CoordinationTx for PgTx<'_, '_> {
+    fn announce(&mut self, event: StoreEvent) {
+        self.w.announce(event);
+    }
+
+    async fn rename_device(&self, device: &DeviceIdentity, name: &str) -> Result<bool, TxError> {
+        let renamed = self
+            .w
+            .tx
+            .execute(
+                "UPDATE devices SET name = $3 WHERE user_id = $1 AND device_id = $2
+                 AND revoked_at IS NULL",
+                &[&device.user.as_str(), &device.device.as_str(), &name],
+            )
+            .await?;
+        Ok(renamed > 0)
+    }
+
+    async fn set_push_token(
+        &self,
+        device: &DeviceIdentity,
+        token: Option<&PushToken>,
+    ) -> Result<(), TxError> {
+        self.w
+            .tx
+            .execute(
+                "UPDATE devices SET push_token = $3, push_provider = $4, last_hint_at = NULL
+                 WHERE user_id = $1 AND device_id = $2",
+                &[
+                    &device.user.as_str(),
+                    &device.device.as_str(),
+                    &token.map(|t| t.token.as_str()),
+                    &token.map(|t| t.provider.as_str()),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn retire_device(&self, device: &DeviceIdentity, now: u64) -> Result<(), TxError> {
+        let (u, d) = (device.user.as_str(), device.device.as_str());
+        let tx = &self.w.tx;
+        tx.execute(
+            "UPDATE devices SET revoked_at = $3, push_token = NULL, push_provider = NULL
+             WHERE user_id = $1 AND device_id = $2",
+            &[&u, &d, &int(now)],
         )
         .await?;
-    }
-    let Some((row, _)) = role_row(&w.tx, user_id, role, true).await? else {
-        // Never claimed: nothing to release, hand off, renew or check.
-        return match request {
-            RoleRequest::Handoff { .. } | RoleRequest::Renew { .. } => {
-                Err(StoreError::StaleEpoch(format!("role {role} has no holder")).into())
-            }
-            _ => Ok(RoleChange {
-                state: state_of(role, RoleRow::default(), None),
-                changed: false,
-            }),
-        };
-    };
-    let now = db_now(&w.tx).await?;
-    let rows =
-        w.tx.query(
-            "SELECT c.device_id, c.priority,
-                    (SELECT MAX(p.last_active) FROM presence p
-                     WHERE p.user_id = c.user_id AND p.device_id = c.device_id
-                       AND p.expires_at > $3)
-             FROM role_candidates c WHERE c.user_id = $1 AND c.role = $2",
-            &[&user_id.as_str(), &role, &int(now)],
+        tx.execute(
+            "DELETE FROM presence WHERE user_id = $1 AND device_id = $2",
+            &[&u, &d],
         )
         .await?;
-    let mut candidates = Vec::new();
-    for r in rows {
-        let active: Option<i64> = r.get(2);
-        candidates.push(Candidate {
-            device: device_id(r.get(0))?,
-            priority: r.get(1),
-            present: active.is_some(),
-            last_active: active.map_or(0, uint),
-        });
+        tx.execute(
+            "DELETE FROM role_candidates WHERE user_id = $1 AND device_id = $2",
+            &[&u, &d],
+        )
+        .await?;
+        Ok(())
     }
-    let target_present = match request {
-        RoleRequest::Handoff { to } => {
-            w.tx.query_opt(
+
+    async fn is_online(&self, device: &DeviceIdentity, now: u64) -> Result<bool, TxError> {
+        Ok(self
+            .w
+            .tx
+            .query_opt(
                 "SELECT 1 FROM presence p JOIN devices d
                    ON d.user_id = p.user_id AND d.device_id = p.device_id
                  WHERE p.user_id = $1 AND p.device_id = $2 AND p.expires_at > $3
                    AND d.revoked_at IS NULL LIMIT 1",
-                &[&user_id.as_str(), &to.as_str(), &int(now)],
+                &[&device.user.as_str(), &device.device.as_str(), &int(now)],
             )
             .await?
-            .is_some()
-        }
-        _ => false,
-    };
-    let decision = roles::decide(
-        &row,
-        &candidates,
-        &actor.device,
-        request,
-        target_present,
-        leases.role_ms,
-        now,
-    )?;
-    match &decision.candidacy {
-        CandidacyChange::Keep => {}
-        CandidacyChange::Upsert(device, priority) => {
-            w.tx.execute(
-                "INSERT INTO role_candidates (user_id, role, device_id, priority, claimed_at)
+            .is_some())
+    }
+
+    async fn stamp_presence(
+        &self,
+        instance: &str,
+        stamp: &PresenceStamp,
+        expires_at: u64,
+    ) -> Result<(), TxError> {
+        self.w
+            .tx
+            .execute(
+                "INSERT INTO presence (user_id, device_id, instance, last_active, expires_at)
                  VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (user_id, role, device_id) DO UPDATE SET priority = excluded.priority",
+                 ON CONFLICT (user_id, device_id, instance) DO UPDATE SET
+                     last_active = GREATEST(presence.last_active, excluded.last_active),
+                     expires_at = excluded.expires_at",
                 &[
-                    &user_id.as_str(),
-                    &role,
-                    &device.as_str(),
-                    priority,
-                    &int(now),
+                    &stamp.device.user.as_str(),
+                    &stamp.device.device.as_str(),
+                    &instance,
+                    &int(stamp.last_active),
+                    &int(expires_at),
                 ],
             )
             .await?;
-        }
-        CandidacyChange::Remove(device) => {
-            w.tx.execute(
-                "DELETE FROM role_candidates WHERE user_id = $1 AND role = $2 AND device_id = $3",
-                &[&user_id.as_str(), &role, &device.as_str()],
+        Ok(())
+    }
+
+    async fn remove_presence(
+        &self,
+        instance: &str,
+        device: &DeviceIdentity,
+    ) -> Result<bool, TxError> {
+        let removed = self
+            .w
+            .tx
+            .execute(
+                "DELETE FROM presence WHERE user_id = $1 AND device_id = $2 AND instance = $3",
+                &[&device.user.as_str(), &device.device.as_str(), &instance],
             )
             .await?;
+        Ok(removed > 0)
+    }
+
+    async fn set_last_seen(&self, device: &DeviceIdentity, at: u64) -> Result<(), TxError> {
+        self.w
+            .tx
+            .execute(
+                "UPDATE devices SET last_seen = $3 WHERE user_id = $1 AND device_id = $2",
+                &[&device.user.as_str(), &device.device.as_str(), &int(at)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn expire_presence(&self, now: u64) -> Result<Vec<UserId>, TxError> {
+        let tx = &self.w.tx;
+        let expired = tx
+            .query(
+                "DELETE FROM presence WHERE expires_at <= $1
+                 RETURNING user_id, device_id, last_active",
+                &[&int(now)],
+            )
+            .await?;
+        let mut users = Vec::with_capacity(expired.len());
+        for row in expired {
+            let (u, d, last): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+            tx.execute(
+                "UPDATE devices SET last_seen = GREATEST(COALESCE(last_seen, 0), $3)
+                 WHERE user_id = $1 AND device_id = $2",
+                &[&u, &d, &last],
+            )
+            .await?;
+            users.push(user(u)?);
         }
+        Ok(users)
     }
-    if decision.row != row {
-        let next = &decision.row;
-        w.tx.execute(
-            "UPDATE roles SET holder = $3, epoch = $4, lease_expires_at = $5
-             WHERE user_id = $1 AND role = $2",
-            &[
-                &user_id.as_str(),
-                &role,
-                &next.holder.as_ref().map(DeviceId::as_str),
-                &int(next.epoch),
-                &next.lease_expires_at.map(int),
-            ],
-        )
-        .await?;
+
+    async fn create_role(&self, user_id: &UserId, role: &str) -> Result<(), TxError> {
+        self.w
+            .tx
+            .execute(
+                "INSERT INTO roles (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&user_id.as_str(), &role],
+            )
+            .await?;
+        Ok(())
     }
-    let (row, name) = role_row(&w.tx, user_id, role, false)
-        .await?
-        .unwrap_or_default();
-    let state = state_of(role, row, name);
-    if decision.changed {
-        w.announce(StoreEvent::RoleChanged {
-            user: user_id.clone(),
-            state: state.clone(),
-        });
+
+    async fn lock_role(
+        &self,
+        user_id: &UserId,
+        role: &str,
+        lock: RowLock,
+    ) -> Result<Option<RoleRow>, TxError> {
+        let sql = match lock {
+            RowLock::Update => {
+                "SELECT holder, epoch, lease_expires_at FROM roles
+                 WHERE user_id = $1 AND role = $2 FOR UPDATE"
+            }
+            RowLock::Share => {
+                "SELECT holder, epoch, lease_expires_at FROM roles
+                 WHERE user_id = $1 AND role = $2 FOR SHARE"
+            }
+        };
+        let row = self
+            .w
+            .tx
+            .query_opt(sql, &[&user_id.as_str(), &role])
+            .await?;
+        Ok(row
+            .map(|row| role_row(row.get(0), row.get(1), row.get(2)))
+            .transpose()?)
     }
-    Ok(RoleChange {
-        state,
-        changed: decision.changed,
-    })
+
+    async fn candidates(
+        &self,
+        user_id: &UserId,
+        role: &str,
+        now: u64,
+    ) -> Result<Vec<Candidate>, TxError> {
+        let rows = self
+            .w
+            .tx
+            .query(
+                "SELECT c.device_id, c.priority,
+                        (SELECT MAX(p.last_active) FROM presence p
+                         WHERE p.user_id = c.user_id AND p.device_id = c.device_id
+                           AND p.expires_at > $3)
+                 FROM role_candidates c WHERE c.user_id = $1 AND c.role = $2",
+                &[&user_id.as_str(), &role, &int(now)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let active: Option<i64> = row.get(2);
+            out.push(Candidate {
+                device: device_id(row.get(0))?,
+                priority: row.get(1),
+                present: active.is_some(),
+                last_active: active.map_or(0, uint),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn write_candidacy(
+        &self,
+        user_id: &UserId,
+        role: &str,
+        change: &CandidacyChange,
+        now: u64,
+    ) -> Result<(), TxError> {
+        match change {
+            CandidacyChange::Keep => {}
+            CandidacyChange::Upsert(device, priority) => {
+                self.w
+                    .tx
+                    .execute(
+                        "INSERT INTO role_candidates
+                             (user_id, role, device_id, priority, claimed_at)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (user_id, role, device_id)
+                         DO UPDATE SET priority = excluded.priority",
+                        &[
+                            &user_id.as_str(),
+                            &role,
+                            &device.as_str(),
+                            priority,
+                            &int(now),
+                        ],
+                    )
+                    .await?;
+            }
+            CandidacyChange::Remove(device) => {
+                self.w
+                    .tx
+                    .execute(
+                        "DELETE FROM role_candidates
+                         WHERE user_id = $1 AND role = $2 AND device_id = $3",
+                        &[&user_id.as_str(), &role, &device.as_str()],
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_role(&self, user_id: &UserId, role: &str, row: &RoleRow) -> Result<(), TxError> {
+        self.w
+            .tx
+            .execute(
+                "UPDATE roles SET holder = $3, epoch = $4, lease_expires_at = $5
+                 WHERE user_id = $1 AND role = $2",
+                &[
+                    &user_id.as_str(),
+                    &role,
+                    &row.holder.as_ref().map(DeviceId::as_str),
+                    &int(row.epoch),
+                    &row.lease_expires_at.map(int),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_guard(
+        &self,
+        author: &DeviceIdentity,
+        hash: &[u8; 32],
+        expires_at: u64,
+        now: u64,
+    ) -> Result<bool, TxError> {
+        // A row comes back only for an insert or a takeover.
+        Ok(self
+            .w
+            .tx
+            .query_opt(
+                "INSERT INTO guards (user_id, hash, device_id, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (user_id, hash) DO UPDATE SET device_id = excluded.device_id,
+                     expires_at = excluded.expires_at
+                 WHERE guards.expires_at <= $5
+                 RETURNING 1",
+                &[
+                    &author.user.as_str(),
+                    &&hash[..],
+                    &author.device.as_str(),
+                    &int(expires_at),
+                    &int(now),
+                ],
+            )
+            .await?
+            .is_some())
+    }
+
+    async fn sweep_guards(&self, now: u64) -> Result<u64, TxError> {
+        Ok(self
+            .w
+            .tx
+            .execute("DELETE FROM guards WHERE expires_at <= $1", &[&int(now)])
+            .await?)
+    }
+
+    async fn hint_candidates(
+        &self,
+        spaces: &[SpaceId],
+        now: u64,
+    ) -> Result<Vec<HintCandidate>, TxError> {
+        let names: Vec<&str> = spaces.iter().map(SpaceId::as_str).collect();
+        // The devices' rows are locked in one order on every instance.
+        let rows = self
+            .w
+            .tx
+            .query(
+                "SELECT m.space, d.user_id, d.device_id, d.push_token, d.push_provider,
+                        d.last_hint_at
+                 FROM members m JOIN devices d ON d.user_id = m.user_id
+                 WHERE m.space = ANY($1) AND d.push_token IS NOT NULL AND d.revoked_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM presence p WHERE p.user_id = d.user_id
+                                   AND p.device_id = d.device_id AND p.expires_at > $2)
+                 ORDER BY d.user_id, d.device_id
+                 FOR UPDATE OF d",
+                &[&names, &int(now)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let last: Option<i64> = row.get(5);
+            out.push(HintCandidate {
+                space: space(row.get(0))?,
+                device: DeviceIdentity {
+                    user: user(row.get(1))?,
+                    device: device_id(row.get(2))?,
+                },
+                token: PushToken {
+                    token: row.get(3),
+                    provider: row.get(4),
+                },
+                last_hint_at: last.map(uint),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn set_last_hint(&self, device: &DeviceIdentity, at: u64) -> Result<(), TxError> {
+        self.w
+            .tx
+            .execute(
+                "UPDATE devices SET last_hint_at = $3 WHERE user_id = $1 AND device_id = $2",
+                &[&device.user.as_str(), &device.device.as_str(), &int(at)],
+            )
+            .await?;
+        Ok(())
+    }
 }
 
-/// The roles of `user`.
-pub(crate) async fn roles_of(
-    c: &impl GenericClient,
-    user_id: &UserId,
-) -> Result<Vec<RoleState>, StoreError> {
-    let rows = c
-        .query(
-            "SELECT r.role, r.holder, r.epoch, r.lease_expires_at,
-                    (SELECT d.name FROM devices d WHERE d.user_id = r.user_id AND d.device_id = r.holder)
-             FROM roles r WHERE r.user_id = $1 ORDER BY r.role",
-            &[&user_id.as_str()],
-        )
-        .await
-        .map_err(pg_error)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let role: String = row.get(0);
-        let holder: Option<String> = row.get(1);
-        let lease: Option<i64> = row.get(3);
-        out.push(state_of(
-            &role,
-            RoleRow {
-                holder: holder.map(device_id).transpose()?,
-                epoch: uint(row.get(2)),
-                lease_expires_at: lease.map(uint),
-            },
-            row.get(4),
-        ));
-    }
-    Ok(out)
-}
-
-/// Roles that need a check, by the database's clock.
-pub(crate) async fn roles_to_check(
-    c: &impl GenericClient,
-) -> Result<Vec<(UserId, String)>, StoreError> {
-    let rows = c
-        .query(
-            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS t)
-             SELECT r.user_id, r.role FROM roles r, now
-             WHERE (r.holder IS NOT NULL AND (r.lease_expires_at <= now.t OR NOT EXISTS (
-                        SELECT 1 FROM presence p WHERE p.user_id = r.user_id
-                        AND p.device_id = r.holder AND p.expires_at > now.t)))
-                OR (r.holder IS NULL AND EXISTS (
-                        SELECT 1 FROM role_candidates c JOIN presence p
-                        ON p.user_id = c.user_id AND p.device_id = c.device_id
-                           AND p.expires_at > now.t
-                        WHERE c.user_id = r.user_id AND c.role = r.role))",
-            &[],
-        )
-        .await
-        .map_err(pg_error)?;
-    rows.into_iter()
-        .map(|row| Ok((user(row.get(0))?, row.get(1))))
-        .collect()
-}
-
-/// Reads the roles named by `fences` of `user_id` `FOR SHARE` (a change of
-/// holder waits for this transaction), with the database's clock.
+/// Reads the roles named by `keys` (user, role) `FOR SHARE` (a change of
+/// holder waits for this transaction), with the database's clock after the
+/// locks: the fence checks of a group of pushes in one statement.
 pub(crate) async fn fenced_roles(
     c: &impl GenericClient,
     keys: &[(String, String)],
@@ -648,70 +630,13 @@ pub(crate) async fn fenced_roles(
         .map_err(pg_error)?;
     let mut out = BTreeMap::new();
     for row in rows {
-        let holder: Option<String> = row.get(2);
-        let lease: Option<i64> = row.get(4);
         out.insert(
             (row.get(0), row.get(1)),
-            RoleRow {
-                holder: holder.map(device_id).transpose()?,
-                epoch: uint(row.get(3)),
-                lease_expires_at: lease.map(uint),
-            },
+            role_row(row.get(2), row.get(3), row.get(4))?,
         );
     }
     // The clock after the locks: a lease that ran out while this waited is
     // seen as run out.
     let now = db_now(c).await?.max(now);
     Ok((out, now))
-}
-
-/// The duplicate guard.
-pub(crate) async fn guard(
-    w: &mut WriteTx<'_>,
-    author: &DeviceIdentity,
-    hash: &[u8; 32],
-    window_ms: u64,
-    fence: Option<&RoleFence>,
-) -> Result<GuardVerdict, TxError> {
-    if let Some(fence) = fence {
-        let key = (author.user.to_string(), fence.role.clone());
-        let (rows, now) = fenced_roles(&w.tx, std::slice::from_ref(&key)).await?;
-        if !rows
-            .get(&key)
-            .is_some_and(|row| row.admits(&author.device, fence, now))
-        {
-            return Err(StoreError::StaleEpoch(roles::stale_reason(fence)).into());
-        }
-    }
-    let now = int(db_now(&w.tx).await?);
-    let first =
-        w.tx.query_opt(
-            "INSERT INTO guards (user_id, hash, device_id, expires_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (user_id, hash) DO UPDATE SET device_id = excluded.device_id,
-                 expires_at = excluded.expires_at
-             WHERE guards.expires_at <= $5
-             RETURNING 1",
-            &[
-                &author.user.as_str(),
-                &&hash[..],
-                &author.device.as_str(),
-                &(now + int(window_ms)),
-                &now,
-            ],
-        )
-        .await?
-        .is_some();
-    Ok(if first {
-        GuardVerdict::First
-    } else {
-        GuardVerdict::Duplicate
-    })
-}
-
-/// Deletes guard rows whose window ran out.
-pub(crate) async fn sweep_guards(w: &mut WriteTx<'_>) -> Result<u64, TxError> {
-    let now = int(db_now(&w.tx).await?);
-    Ok(w.tx
-        .execute("DELETE FROM guards WHERE expires_at <= $1", &[&now])
-        .await?)
 }

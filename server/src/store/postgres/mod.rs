@@ -35,7 +35,10 @@
 //! [`WriteTx`] (or a read of a client) in [`writes`] or [`reads`]; events it
 //! pushes on the `WriteTx` are announced everywhere after the commit, and
 //! [`PostgresStore::write`] retries it on a serialization failure or
-//! deadlock. Then add one line to the [`Store`] implementation.
+//! deadlock. Then add one line to the implementation of the store's part
+//! it belongs to ([`AuthStore`] or [`FeedStore`]). A coordination operation
+//! is written once for both stores, in `store::coordination::transactions`,
+//! over the seam that `coordination` implements here.
 
 mod announce;
 mod coordination;
@@ -58,11 +61,14 @@ use tokio_postgres::error::SqlState;
 use tracing::warn;
 
 use self::announce::Announcer;
+use self::coordination::{PgReads, PgTx};
 use self::pushes::PushQueue;
+use super::coordination::seam::CoordinationTx;
+use super::coordination::transactions;
 use super::{
-    ChangePage, CommitListener, CompactionReport, CompactionRule, DeviceIdentity,
-    DeviceRegistration, FeedPosition, NewCredentials, PageLimit, PushRules, RefreshOutcome, Store,
-    StoreError, StoreEvent, StoreFuture,
+    AuthStore, ChangePage, CommitListener, CompactionReport, CompactionRule, CoordinationStore,
+    DeviceIdentity, DeviceRegistration, FeedPosition, FeedStore, NewCredentials, PageLimit,
+    PushRules, RefreshOutcome, Store, StoreError, StoreEvent, StoreFuture,
 };
 use super::{HintClaim, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
@@ -155,6 +161,15 @@ impl From<tokio_postgres::Error> for TxError {
             TxError::Retry(e.to_string())
         } else {
             TxError::Fail(pg_error(e))
+        }
+    }
+}
+
+impl From<TxError> for StoreError {
+    fn from(e: TxError) -> StoreError {
+        match e {
+            TxError::Retry(why) => StoreError::Backend(why),
+            TxError::Fail(e) => e,
         }
     }
 }
@@ -378,7 +393,7 @@ impl Inner {
     }
 }
 
-impl Store for PostgresStore {
+impl AuthStore for PostgresStore {
     fn register_device(
         &self,
         device: DeviceRegistration,
@@ -386,15 +401,12 @@ impl Store for PostgresStore {
         max_devices: usize,
         now_ms: u64,
     ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let device = device.clone();
-                Box::pin(async move {
-                    writes::register_device(w, &device, &credentials, max_devices, now_ms).await
-                })
+        Box::pin(self.write(move |w| {
+            let device = device.clone();
+            Box::pin(async move {
+                writes::register_device(w, &device, &credentials, max_devices, now_ms).await
             })
-            .await
-        })
+        }))
     }
 
     fn device_for_access_token(
@@ -402,12 +414,9 @@ impl Store for PostgresStore {
         access: TokenHash,
         now_ms: u64,
     ) -> StoreFuture<'_, Option<DeviceIdentity>> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::device_for_access_token(c, &access, now_ms).await })
-            })
-            .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { reads::device_for_access_token(c, &access, now_ms).await })
+        }))
     }
 
     fn refresh_credentials(
@@ -416,197 +425,24 @@ impl Store for PostgresStore {
         next: NewCredentials,
         now_ms: u64,
     ) -> StoreFuture<'_, RefreshOutcome> {
-        Box::pin(async move {
-            self.write(move |w| {
-                Box::pin(
-                    async move { writes::refresh_credentials(w, &presented, &next, now_ms).await },
-                )
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            Box::pin(async move { writes::refresh_credentials(w, &presented, &next, now_ms).await })
+        }))
     }
 
     fn revoke_device(&self, device: DeviceIdentity) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let device = device.clone();
-                Box::pin(async move { writes::revoke_device(w, &device).await })
-            })
-            .await
-        })
-    }
-
-    fn devices_of(&self, user: UserId, _now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { coordination::devices_of(c, &user).await }))
-                .await
-        })
-    }
-
-    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (device, name) = (device.clone(), name.clone());
-                Box::pin(async move { coordination::rename_device(w, &device, &name).await })
-            })
-            .await
-        })
-    }
-
-    fn set_push_token(
-        &self,
-        device: DeviceIdentity,
-        token: Option<PushToken>,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (device, token) = (device.clone(), token.clone());
-                Box::pin(
-                    async move { coordination::set_push_token(w, &device, token.as_ref()).await },
-                )
-            })
-            .await
-        })
-    }
-
-    fn claim_push_hints(
-        &self,
-        spaces: Vec<HintedSpace>,
-        min_interval_ms: u64,
-        _now_ms: u64,
-    ) -> StoreFuture<'_, HintClaim> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let spaces = spaces.clone();
-                Box::pin(async move {
-                    coordination::claim_push_hints(w, &spaces, min_interval_ms).await
-                })
-            })
-            .await
-        })
-    }
-
-    fn presence_connected(
-        &self,
-        instance: String,
-        stamp: PresenceStamp,
-        leases: Leases,
-        _now_ms: u64,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (instance, stamp) = (instance.clone(), stamp.clone());
-                Box::pin(async move {
-                    coordination::presence_connected(w, &instance, &stamp, leases).await
-                })
-            })
-            .await
-        })
-    }
-
-    fn presence_disconnected(
-        &self,
-        instance: String,
-        device: DeviceIdentity,
-        _now_ms: u64,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (instance, device) = (instance.clone(), device.clone());
-                Box::pin(
-                    async move { coordination::presence_disconnected(w, &instance, &device).await },
-                )
-            })
-            .await
-        })
-    }
-
-    fn presence_heartbeat(
-        &self,
-        instance: String,
-        stamps: Vec<PresenceStamp>,
-        leases: Leases,
-        _now_ms: u64,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (instance, stamps) = (instance.clone(), stamps.clone());
-                Box::pin(async move {
-                    coordination::presence_heartbeat(w, &instance, &stamps, leases).await
-                })
-            })
-            .await
-        })
-    }
-
-    fn change_role(
-        &self,
-        actor: DeviceIdentity,
-        role: String,
-        request: RoleRequest,
-        leases: Leases,
-        _now_ms: u64,
-    ) -> StoreFuture<'_, RoleChange> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (actor, role, request) = (actor.clone(), role.clone(), request.clone());
-                Box::pin(async move {
-                    coordination::change_role(w, &actor, &role, &request, leases).await
-                })
-            })
-            .await
-        })
-    }
-
-    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { coordination::roles_of(c, &user).await }))
-                .await
-        })
-    }
-
-    fn roles_to_check(&self, _now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { coordination::roles_to_check(c).await }))
-                .await
-        })
-    }
-
-    fn guard(
-        &self,
-        author: DeviceIdentity,
-        hash: [u8; 32],
-        window_ms: u64,
-        fence: Option<RoleFence>,
-        _now_ms: u64,
-    ) -> StoreFuture<'_, GuardVerdict> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let (author, fence) = (author.clone(), fence.clone());
-                Box::pin(async move {
-                    coordination::guard(w, &author, &hash, window_ms, fence.as_ref()).await
-                })
-            })
-            .await
-        })
-    }
-
-    fn sweep_guards(&self, _now_ms: u64) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            self.write(move |w| Box::pin(async move { coordination::sweep_guards(w).await }))
-                .await
-        })
+        Box::pin(self.write(move |w| {
+            let device = device.clone();
+            Box::pin(async move { writes::revoke_device(w, &device).await })
+        }))
     }
 
     fn create_space(&self, owner: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let owner = owner.clone();
-                let space = space.clone();
-                Box::pin(async move { writes::create_space(w, &owner, &space).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let owner = owner.clone();
+            let space = space.clone();
+            Box::pin(async move { writes::create_space(w, &owner, &space).await })
+        }))
     }
 
     fn add_member(
@@ -615,15 +451,12 @@ impl Store for PostgresStore {
         space: SpaceId,
         member: UserId,
     ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let actor = actor.clone();
-                let space = space.clone();
-                let member = member.clone();
-                Box::pin(async move { writes::add_member(w, &actor, &space, &member).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let actor = actor.clone();
+            let space = space.clone();
+            let member = member.clone();
+            Box::pin(async move { writes::add_member(w, &actor, &space, &member).await })
+        }))
     }
 
     fn remove_member(
@@ -632,33 +465,28 @@ impl Store for PostgresStore {
         space: SpaceId,
         member: UserId,
     ) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
-            self.write(move |w| {
-                let actor = actor.clone();
-                let space = space.clone();
-                let member = member.clone();
-                Box::pin(async move { writes::remove_member(w, &actor, &space, &member).await })
-            })
-            .await
-        })
+        Box::pin(self.write(move |w| {
+            let actor = actor.clone();
+            let space = space.clone();
+            let member = member.clone();
+            Box::pin(async move { writes::remove_member(w, &actor, &space, &member).await })
+        }))
     }
 
     fn spaces_of(&self, user: UserId) -> StoreFuture<'_, Vec<SpaceSummary>> {
-        Box::pin(async move {
-            self.read(move |c| Box::pin(async move { reads::spaces_of_user(c, &user).await }))
-                .await
-        })
+        Box::pin(self.read(move |c| Box::pin(async move { reads::spaces_of_user(c, &user).await })))
     }
 
     fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
-        Box::pin(async move {
+        Box::pin(
             self.read(move |c| {
                 Box::pin(async move { reads::space_members(c, &actor, &space).await })
-            })
-            .await
-        })
+            }),
+        )
     }
+}
 
+impl FeedStore for PostgresStore {
     fn push(
         &self,
         author: DeviceIdentity,
@@ -678,12 +506,9 @@ impl Store for PostgresStore {
         after: u64,
         limit: PageLimit,
     ) -> StoreFuture<'_, ChangePage> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::read_changes(c, &reader, &space, after, limit).await })
-            })
-            .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { reads::read_changes(c, &reader, &space, after, limit).await })
+        }))
     }
 
     fn feed_positions(
@@ -691,22 +516,152 @@ impl Store for PostgresStore {
         reader: UserId,
         spaces: Vec<SpaceId>,
     ) -> StoreFuture<'_, Vec<(SpaceId, FeedPosition)>> {
-        Box::pin(async move {
-            self.read(move |c| {
-                Box::pin(async move { reads::feed_positions(c, &reader, &spaces).await })
-            })
-            .await
-        })
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { reads::feed_positions(c, &reader, &spaces).await })
+        }))
     }
 
     fn compact(&self, rule: CompactionRule) -> StoreFuture<'_, CompactionReport> {
         let lock = self.inner.compaction_lock;
-        Box::pin(async move {
-            self.write(move |w| Box::pin(async move { writes::compact(w, &rule, lock).await }))
-                .await
-        })
+        Box::pin(
+            self.write(move |w| Box::pin(async move { writes::compact(w, &rule, lock).await })),
+        )
+    }
+}
+
+impl CoordinationStore for PostgresStore {
+    fn devices_of(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceInfo>> {
+        Box::pin(
+            self.read(move |c| Box::pin(async move { coordination::devices_of(c, &user).await })),
+        )
     }
 
+    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |w| {
+            let (device, name) = (device.clone(), name.clone());
+            Box::pin(
+                async move { transactions::rename_device(&mut PgTx::new(w), &device, &name).await },
+            )
+        }))
+    }
+
+    fn set_push_token(
+        &self,
+        device: DeviceIdentity,
+        token: Option<PushToken>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |w| {
+            let (device, token) = (device.clone(), token.clone());
+            Box::pin(async move { PgTx::new(w).set_push_token(&device, token.as_ref()).await })
+        }))
+    }
+
+    fn claim_push_hints(
+        &self,
+        spaces: Vec<HintedSpace>,
+        min_interval_ms: u64,
+    ) -> StoreFuture<'_, HintClaim> {
+        Box::pin(self.write(move |w| {
+            let spaces = spaces.clone();
+            Box::pin(async move {
+                transactions::claim_push_hints(&mut PgTx::new(w), &spaces, min_interval_ms).await
+            })
+        }))
+    }
+
+    fn presence_connected(
+        &self,
+        instance: String,
+        stamp: PresenceStamp,
+        leases: Leases,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |w| {
+            let (instance, stamp) = (instance.clone(), stamp.clone());
+            Box::pin(async move {
+                transactions::presence_connected(&mut PgTx::new(w), &instance, &stamp, leases).await
+            })
+        }))
+    }
+
+    fn presence_disconnected(
+        &self,
+        instance: String,
+        device: DeviceIdentity,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |w| {
+            let (instance, device) = (instance.clone(), device.clone());
+            Box::pin(async move {
+                transactions::presence_disconnected(&mut PgTx::new(w), &instance, &device).await
+            })
+        }))
+    }
+
+    fn presence_heartbeat(
+        &self,
+        instance: String,
+        stamps: Vec<PresenceStamp>,
+        leases: Leases,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.write(move |w| {
+            let (instance, stamps) = (instance.clone(), stamps.clone());
+            Box::pin(async move {
+                transactions::presence_heartbeat(&mut PgTx::new(w), &instance, &stamps, leases)
+                    .await
+            })
+        }))
+    }
+
+    fn change_role(
+        &self,
+        actor: DeviceIdentity,
+        role: String,
+        request: RoleRequest,
+        leases: Leases,
+    ) -> StoreFuture<'_, RoleChange> {
+        Box::pin(self.write(move |w| {
+            let (actor, role, request) = (actor.clone(), role.clone(), request.clone());
+            Box::pin(async move {
+                transactions::change_role(&mut PgTx::new(w), &actor, &role, &request, leases).await
+            })
+        }))
+    }
+
+    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { Ok(transactions::roles_of(&PgReads::new(c), &user).await?) })
+        }))
+    }
+
+    fn roles_to_check(&self) -> StoreFuture<'_, Vec<(UserId, String)>> {
+        Box::pin(self.read(move |c| {
+            Box::pin(async move { Ok(transactions::roles_to_check(&PgReads::new(c)).await?) })
+        }))
+    }
+
+    fn guard(
+        &self,
+        author: DeviceIdentity,
+        hash: [u8; 32],
+        window_ms: u64,
+        fence: Option<RoleFence>,
+    ) -> StoreFuture<'_, GuardVerdict> {
+        Box::pin(self.write(move |w| {
+            let (author, fence) = (author.clone(), fence.clone());
+            Box::pin(async move {
+                transactions::guard(&mut PgTx::new(w), &author, &hash, window_ms, fence.as_ref())
+                    .await
+            })
+        }))
+    }
+
+    fn sweep_guards(&self) -> StoreFuture<'_, u64> {
+        Box::pin(self.write(move |w| {
+            Box::pin(async move { transactions::sweep_guards(&mut PgTx::new(w)).await })
+        }))
+    }
+}
+
+impl Store for PostgresStore {
     fn close(&self) -> StoreFuture<'_, ()> {
         let inner = self.inner.clone();
         Box::pin(async move {

@@ -9,9 +9,11 @@ use deadpool_postgres::GenericClient;
 use tandem_protocol::api::SpaceMembers;
 use tandem_protocol::{SpaceId, UserId};
 
+use super::coordination::PgTx;
 use super::reads::{self, int, is_member, members_of, not_a_member, spaces_of_user};
 use super::{TxError, WriteTx};
 use crate::auth::TokenHash;
+use crate::store::coordination::transactions;
 use crate::store::{
     CompactionReport, CompactionRule, DeviceIdentity, DeviceRegistration, NewCredentials,
     RefreshOutcome, StoreError, StoreEvent,
@@ -63,7 +65,19 @@ async fn delete_credentials(w: &WriteTx<'_>, device: &DeviceIdentity) -> Result<
     Ok(())
 }
 
-/// Registers a device (see [`crate::store::Store::register_device`]).
+/// Whether the device was revoked.
+async fn is_revoked(w: &WriteTx<'_>, device: &DeviceIdentity) -> Result<bool, TxError> {
+    Ok(w.tx
+        .query_opt(
+            "SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2
+             AND revoked_at IS NOT NULL",
+            &[&device.user.as_str(), &device.device.as_str()],
+        )
+        .await?
+        .is_some())
+}
+
+/// Registers a device (see [`crate::store::AuthStore::register_device`]).
 pub(crate) async fn register_device(
     w: &mut WriteTx<'_>,
     reg: &DeviceRegistration,
@@ -72,7 +86,7 @@ pub(crate) async fn register_device(
     now_ms: u64,
 ) -> Result<(), TxError> {
     let id = &reg.identity;
-    if super::coordination::is_revoked(&w.tx, id).await? {
+    if is_revoked(w, id).await? {
         return Err(StoreError::Revoked(format!(
             "device {} was revoked; a revoked device cannot register again",
             id.device
@@ -124,11 +138,10 @@ pub(crate) async fn register_device(
         &[&personal.as_str(), &id.user.as_str()],
     )
     .await?;
-    super::coordination::announce_devices(w, &id.user).await?;
-    Ok(())
+    transactions::announce_devices(&mut PgTx::new(w), &id.user).await
 }
 
-/// Spends a refresh token (see [`crate::store::Store::refresh_credentials`]).
+/// Spends a refresh token (see [`crate::store::AuthStore::refresh_credentials`]).
 /// The token's row is locked, so two instances presenting the same token at
 /// once rotate it once and see the second presentation as a reuse.
 pub(crate) async fn refresh_credentials(
@@ -171,13 +184,13 @@ pub(crate) async fn refresh_credentials(
     Ok(RefreshOutcome::Rotated(identity))
 }
 
-/// Revokes a device for good (see [`crate::store::Store::revoke_device`]).
+/// Revokes a device for good (see [`crate::store::AuthStore::revoke_device`]).
 pub(crate) async fn revoke_device(
     w: &mut WriteTx<'_>,
     device: &DeviceIdentity,
 ) -> Result<(), TxError> {
     delete_credentials(w, device).await?;
-    super::coordination::retire_device(w, device).await?;
+    transactions::retire_device(&mut PgTx::new(w), device).await?;
     w.announce(StoreEvent::DeviceRevoked(device.clone()));
     Ok(())
 }
@@ -320,7 +333,7 @@ pub(crate) async fn remove_member(
     space_members(w, space, owner).await
 }
 
-/// Purges what `rule` names (see [`crate::store::Store::compact`]). Only one
+/// Purges what `rule` names (see [`crate::store::FeedStore::compact`]). Only one
 /// instance compacts at a time; the others find the lock taken and report
 /// nothing done.
 pub(crate) async fn compact(

@@ -28,11 +28,14 @@ use tracing::warn;
 
 pub use migrations::CURRENT_SCHEMA;
 
+use self::coordination::{SqliteReads, SqliteTx, ready};
 use self::writer::{WriterHandle, backend};
+use super::coordination::seam::CoordinationTx;
+use super::coordination::transactions;
 use super::{
-    ChangePage, CommitListener, CompactionReport, CompactionRule, DeviceIdentity,
-    DeviceRegistration, FeedPosition, NewCredentials, PageLimit, PushRules, RefreshOutcome, Store,
-    StoreError, StoreFuture,
+    AuthStore, ChangePage, CommitListener, CompactionReport, CompactionRule, CoordinationStore,
+    DeviceIdentity, DeviceRegistration, FeedPosition, FeedStore, NewCredentials, PageLimit,
+    PushRules, RefreshOutcome, Store, StoreError, StoreFuture,
 };
 use super::{HintClaim, HintedSpace, Leases, PresenceStamp, RoleChange, RoleRequest};
 use crate::auth::TokenHash;
@@ -71,6 +74,13 @@ struct Inner {
     stop_checkpoints: Mutex<Option<mpsc::Sender<()>>>,
     readers: Mutex<Vec<Connection>>,
     read_permits: Semaphore,
+}
+
+/// The store's clock (see [`crate::store::coordination`]): this process's,
+/// the only one on the database. Coordination reads it where its
+/// transaction runs (on the writer thread, or on a reader).
+fn clock() -> u64 {
+    crate::state::now_ms()
 }
 
 fn configure(conn: &Connection, durable: bool) -> rusqlite::Result<()> {
@@ -186,7 +196,7 @@ impl Inner {
     }
 }
 
-impl Store for SqliteStore {
+impl AuthStore for SqliteStore {
     fn register_device(
         &self,
         device: DeviceRegistration,
@@ -224,119 +234,7 @@ impl Store for SqliteStore {
         Box::pin(
             self.inner
                 .writer
-                .write(move |ctx| writes::revoke_device(ctx, &device, crate::state::now_ms())),
-        )
-    }
-
-    fn devices_of(&self, user: UserId, now_ms: u64) -> StoreFuture<'_, Vec<DeviceInfo>> {
-        Box::pin(self.read(move |conn| coordination::devices_of(conn, &user, now_ms)))
-    }
-
-    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
-        Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::rename_device(ctx, &device, &name, crate::state::now_ms())
-        }))
-    }
-
-    fn set_push_token(
-        &self,
-        device: DeviceIdentity,
-        token: Option<PushToken>,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| coordination::set_push_token(ctx, &device, token.as_ref())),
-        )
-    }
-
-    fn claim_push_hints(
-        &self,
-        spaces: Vec<HintedSpace>,
-        min_interval_ms: u64,
-        now_ms: u64,
-    ) -> StoreFuture<'_, HintClaim> {
-        Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::claim_push_hints(ctx, &spaces, min_interval_ms, now_ms)
-        }))
-    }
-
-    fn presence_connected(
-        &self,
-        instance: String,
-        stamp: PresenceStamp,
-        leases: Leases,
-        now_ms: u64,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::presence_connected(ctx, &instance, &stamp, leases, now_ms)
-        }))
-    }
-
-    fn presence_disconnected(
-        &self,
-        instance: String,
-        device: DeviceIdentity,
-        now_ms: u64,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(
-            self.inner.writer.write(move |ctx| {
-                coordination::presence_disconnected(ctx, &instance, &device, now_ms)
-            }),
-        )
-    }
-
-    fn presence_heartbeat(
-        &self,
-        instance: String,
-        stamps: Vec<PresenceStamp>,
-        leases: Leases,
-        now_ms: u64,
-    ) -> StoreFuture<'_, ()> {
-        Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::presence_heartbeat(ctx, &instance, &stamps, leases, now_ms)
-        }))
-    }
-
-    fn change_role(
-        &self,
-        actor: DeviceIdentity,
-        role: String,
-        request: RoleRequest,
-        leases: Leases,
-        now_ms: u64,
-    ) -> StoreFuture<'_, RoleChange> {
-        Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::change_role(ctx, &actor, &role, &request, leases, now_ms)
-        }))
-    }
-
-    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
-        Box::pin(self.read(move |conn| coordination::roles_of(conn, &user)))
-    }
-
-    fn roles_to_check(&self, now_ms: u64) -> StoreFuture<'_, Vec<(UserId, String)>> {
-        Box::pin(self.read(move |conn| coordination::roles_to_check(conn, now_ms)))
-    }
-
-    fn guard(
-        &self,
-        author: DeviceIdentity,
-        hash: [u8; 32],
-        window_ms: u64,
-        fence: Option<RoleFence>,
-        now_ms: u64,
-    ) -> StoreFuture<'_, GuardVerdict> {
-        Box::pin(self.inner.writer.write(move |ctx| {
-            coordination::guard(ctx, &author, &hash, window_ms, fence.as_ref(), now_ms)
-        }))
-    }
-
-    fn sweep_guards(&self, now_ms: u64) -> StoreFuture<'_, u64> {
-        Box::pin(
-            self.inner
-                .writer
-                .write(move |ctx| coordination::sweep_guards(ctx, now_ms)),
+                .write(move |ctx| writes::revoke_device(ctx, &device)),
         )
     }
 
@@ -381,7 +279,9 @@ impl Store for SqliteStore {
     fn space_members(&self, actor: UserId, space: SpaceId) -> StoreFuture<'_, SpaceMembers> {
         Box::pin(self.read(move |conn| reads::space_members(conn, &actor, &space)))
     }
+}
 
+impl FeedStore for SqliteStore {
     fn push(
         &self,
         author: DeviceIdentity,
@@ -421,7 +321,155 @@ impl Store for SqliteStore {
                 .write(move |ctx| writes::compact(ctx, &rule)),
         )
     }
+}
 
+impl CoordinationStore for SqliteStore {
+    fn devices_of(&self, user: UserId) -> StoreFuture<'_, Vec<DeviceInfo>> {
+        Box::pin(
+            self.read(move |conn| ready(transactions::devices_of(&SqliteReads::new(conn), &user))),
+        )
+    }
+
+    fn rename_device(&self, device: DeviceIdentity, name: String) -> StoreFuture<'_, ()> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::rename_device(
+                &mut SqliteTx::new(ctx),
+                &device,
+                &name,
+            ))
+        }))
+    }
+
+    fn set_push_token(
+        &self,
+        device: DeviceIdentity,
+        token: Option<PushToken>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(
+            self.inner.writer.write(move |ctx| {
+                ready(SqliteTx::new(ctx).set_push_token(&device, token.as_ref()))
+            }),
+        )
+    }
+
+    fn claim_push_hints(
+        &self,
+        spaces: Vec<HintedSpace>,
+        min_interval_ms: u64,
+    ) -> StoreFuture<'_, HintClaim> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::claim_push_hints(
+                &mut SqliteTx::new(ctx),
+                &spaces,
+                min_interval_ms,
+            ))
+        }))
+    }
+
+    fn presence_connected(
+        &self,
+        instance: String,
+        stamp: PresenceStamp,
+        leases: Leases,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::presence_connected(
+                &mut SqliteTx::new(ctx),
+                &instance,
+                &stamp,
+                leases,
+            ))
+        }))
+    }
+
+    fn presence_disconnected(
+        &self,
+        instance: String,
+        device: DeviceIdentity,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::presence_disconnected(
+                &mut SqliteTx::new(ctx),
+                &instance,
+                &device,
+            ))
+        }))
+    }
+
+    fn presence_heartbeat(
+        &self,
+        instance: String,
+        stamps: Vec<PresenceStamp>,
+        leases: Leases,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::presence_heartbeat(
+                &mut SqliteTx::new(ctx),
+                &instance,
+                &stamps,
+                leases,
+            ))
+        }))
+    }
+
+    fn change_role(
+        &self,
+        actor: DeviceIdentity,
+        role: String,
+        request: RoleRequest,
+        leases: Leases,
+    ) -> StoreFuture<'_, RoleChange> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::change_role(
+                &mut SqliteTx::new(ctx),
+                &actor,
+                &role,
+                &request,
+                leases,
+            ))
+        }))
+    }
+
+    fn roles_of(&self, user: UserId) -> StoreFuture<'_, Vec<RoleState>> {
+        Box::pin(
+            self.read(move |conn| ready(transactions::roles_of(&SqliteReads::new(conn), &user))),
+        )
+    }
+
+    fn roles_to_check(&self) -> StoreFuture<'_, Vec<(UserId, String)>> {
+        Box::pin(
+            self.read(move |conn| ready(transactions::roles_to_check(&SqliteReads::new(conn)))),
+        )
+    }
+
+    fn guard(
+        &self,
+        author: DeviceIdentity,
+        hash: [u8; 32],
+        window_ms: u64,
+        fence: Option<RoleFence>,
+    ) -> StoreFuture<'_, GuardVerdict> {
+        Box::pin(self.inner.writer.write(move |ctx| {
+            ready(transactions::guard(
+                &mut SqliteTx::new(ctx),
+                &author,
+                &hash,
+                window_ms,
+                fence.as_ref(),
+            ))
+        }))
+    }
+
+    fn sweep_guards(&self) -> StoreFuture<'_, u64> {
+        Box::pin(
+            self.inner
+                .writer
+                .write(move |ctx| ready(transactions::sweep_guards(&mut SqliteTx::new(ctx)))),
+        )
+    }
+}
+
+impl Store for SqliteStore {
     fn close(&self) -> StoreFuture<'_, ()> {
         let inner = self.inner.clone();
         Box::pin(async move {

@@ -9,10 +9,12 @@ use tandem_protocol::{
     Change, DocState, Document, Mutation, MutationId, SpaceChecksum, SpaceId, UserId,
 };
 
+use super::coordination::{SqliteTx, ready};
 use super::reads::{members_of, spaces_of_user};
 use super::writer::{WriteCtx, backend};
 use crate::apply::{self, Decision};
 use crate::auth::TokenHash;
+use crate::store::coordination::transactions;
 use crate::store::{
     CommittedChanges, CompactionReport, CompactionRule, DeviceIdentity, DeviceRegistration,
     NewCredentials, PushRules, RefreshOutcome, StoreError, StoreEvent,
@@ -62,7 +64,17 @@ fn delete_credentials(tx: &Transaction<'_>, device: &DeviceIdentity) -> Result<(
     Ok(())
 }
 
-/// Registers a device (see [`crate::store::Store::register_device`]).
+/// Whether the device was revoked.
+fn is_revoked(tx: &Transaction<'_>, device: &DeviceIdentity) -> Result<bool, StoreError> {
+    tx.prepare_cached(
+        "SELECT 1 FROM devices WHERE user = ?1 AND device_id = ?2 AND revoked_at IS NOT NULL",
+    )
+    .map_err(backend)?
+    .exists(params![device.user.as_str(), device.device.as_str()])
+    .map_err(backend)
+}
+
+/// Registers a device (see [`crate::store::AuthStore::register_device`]).
 pub fn register_device(
     ctx: &mut WriteCtx<'_>,
     reg: &DeviceRegistration,
@@ -72,7 +84,7 @@ pub fn register_device(
 ) -> Result<(), StoreError> {
     let tx = ctx.tx;
     let id = &reg.identity;
-    if super::coordination::is_revoked(tx, id)? {
+    if is_revoked(tx, id)? {
         return Err(StoreError::Revoked(format!(
             "device {} was revoked; a revoked device cannot register again",
             id.device
@@ -125,11 +137,13 @@ pub fn register_device(
         params![personal.as_str(), id.user.as_str()],
     )
     .map_err(backend)?;
-    super::coordination::announce_devices(ctx, &id.user, now_ms)?;
-    Ok(())
+    ready(transactions::announce_devices(
+        &mut SqliteTx::new(ctx),
+        &id.user,
+    ))
 }
 
-/// Spends a refresh token (see [`crate::store::Store::refresh_credentials`]).
+/// Spends a refresh token (see [`crate::store::AuthStore::refresh_credentials`]).
 pub fn refresh_credentials(
     ctx: &mut WriteCtx<'_>,
     presented: &TokenHash,
@@ -171,14 +185,10 @@ pub fn refresh_credentials(
     Ok(RefreshOutcome::Rotated(identity))
 }
 
-/// Revokes a device for good (see [`crate::store::Store::revoke_device`]).
-pub fn revoke_device(
-    ctx: &mut WriteCtx<'_>,
-    device: &DeviceIdentity,
-    now_ms: u64,
-) -> Result<(), StoreError> {
+/// Revokes a device for good (see [`crate::store::AuthStore::revoke_device`]).
+pub fn revoke_device(ctx: &mut WriteCtx<'_>, device: &DeviceIdentity) -> Result<(), StoreError> {
     delete_credentials(ctx.tx, device)?;
-    super::coordination::retire_device(ctx, device, now_ms)?;
+    ready(transactions::retire_device(&mut SqliteTx::new(ctx), device))?;
     ctx.events.push(StoreEvent::DeviceRevoked(device.clone()));
     Ok(())
 }
@@ -341,7 +351,7 @@ pub fn remove_member(
     space_members(ctx.tx, space, owner)
 }
 
-/// Applies a batch (see [`crate::store::Store::push`]).
+/// Applies a batch (see [`crate::store::FeedStore::push`]).
 pub fn push(
     ctx: &mut WriteCtx<'_>,
     rules: &PushRules,
@@ -380,7 +390,11 @@ fn push_one(
     let outcome = if !is_member(tx, &m.space, &author.user)? {
         apply::not_a_member(m)
     } else if let Some(fence) = &m.fence
-        && !super::coordination::fence_holds(tx, author, fence, now_ms)?
+        && !ready(transactions::fence_holds(
+            &SqliteTx::new(ctx),
+            author,
+            fence,
+        ))?
     {
         apply::stale_fence(fence)
     } else {
@@ -546,7 +560,7 @@ fn write_document(
     Ok(rev)
 }
 
-/// Purges what `rule` names (see [`crate::store::Store::compact`]).
+/// Purges what `rule` names (see [`crate::store::FeedStore::compact`]).
 pub fn compact(
     ctx: &mut WriteCtx<'_>,
     rule: &CompactionRule,

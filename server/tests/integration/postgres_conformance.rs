@@ -2,8 +2,6 @@
 //! on a schema of its own in the database named by
 //! `TANDEM_TEST_POSTGRES_URL` (see `scripts/test.sh`).
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 
 use futures::future::BoxFuture;

@@ -3,8 +3,6 @@
 //! reconnection, and the schema migrations. Each test runs on a schema of
 //! its own in the database named by `TANDEM_TEST_POSTGRES_URL`.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -19,8 +17,8 @@ use tandem_server::store::conformance::RecordingListener;
 use tandem_server::store::postgres::migrations::{self, CURRENT_SCHEMA, MIGRATIONS};
 use tandem_server::store::postgres::testing::TestSchema;
 use tandem_server::store::{
-    DeviceIdentity, DeviceRegistration, NewCredentials, PageLimit, PostgresOptions, PostgresStore,
-    PushRules, RefreshOutcome, Store, StoreEvent,
+    AuthStore, DeviceIdentity, DeviceRegistration, FeedStore, NewCredentials, PageLimit,
+    PostgresOptions, PostgresStore, PushRules, RefreshOutcome, Store, StoreEvent,
 };
 use tokio_postgres::NoTls;
 
@@ -52,7 +50,7 @@ fn device(user_name: &str, device: &str) -> DeviceIdentity {
     }
 }
 
-async fn register(store: &dyn Store, id: &DeviceIdentity, seed: &str) -> (String, String) {
+async fn register(store: &dyn AuthStore, id: &DeviceIdentity, seed: &str) -> (String, String) {
     let access = format!("access-{seed}");
     let refresh = format!("refresh-{seed}");
     store

@@ -5,8 +5,6 @@
 //! running out so that their roles move on. Each test runs on a schema of
 //! its own in the database named by `TANDEM_TEST_POSTGRES_URL`.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +14,8 @@ use tandem_server::Schema;
 use tandem_server::store::conformance::RecordingListener;
 use tandem_server::store::postgres::testing::TestSchema;
 use tandem_server::store::{
-    DeviceIdentity, DeviceRegistration, Leases, NewCredentials, PostgresStore, PresenceStamp,
-    PushRules, RoleRequest, Store,
+    AuthStore, CoordinationStore, DeviceIdentity, DeviceRegistration, Leases, NewCredentials,
+    PostgresStore, PresenceStamp, PushRules, RoleRequest, Store,
 };
 
 const ROLE: &str = "auto-responder";
@@ -198,10 +196,10 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
         device: identity(device),
         last_active: now(),
     };
-    a.presence_connected("a".into(), stamp("phone"), leases, now())
+    a.presence_connected("a".into(), stamp("phone"), leases)
         .await
         .unwrap();
-    b.presence_connected("b".into(), stamp("tablet"), leases, now())
+    b.presence_connected("b".into(), stamp("tablet"), leases)
         .await
         .unwrap();
     let claimed = a
@@ -210,7 +208,6 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
             ROLE.into(),
             RoleRequest::Claim { priority: 0 },
             leases,
-            now(),
         )
         .await
         .unwrap();
@@ -220,7 +217,6 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
         ROLE.into(),
         RoleRequest::Claim { priority: 0 },
         leases,
-        now(),
     )
     .await
     .unwrap();
@@ -234,20 +230,15 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
                     device: identity("tablet"),
                     last_active: tandem_server::state::now_ms(),
                 };
-                b.presence_heartbeat(
-                    "b".into(),
-                    vec![tablet],
-                    leases,
-                    tandem_server::state::now_ms(),
-                )
-                .await
-                .unwrap();
+                b.presence_heartbeat("b".into(), vec![tablet], leases)
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     });
     let listed = || async {
-        b.devices_of(UserId::new("alice").unwrap(), now())
+        b.devices_of(UserId::new("alice").unwrap())
             .await
             .unwrap()
             .into_iter()
@@ -262,16 +253,10 @@ async fn the_devices_of_a_crashed_instance_go_offline_and_their_roles_move_on() 
         listed().await,
         vec![("phone".into(), false), ("tablet".into(), true)]
     );
-    let due = b.roles_to_check(now()).await.unwrap();
+    let due = b.roles_to_check().await.unwrap();
     assert_eq!(due.len(), 1);
     let moved = b
-        .change_role(
-            identity("tablet"),
-            ROLE.into(),
-            RoleRequest::Check,
-            leases,
-            now(),
-        )
+        .change_role(identity("tablet"), ROLE.into(), RoleRequest::Check, leases)
         .await
         .unwrap();
     assert_eq!(

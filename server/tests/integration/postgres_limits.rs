@@ -4,8 +4,6 @@
 //! from the future refused, and the per-user device cap. Runs on a schema
 //! of its own in the database named by `TANDEM_TEST_POSTGRES_URL`.
 
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeMap;
 
 use serde_json::json;

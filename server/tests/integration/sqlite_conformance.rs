@@ -1,7 +1,5 @@
 //! The store conformance suite, run against the SQLite store.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 
 use futures::future::BoxFuture;

@@ -1,16 +1,15 @@
 //! Two server processes on one PostgreSQL database, and one of them killed.
 //!
 //! Each server is a real process (this test binary run again as
-//! `serve_one_instance`), with its own connections to PostgreSQL, reached
-//! over real sockets by raw WebSocket clients. Three users share a space;
-//! each has a device on each instance. The test checks that a device on
-//! instance A sees a write made through instance B live; then every device
-//! writes at once, instance A is killed with SIGKILL in the middle, its
-//! devices reconnect to B with their cursors and push again what was not
-//! acked; and in the end every acked mutation is in the feed exactly once,
-//! the revisions have no gap, and every device's replica matches the feed.
-
-#![allow(clippy::unwrap_used)]
+//! `postgres_failover::serve_one_instance`), with its own connections to
+//! PostgreSQL, reached over real sockets by raw WebSocket clients. Three
+//! users share a space; each has a device on each instance. The test checks
+//! that a device on instance A sees a write made through instance B live;
+//! then every device writes at once, instance A is killed with SIGKILL in the
+//! middle, its devices reconnect to B with their cursors and push again what
+//! was not acked; and in the end every acked mutation is in the feed exactly
+//! once, the revisions have no gap, and every device's replica matches the
+//! feed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -68,7 +67,12 @@ impl Instance {
     fn start(schema: &TestSchema) -> Instance {
         let options = schema.options();
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "serve_one_instance", "--nocapture"])
+            .args([
+                "--ignored",
+                "--exact",
+                "postgres_failover::serve_one_instance",
+                "--nocapture",
+            ])
             .env(CHILD_URL, &options.url)
             .env(CHILD_SCHEMA, &options.schema)
             .env("RUST_LOG", "warn")
