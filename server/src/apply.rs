@@ -218,7 +218,7 @@ mod tests {
     use tandem_protocol::{Collection, DeviceId, DocId, Hlc, MutationId, Op, SpaceId, UserId};
 
     use super::*;
-    use crate::schema::Schema;
+    use crate::collection_rules::Schema;
 
     const NOW: u64 = 1_764_000_000_000;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::UserTokenVerifier;
-use crate::schema::Schema;
+use crate::collection_rules::Schema;
 use crate::store::PostgresOptions;
 use crate::tls::TlsIdentity;
 

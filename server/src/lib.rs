@@ -28,6 +28,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod collection_rules;
 pub mod config;
 pub mod connection_limit;
 pub mod coordination;
@@ -40,7 +41,6 @@ pub mod metrics;
 pub mod push_hints;
 pub mod rate_limit;
 pub mod roles;
-pub mod schema;
 pub mod screen;
 pub mod session;
 pub mod state;
@@ -57,10 +57,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+pub use collection_rules::Schema;
 pub use config::{
     CoordinationConfig, CredentialLifetimes, FeedConfig, Limits, PushConfig, ServerConfig,
 };
-pub use schema::Schema;
 pub use tls::TlsIdentity;
 
 use crate::fanout::FanOut;

@@ -32,7 +32,7 @@ use super::{
     PushRules, RefreshOutcome, RoleRequest, Store, StoreError, StoreEvent,
 };
 use crate::auth::{TokenHash, hash_token};
-use crate::schema::Schema;
+use crate::collection_rules::Schema;
 use tandem_protocol::RoleFence;
 use tandem_protocol::api::PushToken;
 use tandem_protocol::wire::GuardVerdict;

@@ -24,7 +24,7 @@ use tandem_protocol::wire::MutationResult;
 use tandem_protocol::{Change, Mutation, SpaceChecksum, SpaceId, UserId};
 
 use super::{DeviceIdentity, StoreFuture};
-use crate::schema::Schema;
+use crate::collection_rules::Schema;
 
 /// A space's position in its feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

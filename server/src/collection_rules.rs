@@ -1,4 +1,6 @@
-//! The schema file: per-collection merge policies, set fields and field rules.
+//! The schema file (`collection_rules`: not the database's schema, which
+//! is `store/*/migrations.rs`): per-collection merge policies, set fields
+//! and field rules.
 //!
 //! `tandem serve --schema FILE` reads a JSON file:
 //!
