@@ -5,14 +5,13 @@
 //! server is gone. The exit statuses are those of `tandem client --help`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{
+
+use crate::support::{
     Background, PATIENCE, Run, Serve, client, closed_port, exit_within, not_tandem_server,
     output_within, signal,
 };

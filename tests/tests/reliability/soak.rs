@@ -118,6 +118,7 @@ fn spaces_of(user: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_doubled() {
+    let _alone = crate::one_at_a_time().await;
     let secs = env_u64("TANDEM_SOAK_SECS").unwrap_or(60);
     let seed = env_u64("TANDEM_SOAK_SEED").unwrap_or_else(Rng::fresh_seed);
     println!("soak: {secs} s, seed {seed} (replay with TANDEM_SOAK_SEED={seed})");

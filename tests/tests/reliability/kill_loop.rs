@@ -65,6 +65,7 @@ fn promised(spec: &DeviceSpec) -> BTreeMap<String, u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_sigkill_of_the_device_and_the_server_exactly_once() {
+    let _alone = crate::one_at_a_time().await;
     let iterations = env_u64("TANDEM_KILL_LOOP_ITERATIONS").unwrap_or(200);
     let seed = env_u64("TANDEM_SOAK_SEED").unwrap_or_else(Rng::fresh_seed);
     println!("kill loop: seed {seed} (replay with TANDEM_SOAK_SEED={seed})");
