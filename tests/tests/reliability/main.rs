@@ -10,6 +10,7 @@
 //! ([`one_at_a_time`]), as they did as separate processes, so each one's
 //! figures are measured on a machine it does not share with the other.
 
+use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
 mod kill_loop;
@@ -23,4 +24,21 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// test's awaits, and it is not poisoned when a test fails.)
 async fn one_at_a_time() -> MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
+}
+
+/// The number in the environment variable `name`, if it holds one.
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// A fresh directory for a run's databases and logs. It is removed at the
+/// end unless `TANDEM_SOAK_KEEP` is set; then it stays, for a look after
+/// the run, and the run (`what`) says where it is.
+fn run_directory(what: &str) -> TempDir {
+    let mut dir = TempDir::new().unwrap_or_else(|e| panic!("{what}: a directory: {e}"));
+    if std::env::var_os("TANDEM_SOAK_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!("{what}: files kept in {}", dir.path().display());
+    }
+    dir
 }
