@@ -86,9 +86,10 @@ fi
 # ---- end of PostgreSQL ---------------------------------------------------------
 
 section "cargo test"
-# The soak and the kill loop (tests/tests/{soak,kill_loop}.rs) each leave a
-# one-line summary of their figures under the target directory; earlier
-# runs' are removed first, and this run's are printed after the tests.
+# The soak and the kill loop (tandem-e2e's `reliability` test binary,
+# tests/tests/reliability/) each leave a one-line summary of their figures
+# under the target directory; earlier runs' are removed first, and this
+# run's are printed after the tests.
 summary_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")/tmp/reliability-summary"
 rm -rf "$summary_dir"
 cargo test --workspace --locked

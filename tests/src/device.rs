@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tandem_core::sync::Backoff;
 use tandem_core::{
-    Client, ClientConfig, DeviceInfo, Query, StaticToken, SyncConfig, SyncOutcome, SyncTuning,
+    Client, ClientConfig, DATABASE_FILE, DeviceInfo, Query, StaticToken, SyncConfig, SyncOutcome,
+    SyncTuning,
 };
 use tempfile::TempDir;
 
@@ -117,6 +118,25 @@ impl Device {
     /// The data directory.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
+    }
+
+    /// Every byte of the device's database files (the database and its
+    /// WAL), to look for text that must or must not be there. Panics if
+    /// there is none: a look that found no file must not pass for a look
+    /// that found no text.
+    pub fn database_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for name in [DATABASE_FILE.to_owned(), format!("{DATABASE_FILE}-wal")] {
+            if let Ok(mut content) = std::fs::read(self.dir().join(name)) {
+                bytes.append(&mut content);
+            }
+        }
+        assert!(
+            !bytes.is_empty(),
+            "no database file in {}",
+            self.dir().display()
+        );
+        bytes
     }
 
     /// Syncs until caught up with nothing pending; panics otherwise.

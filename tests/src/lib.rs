@@ -47,9 +47,24 @@ pub use writer::Writer;
 
 use std::time::Duration;
 
+use tandem_protocol::{SpaceId, UserId};
+
 /// How long a test waits for anything before it fails: generous, only to
 /// turn a hang into a failure.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The personal space of `user`.
+pub fn personal(user: &str) -> SpaceId {
+    let user = UserId::new(user).unwrap_or_else(|e| panic!("user id {user:?}: {e}"));
+    SpaceId::personal(&user)
+}
+
+/// Whether `text` is somewhere in `bytes` (a file's content, say).
+pub fn contains_text(bytes: &[u8], text: &str) -> bool {
+    bytes
+        .windows(text.len())
+        .any(|window| window == text.as_bytes())
+}
 
 /// Where reliability tests leave their one-line summaries, under the
 /// target directory's `tmp/` (`CARGO_TARGET_TMPDIR` of the calling test);

@@ -10,6 +10,8 @@ use tandem_server::store::Store;
 use tandem_server::{RunningServer, Schema, Server, ServerConfig};
 use tempfile::TempDir;
 
+use crate::{Http, WsClient};
+
 /// How to start a test server.
 #[derive(Debug, Clone)]
 pub struct TestServerOptions {
@@ -107,6 +109,15 @@ impl TestServer {
     /// `ws://127.0.0.1:<port>/v1/sync`.
     pub fn sync_url(&self) -> String {
         format!("ws://{}/v1/sync", self.addr())
+    }
+
+    /// Registers `device` of `user` with a development token and opens its
+    /// socket, not yet greeted.
+    pub async fn connect(&self, user: &str, device: &str) -> WsClient {
+        let credentials = Http::new(self.http_url())
+            .register(&format!("dev:{user}"), device)
+            .await;
+        WsClient::connect_ok(&self.sync_url(), &credentials.access_token).await
     }
 
     /// The database file.

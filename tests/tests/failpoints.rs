@@ -28,7 +28,6 @@
 //! The fail point registry is global to the process: each test holds a
 //! [`fail::FailScenario`] for its whole run, which also serializes them.
 
-#![cfg(feature = "failpoints")]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};

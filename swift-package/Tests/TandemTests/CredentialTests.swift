@@ -2,7 +2,7 @@
 // (InMemoryCredentialStore, as KeychainCredentialStore would on an Apple
 // device): the engine calls it back, the tokens never reach the database
 // file, and signing out (`wipe`) removes them with the database and the
-// outbox. Mirrors tests/tests/credentials.rs.
+// outbox. Mirrors tests/tests/e2e/credentials.rs.
 
 import Foundation
 import XCTest

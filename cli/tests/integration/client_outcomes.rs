@@ -5,14 +5,13 @@
 //! server is gone. The exit statuses are those of `tandem client --help`.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{
+
+use crate::support::{
     Background, PATIENCE, Run, Serve, client, closed_port, exit_within, not_tandem_server,
     output_within, signal,
 };
@@ -42,7 +41,7 @@ fn failed(url: &str, dir: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn a_refused_write_exits_5_naming_it_and_stays_failed_until_retried_or_discarded() {
-    let server = Serve::start(Some(&schema()));
+    let server = Serve::with_schema(&schema());
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let phone = || client(&url, dir.path(), "phone");
@@ -105,7 +104,7 @@ fn a_refused_write_exits_5_naming_it_and_stays_failed_until_retried_or_discarded
 
 #[test]
 fn a_mutation_refused_during_another_command_is_reported_once() {
-    let server = Serve::start(Some(&schema()));
+    let server = Serve::with_schema(&schema());
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let phone = || client(&url, dir.path(), "phone");
@@ -131,7 +130,7 @@ fn a_mutation_refused_during_another_command_is_reported_once() {
 
 #[test]
 fn a_write_that_loses_a_server_wins_conflict_exits_6() {
-    let server = Serve::start(Some(&schema()));
+    let server = Serve::with_schema(&schema());
     let url = server.url();
     let (laptop_dir, phone_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let laptop = || client(&url, laptop_dir.path(), "laptop");
@@ -221,7 +220,7 @@ fn put_and_patch_read_json_from_a_file_or_stdin() {
 
     // And through a server (a device of its own: one push may carry at
     // most 1 MB).
-    let server = Serve::start(None);
+    let server = Serve::start();
     let online = tempfile::tempdir().unwrap();
     std::fs::write(&file, json!({"body": body}).to_string()).unwrap();
     let synced = Run::of(client(&server.url(), online.path(), "phone").args([
@@ -236,7 +235,7 @@ fn put_and_patch_read_json_from_a_file_or_stdin() {
 
 #[test]
 fn claim_and_watch_stop_promptly_on_signals_once_the_server_is_gone() {
-    let mut server = Serve::start(None);
+    let mut server = Serve::start();
     let url = server.url();
     let (watch_dir, claim_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     Run::of(client(&url, watch_dir.path(), "laptop").args(["put", "tasks", "t1", "{}"]))
@@ -294,7 +293,7 @@ fn a_server_that_cannot_be_reached_gets_a_prompt_answer_and_the_write_is_kept() 
     Run::of(phone().arg("spaces")).error(4, "unreachable");
 
     // Once the server is there, the kept write goes out.
-    let server = Serve::start(None);
+    let server = Serve::start();
     let synced =
         Run::of(client(&server.url(), dir.path(), "phone").args(["sync", "--timeout", "60"]))
             .ok("sync");
@@ -350,7 +349,7 @@ fn help_documents_the_exit_statuses() {
 
 #[test]
 fn a_refused_user_token_gets_a_prompt_unauthorized_answer() {
-    let server = Serve::start(None);
+    let server = Serve::start();
     let dir = tempfile::tempdir().unwrap();
     let put = Run::of(client(&server.url(), dir.path(), "phone").args([
         "--token",

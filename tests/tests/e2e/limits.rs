@@ -7,14 +7,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use tandem_e2e::{Http, PATIENCE, Replica, TestServer, TestServerOptions, Writer, WsClient};
+use tandem_e2e::{
+    Http, PATIENCE, Replica, TestServer, TestServerOptions, Writer, WsClient, personal,
+};
 use tandem_protocol::wire::Outcome;
-use tandem_protocol::{ErrorCode, RejectCode, ServerMessage, SpaceId, UserId};
+use tandem_protocol::{ErrorCode, RejectCode, ServerMessage};
 use tokio_tungstenite::tungstenite::Message;
-
-fn personal(user: &str) -> SpaceId {
-    SpaceId::personal(&UserId::new(user).unwrap())
-}
 
 /// A connected, greeted device that keeps working while others misbehave.
 async fn bystander(server: &TestServer) -> (WsClient, Writer) {
@@ -33,12 +31,6 @@ async fn still_works(client: &mut WsClient, w: &mut Writer, batch: u64) {
         )
         .await;
     assert!(matches!(ack.results[0].outcome, Outcome::Applied { .. }));
-}
-
-async fn connected(server: &TestServer, user: &str, device: &str) -> WsClient {
-    let http = Http::new(server.http_url());
-    let creds = http.register(&format!("dev:{user}"), device).await;
-    WsClient::connect_ok(&server.sync_url(), &creds.access_token).await
 }
 
 /// Sends `frame` first (instead of or after hello) and expects a fatal
@@ -68,7 +60,7 @@ async fn malformed_frames_get_bad_frame_and_a_close() {
         // Before hello and after it.
         for greeted in [false, true] {
             let device = format!("d{i}{greeted}");
-            let mut client = connected(&server, "dave", &device).await;
+            let mut client = server.connect("dave", &device).await;
             if greeted {
                 client.hello(&device, BTreeMap::new()).await;
             }
@@ -76,7 +68,7 @@ async fn malformed_frames_get_bad_frame_and_a_close() {
             expect_fatal(&mut client, ErrorCode::BadFrame).await;
         }
     }
-    let mut binary = connected(&server, "dave", "bin").await;
+    let mut binary = server.connect("dave", "bin").await;
     binary.send_raw(Message::binary(vec![1, 2, 3])).await;
     expect_fatal(&mut binary, ErrorCode::BadFrame).await;
     still_works(&mut carol, &mut w, 1).await;
@@ -86,18 +78,18 @@ async fn malformed_frames_get_bad_frame_and_a_close() {
 async fn hello_first_once_and_in_the_right_version() {
     let server = TestServer::dev().await;
     let (mut carol, mut w) = bystander(&server).await;
-    let mut client = connected(&server, "dave", "d1").await;
+    let mut client = server.connect("dave", "d1").await;
     client.send_text(r#"{"type":"ping","nonce":1}"#).await;
     expect_fatal(&mut client, ErrorCode::HelloRequired).await;
 
-    let mut client = connected(&server, "dave", "d2").await;
+    let mut client = server.connect("dave", "d2").await;
     client.hello("d2", BTreeMap::new()).await;
     client
         .send_text(r#"{"type":"hello","protocol":1,"device_id":"d2","cursors":{}}"#)
         .await;
     expect_fatal(&mut client, ErrorCode::HelloRequired).await;
 
-    let mut client = connected(&server, "dave", "d3").await;
+    let mut client = server.connect("dave", "d3").await;
     client
         .send_text(r#"{"type":"hello","protocol":99,"device_id":"d3","cursors":{}}"#)
         .await;
@@ -111,7 +103,7 @@ async fn a_frame_over_the_limit_is_refused() {
         TestServer::start(TestServerOptions::dev().with(|c| c.limits.max_frame_bytes = 64 * 1024))
             .await;
     let (mut carol, mut w) = bystander(&server).await;
-    let mut client = connected(&server, "dave", "d1").await;
+    let mut client = server.connect("dave", "d1").await;
     client.hello("d1", BTreeMap::new()).await;
     let huge = format!(
         r#"{{"type":"ping","nonce":1,"pad":"{}"}}"#,
@@ -150,7 +142,7 @@ async fn a_batch_over_the_limit_is_refused_whole_and_the_connection_goes_on() {
     let server =
         TestServer::start(TestServerOptions::dev().with(|c| c.limits.max_batch_mutations = 5))
             .await;
-    let mut client = connected(&server, "dave", "d1").await;
+    let mut client = server.connect("dave", "d1").await;
     let welcome = client.hello("d1", BTreeMap::new()).await;
     assert_eq!(welcome.limits.max_batch_mutations, 5);
     let space = personal("dave");
@@ -187,7 +179,7 @@ async fn a_device_over_its_rate_is_told_to_slow_down() {
     }))
     .await;
     let (mut carol, mut wc) = bystander(&server).await;
-    let mut client = connected(&server, "dave", "d1").await;
+    let mut client = server.connect("dave", "d1").await;
     client.hello("d1", BTreeMap::new()).await;
     let space = personal("dave");
     let mut w = Writer::new("d1");
@@ -220,7 +212,7 @@ async fn hello_must_arrive_in_time() {
     )
     .await;
     let (mut carol, mut w) = bystander(&server).await;
-    let mut silent = connected(&server, "dave", "d1").await;
+    let mut silent = server.connect("dave", "d1").await;
     expect_fatal(&mut silent, ErrorCode::HandshakeTimeout).await;
     still_works(&mut carol, &mut w, 1).await;
 }
@@ -234,14 +226,14 @@ async fn a_slow_consumer_is_disconnected_and_resumes_from_its_cursor() {
     }))
     .await;
     let space = personal("erin");
-    let mut slow = connected(&server, "erin", "slow").await;
+    let mut slow = server.connect("erin", "slow").await;
     let welcome = slow.hello("slow", BTreeMap::new()).await;
     let mut replica = Replica::new();
     slow.sync_into(&mut replica, &welcome.spaces, &BTreeMap::new())
         .await;
     // The slow device now stops reading. Another device of the same user
     // writes large documents until the server gives up on the slow one.
-    let mut fast = connected(&server, "erin", "fast").await;
+    let mut fast = server.connect("erin", "fast").await;
     fast.hello("fast", BTreeMap::new()).await;
     let mut w = Writer::new("fast");
     let blob = "x".repeat(200 * 1024);
@@ -281,7 +273,7 @@ async fn a_slow_consumer_is_disconnected_and_resumes_from_its_cursor() {
     }
     assert!(replica.cursor(&space) < written);
     // Reconnecting from its cursor, it catches up to everything.
-    let mut again = connected(&server, "erin", "slow").await;
+    let mut again = server.connect("erin", "slow").await;
     let welcome = again.hello("slow", replica.cursors()).await;
     assert!(welcome.reset_required.is_empty());
     again
@@ -316,7 +308,7 @@ fn rejected(outcome: &Outcome) -> (RejectCode, &str, Option<&str>) {
 async fn clock_readings_from_the_future_or_of_another_device_are_refused() {
     let server = TestServer::dev().await;
     let space = personal("dave");
-    let mut client = connected(&server, "dave", "d1").await;
+    let mut client = server.connect("dave", "d1").await;
     client.hello("d1", BTreeMap::new()).await;
     let mut w = Writer::new("d1");
     // The year 3000, another device's clock, and 2 minutes ahead (within
@@ -394,7 +386,7 @@ async fn clock_readings_from_the_future_or_of_another_device_are_refused() {
 async fn integers_beyond_64_bits_are_refused_and_the_rest_of_the_push_is_applied() {
     let server = TestServer::dev().await;
     let space = personal("dave");
-    let mut client = connected(&server, "dave", "d1").await;
+    let mut client = server.connect("dave", "d1").await;
     client.hello("d1", BTreeMap::new()).await;
     let mut w = Writer::new("d1");
     let big = "123456789012345678901234567890";

@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 use tandem_core::{Client, DatabaseKey, DocKey, Error};
-use tandem_e2e::{Device, TestServer};
+use tandem_e2e::{Device, TestServer, contains_text};
 
 fn key(byte: u8) -> DatabaseKey {
     DatabaseKey::new(&[byte; 32]).unwrap_or_else(|e| panic!("{e}"))
@@ -34,23 +34,6 @@ fn write_notes(device: &Device, n: usize) {
     }
 }
 
-/// Every byte of the database and its WAL.
-fn file_bytes(device: &Device) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for name in ["tandem.db", "tandem.db-wal"] {
-        if let Ok(mut content) = std::fs::read(device.dir().join(name)) {
-            bytes.append(&mut content);
-        }
-    }
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
-
 fn open_error(device: &Device, key: Option<DatabaseKey>) -> Error {
     let mut config = tandem_core::ClientConfig::new(
         device.dir().to_str().unwrap_or_else(|| panic!("path")),
@@ -69,22 +52,28 @@ fn an_encrypted_database_holds_none_of_the_documents_text() {
     let plain = Device::offline("alice", "phone");
     write_notes(&plain, 20);
     assert!(
-        contains(&file_bytes(&plain), SECRET),
+        contains_text(&plain.database_bytes(), SECRET),
         "a plain database holds the text, so the check can fail"
     );
 
     let encrypted = Device::offline_with("alice", "phone", |c| c.encryption_key = Some(key(7)));
     write_notes(&encrypted, 20);
-    let bytes = file_bytes(&encrypted);
+    let bytes = encrypted.database_bytes();
     assert!(bytes.len() > 4096, "the database was written");
-    assert!(!contains(&bytes, SECRET), "a document's text is readable");
-    assert!(!contains(&bytes, "notes"), "a collection name is readable");
+    assert!(
+        !contains_text(&bytes, SECRET),
+        "a document's text is readable"
+    );
+    assert!(
+        !contains_text(&bytes, "notes"),
+        "a collection name is readable"
+    );
     assert!(
         !bytes.starts_with(b"SQLite format 3"),
         "the header is plain"
     );
     let reopened = encrypted.reopen_with(|c| c.encryption_key = Some(key(7)));
-    assert!(!contains(&file_bytes(&reopened), SECRET));
+    assert!(!contains_text(&reopened.database_bytes(), SECRET));
 }
 
 #[test]

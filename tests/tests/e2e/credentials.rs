@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_core::{CredentialStore, DocKey, MemoryCredentialStore};
-use tandem_e2e::{Device, TestServer, TestServerOptions};
+use tandem_e2e::{Device, TestServer, TestServerOptions, contains_text};
 
 /// The tokens in the store's value.
 fn tokens(store: &MemoryCredentialStore) -> (String, String) {
@@ -23,24 +23,6 @@ fn tokens(store: &MemoryCredentialStore) -> (String, String) {
             .to_owned()
     };
     (text("access_token"), text("refresh_token"))
-}
-
-/// Every byte of the device's database files (the database and its WAL).
-fn database_bytes(device: &Device) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for name in ["tandem.db", "tandem.db-wal"] {
-        if let Ok(mut content) = std::fs::read(device.dir().join(name)) {
-            bytes.append(&mut content);
-        }
-    }
-    assert!(!bytes.is_empty(), "no database file");
-    bytes
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
 }
 
 fn key(id: &str) -> DocKey {
@@ -78,13 +60,16 @@ async fn tokens_kept_by_a_credential_store_never_reach_the_database_file() {
     assert_ne!(first.1, rotated.1, "the refresh rotated the stored tokens");
     device.client.stop_sync().await;
 
-    let bytes = database_bytes(&device);
+    let bytes = device.database_bytes();
     assert!(
-        contains(&bytes, "secret-free"),
+        contains_text(&bytes, "secret-free"),
         "the check reads the real file"
     );
     for token in [&first.0, &first.1, &rotated.0, &rotated.1] {
-        assert!(!contains(&bytes, token), "a token is in the database file");
+        assert!(
+            !contains_text(&bytes, token),
+            "a token is in the database file"
+        );
     }
 }
 
@@ -101,7 +86,7 @@ async fn tokens_an_earlier_version_left_in_the_database_move_to_the_store() {
             .unwrap_or_else(|e| panic!("{e}"))
     };
     assert!(
-        contains(&database_bytes(&device), &refresh),
+        contains_text(&device.database_bytes(), &refresh),
         "kept in the file without a store"
     );
     let device_id = device.client.device_id();
@@ -112,7 +97,7 @@ async fn tokens_an_earlier_version_left_in_the_database_move_to_the_store() {
     let device = device.reopen_with(|c| c.credential_store = Some(shared));
     assert_eq!(tokens(&store).1, refresh, "the stored credentials moved");
     assert!(
-        !contains(&database_bytes(&device), &refresh),
+        !contains_text(&device.database_bytes(), &refresh),
         "the token was erased from the file"
     );
     // Still the same registered device: it syncs with the moved tokens.

@@ -39,6 +39,8 @@ use tandem_e2e::{
     Device, DeviceSpec, Proxy, Rng, ServerProcess, integrity_check, kill, server_docs,
 };
 
+use crate::{env_u64, run_directory};
+
 /// Users and their device counts.
 const USERS: [(&str, usize); 3] = [("alice", 4), ("bob", 3), ("carol", 3)];
 /// Shared spaces that hold only entries: (space, owner, other members).
@@ -51,10 +53,6 @@ const BOARD: (&str, &str, &[&str]) = ("board", "carol", &["alice", "bob"]);
 /// The least time between two kills of the server, unless
 /// `TANDEM_SOAK_SERVER_GAP_MS` says otherwise.
 const SERVER_KILL_GAP: Duration = Duration::from_secs(8);
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// One device process, its proxy and when it may start again if killed.
 struct Running {
@@ -118,18 +116,14 @@ fn spaces_of(user: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_devices_under_faults_and_kills_converge_with_nothing_lost_or_doubled() {
+    let _alone = crate::one_at_a_time().await;
     let secs = env_u64("TANDEM_SOAK_SECS").unwrap_or(60);
     let seed = env_u64("TANDEM_SOAK_SEED").unwrap_or_else(Rng::fresh_seed);
     println!("soak: {secs} s, seed {seed} (replay with TANDEM_SOAK_SEED={seed})");
     let mut rng = Rng::new(seed);
     let server_gap =
         env_u64("TANDEM_SOAK_SERVER_GAP_MS").map_or(SERVER_KILL_GAP, Duration::from_millis);
-    let mut dir = tempfile::TempDir::new().unwrap();
-    if std::env::var_os("TANDEM_SOAK_KEEP").is_some() {
-        // The databases and logs, kept for a look after the run.
-        dir.disable_cleanup(true);
-        println!("soak: files kept in {}", dir.path().display());
-    }
+    let dir = run_directory("soak");
     let mut server = ServerProcess::start(
         &PathBuf::from(env!("CARGO_BIN_EXE_tandem-e2e-server")),
         &dir.path().join("server.db"),

@@ -6,13 +6,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::json;
-use tandem_e2e::{Http, Replica, TestServer, TestServerOptions, Writer, WsClient};
+use tandem_e2e::{Http, Replica, TestServer, TestServerOptions, Writer, WsClient, personal};
 use tandem_protocol::wire::Outcome;
-use tandem_protocol::{ClientMessage, Policy, RejectCode, ServerMessage, SpaceId, UserId};
-
-fn personal(user: &str) -> SpaceId {
-    SpaceId::personal(&UserId::new(user).unwrap())
-}
+use tandem_protocol::{ClientMessage, Policy, RejectCode, ServerMessage, SpaceId};
 
 /// Registers `device` of `user` and connects it with `cursors`; returns the
 /// client and the caught-up replica.

@@ -2,96 +2,17 @@
 //! person does with three terminals, scripted.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tandem_core::{Client, ClientConfig, DocKey};
 
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A `tandem serve --dev-auth` process on a free port; killed on drop.
-struct Serve {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Serve {
-    fn start() -> Serve {
-        Self::start_with(&[])
-    }
-
-    /// A server with `extra` options.
-    fn start_with(extra: &[&str]) -> Serve {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--db"])
-            .arg(dir.path().join("server.db"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line).unwrap();
-        Serve {
-            child,
-            addr: ready["listening"].as_str().unwrap().to_owned(),
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `GET /metrics`, with a bare HTTP/1.0 request.
-    fn metrics(&self) -> String {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    }
-
-    fn metric(&self, name: &str) -> u64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client_cmd(server: &Serve, dir: &Path, user: &str, device: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
-    cmd.arg("client").arg("--data").arg(dir).args([
-        "--server",
-        &server.url(),
-        "--user",
-        user,
-        "--device",
-        device,
-    ]);
-    cmd
-}
+use crate::support::{Background, PATIENCE, Serve, client_of};
 
 fn run(server: &Serve, dir: &Path, user: &str, args: &[&str]) -> Output {
-    client_cmd(server, dir, user, "dev")
+    client_of(user, &server.url(), dir, "dev")
         .args(args)
         .output()
         .unwrap()
@@ -112,62 +33,12 @@ fn ok(server: &Serve, dir: &Path, user: &str, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// A background process whose stdout lines arrive on a channel; killed on
-/// drop.
-struct Background {
-    child: Child,
-    lines: mpsc::Receiver<Value>,
-}
-
-impl Background {
-    fn spawn(mut cmd: Command) -> Background {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if let Ok(value) = serde_json::from_str(&line)
-                    && tx.send(value).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Background { child, lines: rx }
-    }
-
-    /// The next line that satisfies `wanted`.
-    fn until(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if wanted(&line) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no line with {what}"),
-            }
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn watch_shows_live_what_another_device_puts() {
     let server = Serve::start();
     let watcher_dir = tempfile::tempdir().unwrap();
     let writer_dir = tempfile::tempdir().unwrap();
-    let mut watch = client_cmd(&server, watcher_dir.path(), "alice", "laptop");
+    let mut watch = client_of("alice", &server.url(), watcher_dir.path(), "laptop");
     watch.args(["watch", "tasks"]);
     let watch = Background::spawn(watch);
     // Wait until the watcher is connected (its device is registered), so
@@ -204,7 +75,7 @@ fn sync_exits_zero_only_when_nothing_is_pending_and_status_shows_it() {
     let server = Serve::start();
     let dir = tempfile::tempdir().unwrap();
     for i in 0..3 {
-        let out = client_cmd(&server, dir.path(), "bob", "phone")
+        let out = client_of("bob", &server.url(), dir.path(), "phone")
             .args(["--offline", "put", "notes", &format!("n{i}"), r#"{"x": 1}"#])
             .output()
             .unwrap();
@@ -222,34 +93,14 @@ fn sync_exits_zero_only_when_nothing_is_pending_and_status_shows_it() {
     assert!(status[0]["last_synced"].is_u64());
 
     // A server that cannot be reached: exit non-zero, pending kept.
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["client", "--data"])
-        .arg(dir.path())
-        .args([
-            "--server",
-            "http://127.0.0.1:9",
-            "--user",
-            "bob",
-            "--device",
-            "phone",
-        ])
+    let out = client_of("bob", "http://127.0.0.1:9", dir.path(), "phone")
         .args(["--sync-timeout", "1", "put", "notes", "late", "{}"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "written locally, not synced");
     let written: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(written["pending"], json!(true));
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .args(["client", "--data"])
-        .arg(dir.path())
-        .args([
-            "--server",
-            "http://127.0.0.1:9",
-            "--user",
-            "bob",
-            "--device",
-            "phone",
-        ])
+    let out = client_of("bob", "http://127.0.0.1:9", dir.path(), "phone")
         .args(["sync", "--timeout", "1"])
         .output()
         .unwrap();
@@ -322,7 +173,7 @@ fn a_client_killed_mid_push_applies_each_mutation_exactly_once_after_restart() {
     // second back for seconds (refused, it is retried after 1 s, then 2 s
     // more): the kill below, once the first is applied, comes in the
     // middle of the push however slowly the machine runs this test.
-    let server = Serve::start_with(&["--rate-burst", "500", "--rate-limit", "200"]);
+    let server = Serve::with_args(&["--rate-burst", "500", "--rate-limit", "200"]);
     let dir = tempfile::tempdir().unwrap();
     // 1,000 writes queued offline.
     {
@@ -343,7 +194,7 @@ fn a_client_killed_mid_push_applies_each_mutation_exactly_once_after_restart() {
         client.close();
     }
     // Sync, and kill -9 once the server has applied some but not all.
-    let mut child = client_cmd(&server, dir.path(), "carol", "phone")
+    let mut child = client_of("carol", &server.url(), dir.path(), "phone")
         .args(["sync", "--timeout", "60"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

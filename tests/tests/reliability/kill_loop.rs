@@ -22,9 +22,7 @@ use serde_json::Value;
 use tandem_core::{Client, ClientConfig, Query};
 use tandem_e2e::{DeviceSpec, Proxy, Rng, ServerProcess, integrity_check, kill, server_docs};
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+use crate::{env_u64, run_directory};
 
 /// Entries in `space` as a local client sees them: id → value.
 fn local_entries(data_dir: &std::path::Path, space: &str) -> BTreeMap<String, u64> {
@@ -65,16 +63,12 @@ fn promised(spec: &DeviceSpec) -> BTreeMap<String, u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_survive_sigkill_of_the_device_and_the_server_exactly_once() {
+    let _alone = crate::one_at_a_time().await;
     let iterations = env_u64("TANDEM_KILL_LOOP_ITERATIONS").unwrap_or(200);
     let seed = env_u64("TANDEM_SOAK_SEED").unwrap_or_else(Rng::fresh_seed);
     println!("kill loop: seed {seed} (replay with TANDEM_SOAK_SEED={seed})");
     let mut rng = Rng::new(seed);
-    let mut dir = tempfile::TempDir::new().unwrap();
-    if std::env::var_os("TANDEM_SOAK_KEEP").is_some() {
-        // The databases and logs, kept for a look after the run.
-        dir.disable_cleanup(true);
-        println!("kill loop: files kept in {}", dir.path().display());
-    }
+    let dir = run_directory("kill loop");
     let mut server = ServerProcess::start(
         &PathBuf::from(env!("CARGO_BIN_EXE_tandem-e2e-server")),
         &dir.path().join("server.db"),

@@ -1,6 +1,6 @@
 //! Processes for the CLI tests: a `tandem serve --dev-auth` on a free
 //! port, `tandem client` runs against it, and deadlines on processes.
-#![allow(clippy::unwrap_used, dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,17 +18,34 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct Serve {
     child: Child,
     pub addr: String,
+    /// The line the server printed once it was listening.
+    pub ready: Value,
     _dir: tempfile::TempDir,
 }
 
 impl Serve {
-    /// A server with the schema `schema` (JSON), if any.
-    pub fn start(schema: Option<&Value>) -> Serve {
+    /// A server with the defaults.
+    pub fn start() -> Serve {
+        Serve::start_with(None, &[])
+    }
+
+    /// A server with the schema `schema` (JSON).
+    pub fn with_schema(schema: &Value) -> Serve {
+        Serve::start_with(Some(schema), &[])
+    }
+
+    /// A server with `args` added to its command line.
+    pub fn with_args(args: &[&str]) -> Serve {
+        Serve::start_with(None, args)
+    }
+
+    fn start_with(schema: Option<&Value>, args: &[&str]) -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
         command
             .args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--db"])
-            .arg(dir.path().join("server.db"));
+            .arg(dir.path().join("server.db"))
+            .args(args);
         if let Some(schema) = schema {
             let path = dir.path().join("schema.json");
             std::fs::write(&path, schema.to_string()).unwrap();
@@ -43,10 +60,12 @@ impl Serve {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let ready: Value = serde_json::from_str(&line).unwrap();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the server did not start ({e}): {line:?}"));
         Serve {
             child,
             addr: ready["listening"].as_str().unwrap().to_owned(),
+            ready,
             _dir: dir,
         }
     }
@@ -82,11 +101,16 @@ impl Drop for Serve {
 
 /// `tandem client --data DIR --server URL --user alice --device DEVICE`.
 pub fn client(url: &str, dir: &Path, device: &str) -> Command {
+    client_of("alice", url, dir, device)
+}
+
+/// `tandem client --data DIR --server URL --user USER --device DEVICE`.
+pub fn client_of(user: &str, url: &str, dir: &Path, device: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
     cmd.arg("client")
         .arg("--data")
         .arg(dir)
-        .args(["--server", url, "--user", "alice", "--device", device]);
+        .args(["--server", url, "--user", user, "--device", device]);
     cmd
 }
 

@@ -6,26 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
-use tandem_e2e::{Http, Replica, TestServer, Writer, WsClient};
+use tandem_e2e::{Http, Replica, TestServer, Writer, personal};
 use tandem_protocol::wire::{Outcome, Push, Subscribe};
-use tandem_protocol::{ClientMessage, ErrorCode, ServerMessage, SpaceId, UserId};
+use tandem_protocol::{ClientMessage, ErrorCode, ServerMessage};
 use tandem_server::store::CompactionRule;
-
-fn personal(user: &str) -> SpaceId {
-    SpaceId::personal(&UserId::new(user).unwrap())
-}
-
-async fn connect(server: &TestServer, user: &str, device: &str) -> WsClient {
-    let http = Http::new(server.http_url());
-    let creds = http.register(&format!("dev:{user}"), device).await;
-    WsClient::connect_ok(&server.sync_url(), &creds.access_token).await
-}
 
 #[tokio::test]
 async fn a_cursor_below_the_compaction_horizon_must_reset() {
     let server = TestServer::dev().await;
     let space = personal("alice");
-    let mut phone = connect(&server, "alice", "phone").await;
+    let mut phone = server.connect("alice", "phone").await;
     phone.hello("phone", BTreeMap::new()).await;
     let mut w = Writer::new("phone");
     for i in 0..4 {
@@ -37,7 +27,7 @@ async fn a_cursor_below_the_compaction_horizon_must_reset() {
             .await;
     }
     // The laptop syncs up to here and goes away.
-    let mut laptop = connect(&server, "alice", "laptop").await;
+    let mut laptop = server.connect("alice", "laptop").await;
     let welcome = laptop.hello("laptop", BTreeMap::new()).await;
     let mut stale = Replica::new();
     laptop
@@ -66,7 +56,7 @@ async fn a_cursor_below_the_compaction_horizon_must_reset() {
 
     // The stale cursor (4) is below the horizon (6): reset, and the feed
     // starts again from 0.
-    let mut laptop = connect(&server, "alice", "laptop").await;
+    let mut laptop = server.connect("alice", "laptop").await;
     let welcome = laptop.hello("laptop", stale.cursors()).await;
     assert_eq!(welcome.reset_required, vec![space.clone()]);
     let first = laptop.changes(&space).await;
@@ -130,7 +120,7 @@ async fn a_cursor_below_the_compaction_horizon_must_reset() {
 async fn every_acked_mutation_survives_a_restart_in_the_middle_of_a_stream() {
     let mut server = TestServer::dev().await;
     let space = personal("alice");
-    let mut phone = connect(&server, "alice", "phone").await;
+    let mut phone = server.connect("alice", "phone").await;
     phone.hello("phone", BTreeMap::new()).await;
     let mut w = Writer::new("phone");
     let mut acked = BTreeMap::new();
@@ -185,7 +175,7 @@ async fn every_acked_mutation_survives_a_restart_in_the_middle_of_a_stream() {
     assert!(acked.len() >= 30);
     server.restart().await;
 
-    let mut laptop = connect(&server, "alice", "laptop").await;
+    let mut laptop = server.connect("alice", "laptop").await;
     let welcome = laptop.hello("laptop", BTreeMap::new()).await;
     let mut replica = Replica::new();
     laptop
@@ -200,7 +190,7 @@ async fn every_acked_mutation_survives_a_restart_in_the_middle_of_a_stream() {
         assert_eq!(doc.mutation_id, Some(*mutation_id));
     }
     // Unacked mutations are sent again by the device: each is applied once.
-    let mut retry = connect(&server, "alice", "phone").await;
+    let mut retry = server.connect("alice", "phone").await;
     retry.hello("phone", replica.cursors()).await;
     let unacked: Vec<_> = sent.into_values().collect();
     if !unacked.is_empty() {

@@ -15,18 +15,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tandem_e2e::tokens::{self, AUDIENCE, ISSUER};
-use tandem_e2e::{Http, PATIENCE, TestServer, TestServerOptions, Writer, WsClient, WsError};
-use tandem_protocol::wire::{Claim, Guard, GuardVerdict, Handoff, Outcome, Push, Release};
-use tandem_protocol::{
-    ClientMessage, DeviceId, ErrorCode, RoleFence, ServerMessage, SpaceId, UserId,
+use tandem_e2e::{
+    Http, PATIENCE, TestServer, TestServerOptions, Writer, WsClient, WsError, personal,
 };
+use tandem_protocol::wire::{Claim, Guard, GuardVerdict, Handoff, Outcome, Push, Release};
+use tandem_protocol::{ClientMessage, DeviceId, ErrorCode, RoleFence, ServerMessage};
 use tandem_server::auth::UserTokenVerifier;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn personal(user: &str) -> SpaceId {
-    SpaceId::personal(&UserId::new(user).unwrap())
-}
 
 fn jwt_server(verifier: UserTokenVerifier) -> TestServerOptions {
     TestServerOptions::dev().with(|c| c.user_tokens = verifier)

@@ -4,57 +4,13 @@
 //! accepted form, and a bad one refused at once.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A `tandem serve --dev-auth` process (with TLS when given a certificate
-/// and key); killed on drop.
-struct Serve {
-    child: Child,
-    addr: String,
-    ready: Value,
-    _dir: tempfile::TempDir,
-}
-
-impl Serve {
-    fn start(tls: Option<(&Path, &Path)>) -> Serve {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
-        cmd.args(["serve", "--dev-auth", "--listen", "127.0.0.1:0", "--db"])
-            .arg(dir.path().join("server.db"));
-        if let Some((cert, key)) = tls {
-            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the server did not start ({e}): {line:?}"));
-        Serve {
-            child,
-            addr: ready["listening"].as_str().unwrap().to_owned(),
-            ready,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::Serve;
 
 /// A throwaway CA and a server certificate for 127.0.0.1 it signed, as
 /// files.
@@ -86,11 +42,7 @@ impl Certificates {
 }
 
 fn client(data: &Path, server: &str, extra: &[&str], command: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .arg("client")
-        .arg("--data")
-        .arg(data)
-        .args(["--server", server, "--user", "alice", "--device", "cli"])
+    crate::support::client(server, data, "cli")
         .args(extra)
         .args(command)
         .output()
@@ -106,7 +58,13 @@ fn stdout_json(out: &Output) -> Value {
 #[test]
 fn a_client_syncs_with_a_tls_server_through_a_ca_given_on_the_command_line() {
     let certs = Certificates::new();
-    let server = Serve::start(Some((&certs.path("cert.pem"), &certs.path("key.pem"))));
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    let server = Serve::with_args(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
     assert_eq!(server.ready["tls"], true, "{}", server.ready);
     let url = format!("https://{}", server.addr);
     let ca = certs.path("ca.pem");
@@ -163,22 +121,16 @@ fn a_client_syncs_with_a_tls_server_through_a_ca_given_on_the_command_line() {
 
 #[test]
 fn a_plain_server_needs_no_root_certificates_on_the_device() {
-    let server = Serve::start(None);
+    let server = Serve::start();
     assert_eq!(server.ready["tls"], false, "{}", server.ready);
     let empty = tempfile::tempdir().unwrap();
     let phone = tempfile::tempdir().unwrap();
     // No CA anywhere the device could look (rustls-native-certs reads
     // these), as on a machine without ca-certificates.
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+    let out = crate::support::client(&format!("ws://{}", server.addr), phone.path(), "cli")
         .env("SSL_CERT_FILE", empty.path().join("none.pem"))
         .env("SSL_CERT_DIR", empty.path())
-        .arg("client")
-        .arg("--data")
-        .arg(phone.path())
-        .args(["--server", &format!("ws://{}", server.addr)])
-        .args([
-            "--user", "alice", "--device", "cli", "put", "tasks", "t1", "{}",
-        ])
+        .args(["put", "tasks", "t1", "{}"])
         .output()
         .unwrap();
     assert!(
