@@ -158,7 +158,7 @@ impl Drop for ThreadHandle {
 /// Tasks run by the host, on its own turn.
 pub struct HostDriven {
     tasks: Mutex<Vec<Arc<HostTask>>>,
-    on_wake: Box<dyn Fn() + Send + Sync>,
+    on_wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl HostDriven {
@@ -169,7 +169,7 @@ impl HostDriven {
     pub fn new(on_wake: impl Fn() + Send + Sync + 'static) -> HostDriven {
         HostDriven {
             tasks: Mutex::new(Vec::new()),
-            on_wake: Box::new(on_wake),
+            on_wake: Arc::new(on_wake),
         }
     }
 
@@ -199,7 +199,7 @@ impl std::fmt::Debug for HostDriven {
     }
 }
 
-impl Background for Arc<HostDriven> {
+impl Background for HostDriven {
     fn start(
         &self,
         _name: &str,
@@ -209,7 +209,7 @@ impl Background for Arc<HostDriven> {
             task,
             wanted: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            runner: Arc::downgrade(self),
+            on_wake: Arc::clone(&self.on_wake),
         });
         lock(&self.tasks).push(Arc::clone(&entry));
         Ok(entry)
@@ -220,15 +220,13 @@ struct HostTask {
     task: Arc<dyn BackgroundTask>,
     wanted: AtomicBool,
     stopped: AtomicBool,
-    runner: std::sync::Weak<HostDriven>,
+    on_wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl TaskHandle for HostTask {
     fn wake(&self) {
-        if !self.wanted.swap(true, Ordering::SeqCst)
-            && let Some(runner) = self.runner.upgrade()
-        {
-            (runner.on_wake)();
+        if !self.wanted.swap(true, Ordering::SeqCst) && !self.stopped.load(Ordering::SeqCst) {
+            (self.on_wake)();
         }
     }
 

@@ -6,6 +6,7 @@
 //! Tests of different modules run side by side as threads of one process;
 //! each opens its own database in a temporary directory of its own.
 
+mod background;
 mod bad_input;
 mod client;
 mod observers;
