@@ -124,16 +124,16 @@ impl GuardOutcome {
     }
 }
 
-/// Hears about one role. Called on the sync engine's task, in order:
-/// return quickly.
+/// Hears about one role. Called on the client's observer task (never the
+/// sync engine's), in order: return quickly.
 pub trait RoleObserver: Send + Sync {
     /// The role's state: first the current one (if known), then each change
     /// of holder or epoch.
     fn on_role(&self, role: RoleInfo);
 }
 
-/// Hears about the user's devices. Called on the sync engine's task, in
-/// order: return quickly.
+/// Hears about the user's devices. Called on the client's observer task
+/// (never the sync engine's), in order: return quickly.
 pub trait DevicesObserver: Send + Sync {
     /// The user's devices: first the current list (if known), then after
     /// each change.

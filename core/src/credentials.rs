@@ -25,8 +25,9 @@ use crate::error::Error;
 use crate::store::{Store, StoredCredentials};
 
 /// A place outside the database for the device's credentials, given by
-/// the app (see the module doc). Called from the sync engine's task: keep
-/// each call short.
+/// the app (see the module doc). Called from the sync driver's tasks that
+/// open connections and renew credentials, and from the client's HTTP
+/// calls (never from the engine's loop): keep each call short.
 pub trait CredentialStore: Send + Sync {
     /// The value last saved, or `None` if there is none.
     fn load(&self) -> Result<Option<Vec<u8>>, CredentialStoreError>;

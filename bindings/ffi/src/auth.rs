@@ -47,8 +47,9 @@ impl tandem_core::TokenProvider for TokenProviderBridge {
 ///
 /// The value is opaque bytes: store them as they are, one value per
 /// device. `save` must have stored the value when it returns (the refresh
-/// token in it is single-use). Called from the sync engine's thread: keep
-/// each call short.
+/// token in it is single-use). Called from the sync driver's tasks that
+/// open connections and renew credentials, and from the client's HTTP
+/// calls (never from the engine's loop): keep each call short.
 #[uniffi::export(with_foreign)]
 pub trait CredentialStore: Send + Sync {
     /// The value last saved, or none.

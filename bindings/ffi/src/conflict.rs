@@ -76,8 +76,11 @@ impl From<Resolution> for tandem_core::Resolution {
 /// Resolves conflicts; implemented by the app.
 #[uniffi::export(callback_interface)]
 pub trait ConflictHandler: Send + Sync {
-    /// Decides one conflict. Called on the sync engine's thread, one
-    /// conflict at a time: return quickly. If it throws, the server's
+    /// Decides one conflict. Called on a thread of its own (never the sync
+    /// engine's): syncing goes on while it decides, and the write in
+    /// conflict waits. It may take its time (ask the user), but the answer
+    /// counts only while the connection that brought the conflict lasts;
+    /// after a reconnect it is asked again. If it throws, the server's
     /// document is kept (and the failure logged).
     fn resolve(&self, conflict: Conflict) -> Result<Resolution, TandemError>;
 }

@@ -131,8 +131,9 @@ impl From<tandem_core::GuardOutcome> for GuardOutcome {
 #[uniffi::export(callback_interface)]
 pub trait RoleObserver: Send + Sync {
     /// The role's state: the current one if known, then each change of
-    /// holder or epoch. Called on the sync engine's thread: return quickly.
-    /// An error is logged; the subscription goes on.
+    /// holder or epoch. Called on the client's observer thread (never the
+    /// sync engine's), after the other observers' calls posted before it:
+    /// return quickly. An error is logged; the subscription goes on.
     fn on_role(&self, role: RoleInfo) -> Result<(), TandemError>;
 }
 
@@ -141,7 +142,8 @@ pub trait RoleObserver: Send + Sync {
 pub trait DevicesObserver: Send + Sync {
     /// The user's devices: the current list if known, then after each
     /// change (a device connects, disconnects, registers, is renamed or
-    /// revoked). Called on the sync engine's thread: return quickly.
+    /// revoked). Called on the client's observer thread (never the sync
+    /// engine's): return quickly.
     fn on_devices(&self, devices: Vec<DeviceInfo>) -> Result<(), TandemError>;
 }
 

@@ -49,9 +49,9 @@ pub trait DocumentObserver: Send + Sync {
 /// Receives the sync status, and the writes the server refuses.
 #[uniffi::export(callback_interface)]
 pub trait StatusObserver: Send + Sync {
-    /// The status: first the current one, then each change. Called on a
-    /// Rust thread (the sync engine's): return quickly. An error is logged;
-    /// the subscription goes on.
+    /// The status: first the current one, then each change. Called on the
+    /// client's observer thread (never the sync engine's): return quickly.
+    /// An error is logged; the subscription goes on.
     fn on_status(&self, status: SyncStatus) -> Result<(), TandemError>;
 
     /// A write became failed (the server refused it for good, or its

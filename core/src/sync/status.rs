@@ -141,9 +141,9 @@ impl std::fmt::Display for SyncError {
     }
 }
 
-/// Receives the sync status. Called on the sync engine's task, in order:
-/// return quickly (hand the value to the app's own queue), or syncing
-/// waits.
+/// Receives the sync status. Called on the client's observer task (never
+/// the sync engine's), in order: return quickly (hand the value to the
+/// app's own queue), or other observers wait.
 pub trait StatusObserver: Send + Sync {
     /// The status: first the current one, then each time it changes.
     fn on_status(&self, status: SyncStatus);
