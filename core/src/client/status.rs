@@ -43,9 +43,17 @@ impl Client {
     /// and with each mutation that fails, until the subscription is
     /// cancelled or dropped.
     pub fn observe_status(&self, observer: Arc<dyn StatusObserver>) -> Result<Subscription, Error> {
-        let status = self.status()?;
+        self.ensure_open()?;
+        // Registered first: a status published from here on reaches it
+        // too, after the current one it gets now.
         let id = self.live.add_status_observer(Arc::clone(&observer));
-        observer.on_status(status);
+        match self.status() {
+            Ok(status) => observer.on_status(status),
+            Err(e) => {
+                self.live.remove_observer(id);
+                return Err(e);
+            }
+        }
         let live = Arc::downgrade(&self.live);
         Ok(Subscription::from_cancel(move || {
             if let Some(live) = live.upgrade() {
@@ -94,5 +102,51 @@ impl Client {
             .conflicts
             .write()
             .unwrap_or_else(PoisonError::into_inner) = handler;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use crate::background::HostDriven;
+    use crate::sync::{ConnectionState, StatusObserver, SyncStatus};
+    use crate::{Client, ClientConfig};
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<ConnectionState>>);
+
+    impl StatusObserver for Seen {
+        fn on_status(&self, status: SyncStatus) {
+            self.0.lock().unwrap().push(status.connection);
+        }
+    }
+
+    #[test]
+    fn a_new_status_observer_hears_nothing_older_than_its_first_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Arc::new(HostDriven::new(|| {}));
+        let mut config = ClientConfig::new(dir.path().to_str().unwrap(), "alice", "phone");
+        config.background = runner.clone();
+        let client = Client::open(config).unwrap();
+        let mut status = client.status().unwrap();
+
+        // Published, not yet delivered, when the observer subscribes.
+        status.connection = ConnectionState::Connecting;
+        client.live.publish_status(status.clone());
+        let seen = Arc::new(Seen::default());
+        let _subscription = client.observe_status(seen.clone()).unwrap();
+        runner.run_pending();
+        assert_eq!(*seen.0.lock().unwrap(), vec![ConnectionState::Connecting]);
+
+        // Published after: delivered on the host's next turn.
+        status.connection = ConnectionState::Online;
+        client.live.publish_status(status);
+        assert_eq!(seen.0.lock().unwrap().len(), 1);
+        runner.run_pending();
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            vec![ConnectionState::Connecting, ConnectionState::Online]
+        );
     }
 }

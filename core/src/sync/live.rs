@@ -9,8 +9,10 @@
 //! task: a slow observer delays other observers, never syncing.
 //!
 //! An observer added gets the current value at once, on the caller's
-//! thread; later values come from the observer task. A cancelled observer
-//! is not called by deliveries that start after the cancel.
+//! thread; later values come from the observer task, each to the observers
+//! there were when it was published (so a new observer never hears a value
+//! older than its first), in the order they were published. A cancelled
+//! observer is not called by deliveries that start after the cancel.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +34,16 @@ struct AppObservers {
 }
 
 impl AppObservers {
-    fn status(&self) -> Vec<Arc<dyn StatusObserver>> {
-        lock(&self.status).values().cloned().collect()
+    /// The status observers now, to be called later if still there.
+    fn status_now(&self) -> Vec<(u64, Arc<dyn StatusObserver>)> {
+        lock(&self.status)
+            .iter()
+            .map(|(id, o)| (*id, Arc::clone(o)))
+            .collect()
+    }
+
+    fn has_status(&self, id: u64) -> bool {
+        lock(&self.status).contains_key(&id)
     }
 }
 
@@ -128,9 +138,12 @@ impl LiveHub {
             latest.status = Some(status.clone());
         }
         let observers = Arc::clone(&self.observers);
+        let targets = observers.status_now();
         self.notices.post(Box::new(move || {
-            for observer in observers.status() {
-                observer.on_status(status.clone());
+            for (id, observer) in targets {
+                if observers.has_status(id) {
+                    observer.on_status(status.clone());
+                }
             }
         }));
     }
@@ -138,9 +151,12 @@ impl LiveHub {
     /// Tells the status observers that a write failed for good.
     pub fn publish_failure(&self, failure: MutationFailure) {
         let observers = Arc::clone(&self.observers);
+        let targets = observers.status_now();
         self.notices.post(Box::new(move || {
-            for observer in observers.status() {
-                observer.on_mutation_failed(failure.clone());
+            for (id, observer) in targets {
+                if observers.has_status(id) {
+                    observer.on_mutation_failed(failure.clone());
+                }
             }
         }));
     }
@@ -151,14 +167,16 @@ impl LiveHub {
             .roles
             .insert(info.role.clone(), info.clone());
         let observers = Arc::clone(&self.observers);
+        let targets: Vec<(u64, Arc<dyn RoleObserver>)> = lock(&observers.roles)
+            .iter()
+            .filter(|(_, (role, _))| role == &info.role)
+            .map(|(id, (_, o))| (*id, Arc::clone(o)))
+            .collect();
         self.notices.post(Box::new(move || {
-            let watching: Vec<Arc<dyn RoleObserver>> = lock(&observers.roles)
-                .values()
-                .filter(|(role, _)| role == &info.role)
-                .map(|(_, o)| Arc::clone(o))
-                .collect();
-            for observer in watching {
-                observer.on_role(info.clone());
+            for (id, observer) in targets {
+                if lock(&observers.roles).contains_key(&id) {
+                    observer.on_role(info.clone());
+                }
             }
         }));
     }
@@ -167,11 +185,15 @@ impl LiveHub {
     pub fn publish_devices(&self, devices: Vec<DeviceInfo>) {
         lock(&self.latest).devices = Some(devices.clone());
         let observers = Arc::clone(&self.observers);
+        let targets: Vec<(u64, Arc<dyn DevicesObserver>)> = lock(&observers.devices)
+            .iter()
+            .map(|(id, o)| (*id, Arc::clone(o)))
+            .collect();
         self.notices.post(Box::new(move || {
-            let watching: Vec<Arc<dyn DevicesObserver>> =
-                lock(&observers.devices).values().cloned().collect();
-            for observer in watching {
-                observer.on_devices(devices.clone());
+            for (id, observer) in targets {
+                if lock(&observers.devices).contains_key(&id) {
+                    observer.on_devices(devices.clone());
+                }
             }
         }));
     }
