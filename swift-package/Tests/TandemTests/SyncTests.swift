@@ -108,7 +108,13 @@ final class SyncTests: XCTestCase {
         XCTAssertEqual(outcome, .caughtUp)
         outcome = try await second.syncOnce(timeoutMs: syncTimeoutMs)
         XCTAssertEqual(outcome, .caughtUp)
-        XCTAssertEqual(try second.get(key: contact)?.fieldsJson, #"{"name":"Ann","phone":"1"}"#)
+        // The second device may have been settled before the first one's
+        // change reached it live: wait for the change, not for a sync.
+        let onSecond = Collector(try second.observe(contact))
+        _ = try await onSecond.next(timeout: syncTimeout) {
+            $0?.fieldsJson == #"{"name":"Ann","phone":"1"}"#
+        }
+        await onSecond.cancel()
 
         // The second device goes offline and edits the name while the first
         // changes the phone number.
