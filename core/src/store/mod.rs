@@ -61,7 +61,7 @@ pub(crate) use device::LocalIdentity;
 pub(crate) use indexes::IndexCatalog;
 pub(crate) use outbox::{BatchLimit, EntryOutcome, OutboxEntry};
 pub use outbox::{OutboxState, PendingMutation};
-pub(crate) use remote::{PageEnd, Resync, Settlement};
+pub(crate) use remote::{PageCheck, PageEnd, Resync, Settlement};
 pub(crate) use sync_state::ConflictLogEntry;
 pub use sync_state::{ConflictRecord, StoredCredentials};
 pub use writer_lock::WriterLock;

@@ -455,9 +455,12 @@ fn apply(store: &mut Store, model: &mut Model, dir: &Path, step: &Step, written:
                         rev: target,
                         resync: Resync::No,
                         fresh_below: None,
+                        check: None,
+                        synced_at: None,
                     },
                 )
-                .unwrap();
+                .unwrap()
+                .cursor;
             model.cursor = model.cursor.max(target);
             assert_eq!(cursor.rev, model.cursor);
             let cursor = model.cursor;

@@ -54,7 +54,7 @@ use crate::error::Error;
 use crate::store::cursors::{Cursor, load_cursors};
 use crate::store::outbox::{self, doc_ref, remove_in};
 use crate::store::policies::set_policy_in;
-use crate::store::sync_state::{ConflictLogEntry, log_conflict_in};
+use crate::store::sync_state::{self, ConflictLogEntry, log_conflict_in};
 use crate::store::views::{
     ConfirmedIn, latest_stamp, read_confirmed, read_confirmed_from, rebuild_view, write_view,
 };
@@ -89,6 +89,33 @@ pub(crate) struct PageEnd {
     /// again only above this head), so unless the document has outbox
     /// entries there is nothing local to read or merge with.
     pub fresh_below: Option<u64>,
+    /// The checksum the server gave with the page (a final page or a live
+    /// message), to compare with the device's once the page is applied.
+    pub check: Option<PageCheck>,
+    /// The page completes the device's sync (the last space caught up):
+    /// record this time as the last sync, unless the checksums disagree.
+    pub synced_at: Option<u64>,
+}
+
+/// A page's checksum and when it is comparable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageCheck {
+    /// The server's checksum of the space at the page's revision.
+    pub expected: SpaceChecksum,
+    /// The device's checksum is comparable only once its cursor reaches
+    /// this revision (a conflict answer may have applied a document ahead
+    /// of the feed).
+    pub comparable_from: u64,
+}
+
+/// What applying a page came to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PageApplied {
+    /// The space's cursor after the page.
+    pub cursor: Cursor,
+    /// The checksums disagree (counted in the same transaction; the space
+    /// must be fetched again).
+    pub mismatch: bool,
 }
 
 /// How the app settled a conflict: what goes on top of the server's
@@ -385,8 +412,8 @@ impl Store {
         space: &SpaceId,
         changes: Vec<Change>,
         end: PageEnd,
-    ) -> Result<Cursor, Error> {
-        let (cursor, changed) = self.with_writer(|writer| {
+    ) -> Result<PageApplied, Error> {
+        let (applied, changed) = self.with_writer(|writer| {
             let Writer {
                 conn,
                 clock,
@@ -431,11 +458,19 @@ impl Store {
             save_cursor(&tx, space.as_str(), &cursor)?;
             sweep_acked(&tx, policies, space.as_str(), cursor.rev, &mut changed)?;
             device::save_clock(&tx, &clock.last())?;
+            let mismatch = end.check.is_some_and(|check| {
+                cursor.rev >= check.comparable_from && check.expected != cursor.checksum
+            });
+            if mismatch {
+                sync_state::count_checksum_mismatch_in(&tx)?;
+            } else if let Some(at_ms) = end.synced_at {
+                sync_state::mark_synced_in(&tx, at_ms)?;
+            }
             tx.commit()?;
-            Ok((cursor, changed))
+            Ok((PageApplied { cursor, mismatch }, changed))
         })?;
         self.announce(changed);
-        Ok(cursor)
+        Ok(applied)
     }
 
     /// Applies committed changes of any spaces in one transaction, each

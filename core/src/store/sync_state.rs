@@ -2,7 +2,7 @@
 //! when it last finished syncing, how many checksum mismatches it has seen,
 //! and the conflict log.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::clock::now_millis;
@@ -171,33 +171,6 @@ impl Store {
         })
     }
 
-    /// Records that the device is caught up now.
-    pub(crate) fn mark_synced(&self, at_ms: u64) -> Result<(), Error> {
-        self.with_writer(|writer| {
-            writer
-                .conn
-                .prepare_cached(
-                    "INSERT INTO sync_state (singleton, last_synced) VALUES (1, ?1)
-                     ON CONFLICT (singleton) DO UPDATE SET last_synced = excluded.last_synced",
-                )?
-                .execute([to_sql_int(at_ms)])?;
-            Ok(())
-        })
-    }
-
-    /// Counts a checksum mismatch.
-    pub(crate) fn count_checksum_mismatch(&self) -> Result<(), Error> {
-        self.with_writer(|writer| {
-            writer.conn.execute(
-                "INSERT INTO sync_state (singleton, checksum_mismatches) VALUES (1, 1)
-                 ON CONFLICT (singleton) DO UPDATE
-                 SET checksum_mismatches = checksum_mismatches + 1",
-                [],
-            )?;
-            Ok(())
-        })
-    }
-
     /// The newest `limit` entries of the conflict log, newest first.
     pub(crate) fn conflicts(&self, limit: u32) -> Result<Vec<ConflictRecord>, Error> {
         self.readers.with(|conn| {
@@ -271,5 +244,27 @@ pub(crate) fn log_conflict_in(
         entry.remote,
         resolved
     ])?;
+    Ok(())
+}
+
+/// Records `at_ms` as the last time the device was caught up (inside the
+/// caller's transaction: the page that completed the sync).
+pub(crate) fn mark_synced_in(conn: &Connection, at_ms: u64) -> Result<(), Error> {
+    conn.prepare_cached(
+        "INSERT INTO sync_state (singleton, last_synced) VALUES (1, ?1)
+         ON CONFLICT (singleton) DO UPDATE SET last_synced = excluded.last_synced",
+    )?
+    .execute([to_sql_int(at_ms)])?;
+    Ok(())
+}
+
+/// Counts a checksum mismatch (inside the page's transaction).
+pub(crate) fn count_checksum_mismatch_in(conn: &Connection) -> Result<(), Error> {
+    conn.execute(
+        "INSERT INTO sync_state (singleton, checksum_mismatches) VALUES (1, 1)
+         ON CONFLICT (singleton) DO UPDATE
+         SET checksum_mismatches = checksum_mismatches + 1",
+        [],
+    )?;
     Ok(())
 }

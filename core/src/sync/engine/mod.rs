@@ -72,7 +72,7 @@ use tandem_protocol::{
 
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::store::{BatchLimit, EntryOutcome, OutboxEntry, PageEnd, Resync, Store};
+use crate::store::{BatchLimit, EntryOutcome, OutboxEntry, PageCheck, PageEnd, Resync, Store};
 use crate::sync::backoff::Jitter;
 use crate::sync::config::SyncTuning;
 use crate::sync::interface::{Action, DisconnectReason, Event, Notice, Timer};
@@ -802,25 +802,44 @@ impl Engine {
             (true, true) => Resync::Page,
             (true, false) => Resync::Final,
         };
-        let cursor = self.store.apply_page(
+        // What to check and record in the page's own transaction: the
+        // checksum of a final page, and the sync time if this page is the
+        // last any space was waiting for.
+        let check = if page.more {
+            None
+        } else {
+            page.checksum.map(|expected| PageCheck {
+                expected,
+                comparable_from: session.ahead.get(&page.space).copied().unwrap_or(0),
+            })
+        };
+        let completes_sync = !page.more
+            && session.welcomed
+            && session
+                .spaces
+                .iter()
+                .all(|(space, s)| s.caught_up || *space == page.space);
+        let applied = self.store.apply_page(
             &page.space,
             page.changes,
             PageEnd {
                 rev: end_rev,
                 resync,
                 fresh_below,
+                check,
+                synced_at: completes_sync.then(|| self.clock.now_ms()),
             },
         )?;
+        let cursor = applied.cursor;
         let Connection::Open(session) = &mut self.connection else {
             return Ok(());
         };
-        let ahead = session.ahead.get(&page.space).copied().unwrap_or(0);
         let sp = session.spaces.entry(page.space.clone()).or_default();
         sp.applied = cursor.rev;
         if page.head.is_some() {
             sp.head = page.head;
         }
-        let mut mismatch = false;
+        let mismatch = applied.mismatch;
         if !page.more {
             let was_catching_up = !sp.caught_up;
             sp.caught_up = true;
@@ -829,12 +848,6 @@ impl Engine {
             if sp.resync {
                 sp.resync = false;
                 self.resync.remove(&page.space);
-            }
-            if let Some(expected) = page.checksum
-                && cursor.rev >= ahead
-                && expected != cursor.checksum
-            {
-                mismatch = true;
             }
             if was_catching_up {
                 self.status_changed = true;
@@ -849,7 +862,6 @@ impl Engine {
             // not be told from the re-sync's final page, which sweeps.
             self.checksum_mismatches += 1;
             tracing::warn!(target: "tandem_core", space = %page.space, "checksum mismatch: fetching the space again");
-            self.store.count_checksum_mismatch()?;
             self.resync.insert(page.space.clone());
             self.out.push(Action::Disconnect);
             self.drop_connection()?;
@@ -859,19 +871,13 @@ impl Engine {
             ));
             self.schedule_reconnect();
             return Ok(());
-        } else if !page.more && self.all_caught_up() {
-            self.store.mark_synced(self.clock.now_ms())?;
+        } else if completes_sync {
+            // The cache budget's eviction pass: its own transaction, and
+            // only with a budget set.
             self.store.enforce_cache_limit()?;
         }
         // Confirmed entries may unblock later ones of their documents.
         self.fill_pipeline()
-    }
-
-    fn all_caught_up(&self) -> bool {
-        match &self.connection {
-            Connection::Open(s) => s.welcomed && s.spaces.values().all(|sp| sp.caught_up),
-            _ => false,
-        }
     }
 
     fn on_spaces(&mut self, spaces: Vec<SpaceId>) -> Result<(), Error> {

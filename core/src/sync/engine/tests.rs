@@ -1302,3 +1302,52 @@ fn what_a_welcome_changes_is_one_transaction() {
     assert!(r.view(&team).is_none(), "the left space is gone");
     assert!(!r.store.cursors().unwrap().contains_key("team"));
 }
+
+#[test]
+fn a_final_page_its_checksum_and_the_sync_time_are_one_transaction() {
+    let mut r = rig();
+    let t1 = doc("tasks", "t1");
+    let change = remote_change(
+        &t1,
+        1,
+        5,
+        Op::Put {
+            fields: obj(json!({"title": "one"})),
+        },
+        None,
+    );
+    r.online(&[]);
+    let commits = crate::store::test_support::count_commits(&r.store);
+    r.frame(ServerMessage::Changes(Changes {
+        space: space(),
+        changes: vec![change],
+        more: false,
+        checksum: Some(checksum_of(&[("tasks", "t1", 1)])),
+        head: Some(1),
+        reset: false,
+    }));
+    assert_eq!(commits.load(Ordering::SeqCst), 1);
+    let status = r.engine.status().unwrap();
+    assert_eq!(status.last_synced, Some(START_MS), "recorded with the page");
+    assert_eq!(status.checksum_mismatches, 0);
+
+    // A live change whose checksum disagrees: counted in its page's
+    // transaction, and not recorded as a sync.
+    let before = r.engine.status().unwrap().last_synced;
+    r.advance(1_000);
+    let commits = crate::store::test_support::count_commits(&r.store);
+    let change = remote_change(
+        &t1,
+        2,
+        6,
+        Op::Put {
+            fields: obj(json!({"title": "two"})),
+        },
+        None,
+    );
+    r.frame(live(vec![change], checksum_of(&[("tasks", "t1", 7)])));
+    let status = r.engine.status().unwrap();
+    assert_eq!(status.checksum_mismatches, 1);
+    assert_eq!(status.last_synced, before);
+    assert!(commits.load(Ordering::SeqCst) >= 1);
+}
