@@ -63,6 +63,11 @@ pub struct ServeOptions {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Let web pages of this origin (`https://app.example.com`) call the
+    /// HTTP routes (CORS). Repeat for several origins; none by default.
+    /// Tokens are checked as for any caller.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
     /// Accept `dev:<user>` as the user token of any user. Local use only.
     #[arg(long)]
     pub dev_auth: bool,
@@ -214,6 +219,7 @@ fn config(args: &ServeOptions) -> Result<ServerConfig, Failure> {
     config.coordination.role_lease = Duration::from_millis(args.role_lease_ms.max(100));
     config.push.webhook = args.push_webhook.clone();
     config.push.min_interval = Duration::from_millis(args.push_hint_interval_ms);
+    config.cors_origins = args.cors_origins.clone();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.tls = Some(TlsIdentity {
             cert_chain_pem: read(cert, "TLS certificate")?,

@@ -42,6 +42,10 @@ pub struct ServerConfig {
     /// `None` serves plain HTTP, for local use or behind a load balancer
     /// that terminates TLS.
     pub tls: Option<TlsIdentity>,
+    /// Web origins (`https://app.example.com`) whose pages may call the
+    /// HTTP routes (CORS). None by default: a browser page of any origin
+    /// then gets no CORS headers, and its reads of the answers fail.
+    pub cors_origins: Vec<String>,
 }
 
 impl ServerConfig {
@@ -61,6 +65,7 @@ impl ServerConfig {
             coordination: CoordinationConfig::default(),
             push: PushConfig::default(),
             tls: None,
+            cors_origins: Vec::new(),
         }
     }
 }

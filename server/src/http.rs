@@ -66,6 +66,77 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The CORS layer that lets pages of `origins` call the HTTP routes from
+/// a browser: the methods and headers the routes use, answers readable by
+/// the page. `None` with no origins: no origin gets CORS headers.
+/// Authorization is not loosened: every route still checks its token.
+pub fn cors_layer(
+    origins: &[String],
+) -> Result<Option<tower_http::cors::CorsLayer>, crate::StartError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let mut allowed = Vec::with_capacity(origins.len());
+    for origin in origins {
+        // scheme://host[:port], exactly as a browser sends it in `Origin`.
+        let well_formed = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .is_some_and(|authority| {
+                !authority.is_empty()
+                    && !authority.starts_with(':')
+                    && authority.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')
+                    })
+            });
+        let value = header::HeaderValue::from_str(origin)
+            .ok()
+            .filter(|_| well_formed)
+            .ok_or_else(|| crate::StartError::CorsOrigin(origin.clone()))?;
+        allowed.push(value);
+    }
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(allowed))
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::PUT,
+            axum::http::Method::PATCH,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600));
+    Ok(Some(cors))
+}
+
+/// The subprotocol a browser offers on the sync socket, with its access
+/// token in a second one (`tandem.bearer.<token>`): a browser's WebSocket
+/// cannot send an `Authorization` header, and a token in the URL would end
+/// up in logs. The server answers with this one.
+pub const SYNC_SUBPROTOCOL: &str = "tandem.v1";
+
+/// The prefix of the subprotocol that carries the access token.
+const BEARER_SUBPROTOCOL: &str = "tandem.bearer.";
+
+/// The access token offered as a subprotocol, if the request offers
+/// `tandem.v1` with it.
+fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if !offered.contains(&SYNC_SUBPROTOCOL) {
+        return None;
+    }
+    offered
+        .iter()
+        .find_map(|p| p.strip_prefix(BEARER_SUBPROTOCOL))
+        .filter(|t| !t.is_empty())
+}
+
 /// An error answer.
 #[derive(Debug)]
 pub struct HttpError {
@@ -225,6 +296,10 @@ async fn authenticate(
             "missing Authorization: Bearer <access token>",
         ));
     };
+    authenticate_token(token, state).await
+}
+
+async fn authenticate_token(token: &str, state: &ServerState) -> Result<DeviceIdentity, HttpError> {
     match state
         .store
         .device_for_access_token(hash_token(token), now_ms())
@@ -568,15 +643,20 @@ async fn push(
 }
 
 /// The WebSocket endpoint. The access token is checked before the upgrade:
-/// an unauthenticated request never becomes a socket.
+/// an unauthenticated request never becomes a socket. It comes in the
+/// `Authorization` header, or from a browser as a subprotocol (see
+/// [`SYNC_SUBPROTOCOL`]).
 async fn sync(
     State(state): State<AppState>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, HttpError> {
-    let identity = authenticate(&headers, &state)
-        .await
-        .map_err(|e| fail(&state, e))?;
+    let from_browser = bearer(&headers).is_none();
+    let identity = match subprotocol_token(&headers).filter(|_| from_browser) {
+        Some(token) => authenticate_token(token, &state).await,
+        None => authenticate(&headers, &state).await,
+    }
+    .map_err(|e| fail(&state, e))?;
     let upgrade = upgrade.map_err(|e| {
         fail(
             &state,
@@ -611,6 +691,9 @@ async fn sync(
     // The session runs on a task of its own after the upgrade: it keeps the
     // connection's span, so its lines still name the connection.
     let connection = tracing::Span::current();
+    // A browser's socket fails unless the server names one of the
+    // subprotocols it offered.
+    let upgrade = upgrade.protocols([SYNC_SUBPROTOCOL]);
     Ok(upgrade
         // tungstenite zeroes its whole read buffer before every read; the
         // 128 KiB default made that memset the hottest function under load.

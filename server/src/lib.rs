@@ -82,6 +82,11 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error("cannot serve TLS: {0}")]
     Tls(#[from] tls::TlsSetupError),
+    /// A `--cors-origin` is not an origin (`scheme://host[:port]`).
+    #[error(
+        "not a web origin: {0:?} (expected scheme://host[:port], such as https://app.example.com)"
+    )]
+    CorsOrigin(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -107,6 +112,8 @@ pub struct RunningServer {
 impl Server {
     /// Opens the store, binds the listen address and starts serving.
     pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+        // Checked before anything is opened or bound.
+        let cors = http::cors_layer(&config.cors_origins)?;
         if config.user_tokens.accepts_dev_tokens() {
             warn!(
                 "DEVELOPMENT AUTH IS ON: any client can act as any user with the token dev:<user>. Never expose this server."
@@ -174,7 +181,10 @@ impl Server {
             state.fanout.watch_changed_spaces(sink);
             background.push(tokio::spawn(push_hints::run(state.clone(), url, spaces)));
         }
-        let app = http::router(state.clone());
+        let app = match cors {
+            Some(layer) => http::router(state.clone()).layer(layer),
+            None => http::router(state.clone()),
+        };
         let http = tokio::spawn(listener::serve(
             listener,
             app,

@@ -12,6 +12,7 @@
 
 mod auth;
 mod auto_responder;
+mod browser;
 mod coordination;
 mod credentials;
 mod durability;
