@@ -342,21 +342,14 @@ fn sweep_acked(
     rev: u64,
     changed: &mut Vec<DocRef>,
 ) -> Result<(), Error> {
-    let docs = {
-        let mut stmt = tx.prepare_cached(
+    let docs = doc_rows(
+        &mut *tx.prepare_cached(
             "DELETE FROM outbox WHERE space = ?1 AND acked_rev IS NOT NULL AND acked_rev <= ?2
              RETURNING collection, doc_id",
-        )?;
-        let rows = stmt.query_map(params![space, to_sql_int(rev)], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut docs = Vec::new();
-        for row in rows {
-            let (collection, id) = row?;
-            docs.push(doc_ref(space, &collection, &id)?);
-        }
-        docs
-    };
+        )?,
+        params![space, to_sql_int(rev)],
+        space,
+    )?;
     for doc in docs {
         rebuild_view(tx, &doc, &policy_of(policies, &doc.collection))?;
         changed.push(doc);
@@ -372,19 +365,12 @@ fn sweep_marked(
     space: &str,
     changed: &mut Vec<DocRef>,
 ) -> Result<(), Error> {
-    let docs = {
-        let mut stmt = tx
-            .prepare_cached("DELETE FROM resync_marks WHERE space = ?1 RETURNING collection, id")?;
-        let rows = stmt.query_map([space], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut docs = Vec::new();
-        for row in rows {
-            let (collection, id) = row?;
-            docs.push(doc_ref(space, &collection, &id)?);
-        }
-        docs
-    };
+    let docs = doc_rows(
+        &mut *tx
+            .prepare_cached("DELETE FROM resync_marks WHERE space = ?1 RETURNING collection, id")?,
+        [space],
+        space,
+    )?;
     for doc in docs {
         let key = params![doc.space.as_str(), doc.collection.as_str(), doc.id.as_str()];
         tx.prepare_cached(
@@ -744,6 +730,24 @@ impl Store {
         Ok(view)
     }
 }
+/// The documents of `space` a statement returns as `(collection, id)`
+/// rows.
+fn doc_rows(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+    space: &str,
+) -> Result<Vec<DocRef>, Error> {
+    let rows = stmt.query_map(params, |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut docs = Vec::new();
+    for row in rows {
+        let (collection, id) = row?;
+        docs.push(doc_ref(space, &collection, &id)?);
+    }
+    Ok(docs)
+}
+
 /// Starts a re-sync of `space` inside `tx` (see [`Store::begin_resync`]).
 fn begin_resync_in(tx: &Transaction<'_>, space: &SpaceId) -> Result<(), Error> {
     tx.execute(
@@ -778,33 +782,18 @@ fn drop_space_in(
     space: &SpaceId,
 ) -> Result<Vec<DocRef>, Error> {
     let s = space.as_str();
-    let pending = {
-        let mut stmt =
-            tx.prepare("SELECT DISTINCT collection, doc_id FROM outbox WHERE space = ?1")?;
-        let rows = stmt.query_map([s], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut docs = Vec::new();
-        for row in rows {
-            let (collection, id) = row?;
-            docs.push(doc_ref(s, &collection, &id)?);
-        }
-        docs
-    };
-    let gone = {
-        let mut stmt = tx.prepare(
+    let pending = doc_rows(
+        &mut tx.prepare("SELECT DISTINCT collection, doc_id FROM outbox WHERE space = ?1")?,
+        [s],
+        s,
+    )?;
+    let gone = doc_rows(
+        &mut tx.prepare(
             "DELETE FROM documents WHERE space = ?1 AND pending = 0 RETURNING collection, id",
-        )?;
-        let rows = stmt.query_map([s], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        let mut docs = Vec::new();
-        for row in rows {
-            let (collection, id) = row?;
-            docs.push(doc_ref(s, &collection, &id)?);
-        }
-        docs
-    };
+        )?,
+        [s],
+        s,
+    )?;
     for table in ["confirmed", "resync_marks", "evicted", "document_access"] {
         tx.execute(&format!("DELETE FROM {table} WHERE space = ?1"), [s])?;
     }

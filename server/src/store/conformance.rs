@@ -1397,6 +1397,17 @@ async fn role_with(
         .await
 }
 
+/// Alice's phone and tablet, registered and connected.
+async fn phone_and_tablet_online(store: &dyn Store) -> (DeviceIdentity, DeviceIdentity) {
+    let phone = device("alice", "phone");
+    let tablet = device("alice", "tablet");
+    register(store, &phone, "p").await;
+    register(store, &tablet, "t").await;
+    connect(store, &phone).await;
+    connect(store, &tablet).await;
+    (phone, tablet)
+}
+
 fn holder(change: &super::RoleChange) -> Option<&str> {
     change.state.holder.as_ref().map(DeviceId::as_str)
 }
@@ -1406,12 +1417,7 @@ fn holder(change: &super::RoleChange) -> Option<&str> {
 /// every change of holder is announced.
 pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn StoreHarness) {
     let (store, listener) = open(harness).await;
-    let phone = device("alice", "phone");
-    let tablet = device("alice", "tablet");
-    register(store.as_ref(), &phone, "p").await;
-    register(store.as_ref(), &tablet, "t").await;
-    connect(store.as_ref(), &phone).await;
-    connect(store.as_ref(), &tablet).await;
+    let (phone, tablet) = phone_and_tablet_online(store.as_ref()).await;
 
     let claimed = role(store.as_ref(), &phone, RoleRequest::Claim { priority: 0 })
         .await
@@ -1522,12 +1528,7 @@ pub async fn roles_move_with_claims_releases_and_lost_holders(harness: &dyn Stor
 /// hand off.
 pub async fn a_role_exists_from_its_first_claim(harness: &dyn StoreHarness) {
     let (store, _) = open(harness).await;
-    let phone = device("alice", "phone");
-    let tablet = device("alice", "tablet");
-    register(store.as_ref(), &phone, "p").await;
-    register(store.as_ref(), &tablet, "t").await;
-    connect(store.as_ref(), &phone).await;
-    connect(store.as_ref(), &tablet).await;
+    let (phone, tablet) = phone_and_tablet_online(store.as_ref()).await;
     for request in [RoleRequest::Release, RoleRequest::Check] {
         let change = role(store.as_ref(), &phone, request).await.expect("answer");
         assert_eq!(
@@ -1563,12 +1564,7 @@ pub async fn a_role_exists_from_its_first_claim(harness: &dyn StoreHarness) {
 /// written.
 pub async fn fences_admit_only_the_holder_at_its_epoch(harness: &dyn StoreHarness) {
     let (store, _) = open(harness).await;
-    let phone = device("alice", "phone");
-    let tablet = device("alice", "tablet");
-    register(store.as_ref(), &phone, "p").await;
-    register(store.as_ref(), &tablet, "t").await;
-    connect(store.as_ref(), &phone).await;
-    connect(store.as_ref(), &tablet).await;
+    let (phone, tablet) = phone_and_tablet_online(store.as_ref()).await;
     role(store.as_ref(), &phone, RoleRequest::Claim { priority: 0 })
         .await
         .expect("claim");

@@ -208,6 +208,20 @@ fn remote_change(d: &DocRef, rev: u64, millis: u64, op: Op, base: Option<&DocSta
     }
 }
 
+/// Another device's `put` of `fields` (a JSON object) into no earlier
+/// state.
+fn remote_put(d: &DocRef, rev: u64, millis: u64, fields: Value) -> Change {
+    remote_change(
+        d,
+        rev,
+        millis,
+        Op::Put {
+            fields: obj(fields),
+        },
+        None,
+    )
+}
+
 /// The change the server makes of this device's own mutation.
 fn own_change(m: &Mutation, rev: u64, base: Option<&DocState>) -> Change {
     let state = merge::apply_local(base, m, &CollectionPolicy::lww())
@@ -497,15 +511,7 @@ fn a_pending_edit_stays_on_top_of_a_remote_edit_until_and_after_its_ack() {
     let mut r = rig();
     let t1 = doc("tasks", "t1");
     // Confirmed: {a: 0, b: 0} at rev 1.
-    let base = remote_change(
-        &t1,
-        1,
-        1,
-        Op::Put {
-            fields: obj(json!({"a": 0, "b": 0})),
-        },
-        None,
-    );
+    let base = remote_put(&t1, 1, 1, json!({"a": 0, "b": 0}));
     let base_state = base.state.clone();
     r.store.apply_remote_changes(&[base]).unwrap();
     // The local edit of a, pending.
@@ -583,15 +589,7 @@ fn an_ack_at_a_revision_the_cursor_already_passed_removes_the_entry_at_once() {
 fn a_rejected_mutation_fails_is_rolled_back_and_reported() {
     let mut r = rig();
     let t1 = doc("tasks", "t1");
-    let base = remote_change(
-        &t1,
-        1,
-        1,
-        Op::Put {
-            fields: obj(json!({"title": "ok"})),
-        },
-        None,
-    );
+    let base = remote_put(&t1, 1, 1, json!({"title": "ok"}));
     r.store.apply_remote_changes(&[base]).unwrap();
     r.write(&t1, Write::Patch(obj(json!({"title": ""}))));
     r.write(
@@ -681,15 +679,7 @@ fn a_server_wins_conflict_drops_the_local_change_and_is_logged() {
     r.write(&c1, Write::Put(obj(json!({"name": "mine"}))));
     let actions = r.online(&[("contacts", Policy::ServerWins)]);
     let (batch, mutations) = pushes(&actions).remove(0);
-    let theirs = remote_change(
-        &c1,
-        7,
-        1,
-        Op::Put {
-            fields: obj(json!({"name": "theirs"})),
-        },
-        None,
-    );
+    let theirs = remote_put(&c1, 7, 1, json!({"name": "theirs"}));
     r.frame(ack(
         batch,
         vec![(
@@ -742,29 +732,13 @@ fn a_manual_conflict_goes_to_the_handler_and_its_choice_is_written_on_the_remote
     });
     r.handler = Some(handler.clone());
     let c1 = doc("notes", "c1");
-    let base = remote_change(
-        &c1,
-        3,
-        1,
-        Op::Put {
-            fields: obj(json!({"name": "base"})),
-        },
-        None,
-    );
+    let base = remote_put(&c1, 3, 1, json!({"name": "base"}));
     r.store.apply_remote_changes(&[base]).unwrap();
     r.write(&c1, Write::Patch(obj(json!({"name": "mine"}))));
     let actions = r.online(&[("notes", Policy::Manual)]);
     let (batch, mutations) = pushes(&actions).remove(0);
     assert_eq!(mutations[0].base_version, Some(3));
-    let theirs = remote_change(
-        &c1,
-        9,
-        2,
-        Op::Put {
-            fields: obj(json!({"name": "theirs"})),
-        },
-        None,
-    );
+    let theirs = remote_put(&c1, 9, 2, json!({"name": "theirs"}));
     let actions = r.frame(ack(
         batch,
         vec![(
@@ -883,24 +857,8 @@ fn a_checksum_mismatch_resyncs_the_space_with_mark_and_sweep() {
     let mut r = rig();
     let keep = doc("tasks", "keep");
     let gone = doc("tasks", "gone");
-    let c_keep = remote_change(
-        &keep,
-        1,
-        1,
-        Op::Put {
-            fields: obj(json!({"v": 1})),
-        },
-        None,
-    );
-    let c_gone = remote_change(
-        &gone,
-        2,
-        1,
-        Op::Put {
-            fields: obj(json!({"v": 2})),
-        },
-        None,
-    );
+    let c_keep = remote_put(&keep, 1, 1, json!({"v": 1}));
+    let c_gone = remote_put(&gone, 2, 1, json!({"v": 2}));
     r.store
         .apply_remote_changes(&[c_keep.clone(), c_gone])
         .unwrap();
@@ -956,15 +914,7 @@ fn a_reset_page_keeps_pending_writes_and_drops_what_the_server_lost() {
     let mut r = rig();
     let old = doc("tasks", "old");
     r.store
-        .apply_remote_changes(&[remote_change(
-            &old,
-            4,
-            1,
-            Op::Put {
-                fields: obj(json!({})),
-            },
-            None,
-        )])
+        .apply_remote_changes(&[remote_put(&old, 4, 1, json!({}))])
         .unwrap();
     let mine = doc("tasks", "mine");
     r.write(&mine, Write::Put(obj(json!({"x": 1}))));
@@ -1031,24 +981,8 @@ fn a_document_changed_during_a_fresh_catch_up_is_merged_not_counted_twice() {
     r.online(&[]);
     let a = doc("tasks", "a");
     let b = doc("tasks", "b");
-    let a1 = remote_change(
-        &a,
-        1,
-        1,
-        Op::Put {
-            fields: obj(json!({"v": 1})),
-        },
-        None,
-    );
-    let b2 = remote_change(
-        &b,
-        2,
-        1,
-        Op::Put {
-            fields: obj(json!({"v": 2})),
-        },
-        None,
-    );
+    let a1 = remote_put(&a, 1, 1, json!({"v": 1}));
+    let b2 = remote_put(&b, 2, 1, json!({"v": 2}));
     let a1_state = a1.state.clone();
     r.frame(ServerMessage::Changes(Changes {
         space: space(),
@@ -1180,15 +1114,7 @@ fn a_conflict_waits_for_the_app_and_an_answer_after_a_reconnect_is_ignored() {
     r.write(&c1, Write::Put(obj(json!({"name": "mine"}))));
     let actions = r.online(&[("notes", Policy::Manual)]);
     let (batch, mutations) = pushes(&actions).remove(0);
-    let theirs = remote_change(
-        &c1,
-        9,
-        2,
-        Op::Put {
-            fields: obj(json!({"name": "theirs"})),
-        },
-        None,
-    );
+    let theirs = remote_put(&c1, 9, 2, json!({"name": "theirs"}));
     let conflict_answer = ack(
         batch,
         vec![(
@@ -1258,15 +1184,7 @@ fn what_a_welcome_changes_is_one_transaction() {
         id: DocId::new("t1").unwrap(),
     };
     r.store
-        .apply_remote_changes(&[remote_change(
-            &team,
-            1,
-            5,
-            Op::Put {
-                fields: obj(json!({"title": "shared"})),
-            },
-            None,
-        )])
+        .apply_remote_changes(&[remote_put(&team, 1, 5, json!({"title": "shared"}))])
         .unwrap();
     r.handle(Event::Start);
     r.handle(Event::Connected);
@@ -1307,15 +1225,7 @@ fn what_a_welcome_changes_is_one_transaction() {
 fn a_final_page_its_checksum_and_the_sync_time_are_one_transaction() {
     let mut r = rig();
     let t1 = doc("tasks", "t1");
-    let change = remote_change(
-        &t1,
-        1,
-        5,
-        Op::Put {
-            fields: obj(json!({"title": "one"})),
-        },
-        None,
-    );
+    let change = remote_put(&t1, 1, 5, json!({"title": "one"}));
     r.online(&[]);
     let commits = crate::store::test_support::count_commits(&r.store);
     r.frame(ServerMessage::Changes(Changes {
@@ -1336,15 +1246,7 @@ fn a_final_page_its_checksum_and_the_sync_time_are_one_transaction() {
     let before = r.engine.status().unwrap().last_synced;
     r.advance(1_000);
     let commits = crate::store::test_support::count_commits(&r.store);
-    let change = remote_change(
-        &t1,
-        2,
-        6,
-        Op::Put {
-            fields: obj(json!({"title": "two"})),
-        },
-        None,
-    );
+    let change = remote_put(&t1, 2, 6, json!({"title": "two"}));
     r.frame(live(vec![change], checksum_of(&[("tasks", "t1", 7)])));
     let status = r.engine.status().unwrap();
     assert_eq!(status.checksum_mismatches, 1);

@@ -175,24 +175,8 @@ fn first_sync() {
     let mut t = Trace::new();
     let d1 = doc("tasks", "d1");
     let d2 = doc("tasks", "d2");
-    let c1 = remote_change(
-        &d1,
-        1,
-        10,
-        Op::Put {
-            fields: obj(json!({"title": "one"})),
-        },
-        None,
-    );
-    let c2 = remote_change(
-        &d2,
-        2,
-        11,
-        Op::Put {
-            fields: obj(json!({"title": "two"})),
-        },
-        None,
-    );
+    let c1 = remote_put(&d1, 1, 10, json!({"title": "one"}));
+    let c2 = remote_put(&d2, 2, 11, json!({"title": "two"}));
     t.step(&mut r, Event::Start);
     t.step(&mut r, Event::Connected);
     t.welcome(&mut r, &[], Vec::new());
@@ -296,15 +280,7 @@ fn conflict() {
     let mut r = rig();
     let mut t = Trace::new();
     let d = doc("notes", "n1");
-    let base = remote_change(
-        &d,
-        3,
-        5,
-        Op::Put {
-            fields: obj(json!({"text": "base"})),
-        },
-        None,
-    );
+    let base = remote_put(&d, 3, 5, json!({"text": "base"}));
     r.store.apply_remote_changes(&[base]).unwrap();
     t.step(&mut r, Event::Start);
     t.step(&mut r, Event::Connected);
@@ -315,15 +291,7 @@ fn conflict() {
     );
     let actions = t.write(&mut r, &d, Write::Patch(obj(json!({"text": "mine"}))));
     let (batch, mutations) = pushes(&actions).remove(0);
-    let theirs = remote_change(
-        &d,
-        4,
-        20,
-        Op::Put {
-            fields: obj(json!({"text": "theirs"})),
-        },
-        None,
-    );
+    let theirs = remote_put(&d, 4, 20, json!({"text": "theirs"}));
     let actions = t.frame(
         &mut r,
         ack(
@@ -362,15 +330,7 @@ fn reset() {
     let mut r = rig();
     let mut t = Trace::new();
     let d1 = doc("tasks", "d1");
-    let kept = remote_change(
-        &d1,
-        1,
-        10,
-        Op::Put {
-            fields: obj(json!({"title": "kept"})),
-        },
-        None,
-    );
+    let kept = remote_put(&d1, 1, 10, json!({"title": "kept"}));
     let lost = remote_change(
         &doc("tasks", "d2"),
         2,
