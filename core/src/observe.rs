@@ -67,7 +67,7 @@ pub struct Subscription {
 }
 
 enum SubscriptionKind {
-    /// A query or document observer on the observer thread.
+    /// A query or document observer, called by the observer task.
     Observer {
         slot: Arc<Slot>,
         registry: Weak<Registry>,
@@ -178,7 +178,7 @@ struct Slot {
     id: u64,
     target: Target,
     cancelled: AtomicBool,
-    /// Held by the observer thread while it calls the observer, so that
+    /// Held by the observer task while it calls the observer, so that
     /// `cancel` can wait for the call to end.
     delivering: Mutex<()>,
 }

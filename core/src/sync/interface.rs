@@ -7,7 +7,7 @@
 //! the engine never calls the app, touches a socket or reads the time
 //! except through its injected [`Clock`](crate::clock::Clock). Every
 //! type here serializes, so a whole session can be recorded as a trace
-//! (`engine/traces.rs`).
+//! (`engine/tests/traces.rs`).
 
 use std::time::Duration;
 

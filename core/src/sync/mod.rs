@@ -22,7 +22,7 @@
 //!
 //! The split: the engine is tested deterministically with a fake clock,
 //! seeded jitter and no network (`engine/tests.rs`, and whole sessions
-//! recorded as traces in `engine/traces.rs`); the driver only carries
+//! recorded as traces in `engine/tests/traces.rs`); the driver only carries
 //! bytes, arms timers and makes HTTP calls, and is tested end to end
 //! against a real server (`tests/`).
 
